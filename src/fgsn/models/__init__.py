@@ -1,0 +1,1 @@
+"""Model I/O: architecture registry, lazy safetensors reader, LoRA adapters, streaming writer."""

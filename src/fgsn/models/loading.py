@@ -1,0 +1,87 @@
+"""Loading a checkpoint (optionally with a LoRA adapter merged in) as a live transformers model,
+for the probes and for generation. Weights come from safetensors only, unless the user allows
+pickle; remote code only when asked."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from fgsn.errors import InputError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str = "auto") -> str:
+    """`auto` means cuda when available, else cpu. (`auto` with several GPUs: see device_map.)"""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device} asked for, but no CUDA device is available; use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda") and device != "mps":
+        raise InputError(f"unknown --device {device!r}; use cpu, cuda, cuda:N or auto")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """Default: float32 on CPU (bf16 matmuls are slow there), bfloat16 on GPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise InputError(f"unknown --dtype {dtype!r}; use one of {', '.join(sorted(DTYPES))} or auto")
+    return DTYPES[dtype]
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot load a tokenizer from {path}: {e}") from e
+    tok.padding_side = "left"  # the last prompt token sits at position -1 for every row
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str | Path, *, device: str = "auto", dtype: str | torch.dtype | None = None,
+               adapter: str | Path | None = None, trust_remote_code: bool = False,
+               allow_pickle: bool = False):
+    """Return (model, tokenizer) in eval mode. `device="auto"` with several GPUs spreads the model
+    with accelerate's device map; an `adapter` (PEFT LoRA folder) is merged into the weights."""
+    from transformers import AutoModelForCausalLM
+
+    from fgsn.models.checkpoint import Checkpoint
+
+    ckpt = Checkpoint(path, allow_pickle=allow_pickle)  # validates the folder and its weight files
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    kwargs = dict(dtype=dt, trust_remote_code=trust_remote_code, use_safetensors=not ckpt.is_pickle)
+    if device == "auto" and dev == "cuda" and torch.cuda.device_count() > 1:
+        kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as e:
+        raise InputError(f"transformers cannot load {path}: {e}") from e
+    if "device_map" not in kwargs:
+        model.to(dev)
+    if adapter is not None:
+        from fgsn.models.lora import LoraAdapter
+
+        LoraAdapter(adapter).merge_into_(model, reference=ckpt)
+    model.eval()
+    tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    return model, tok
+
+
+def input_device(model) -> torch.device:
+    """Where to put input ids (the embedding's device, also under a device map)."""
+    return model.get_input_embeddings().weight.device
