@@ -1,0 +1,74 @@
+"""One typed config per command: pydantic models (unknown keys and wrong types are errors that
+name the key), filled from defaults < YAML file (`--config`) < command-line flags.
+
+Commands declare their flags with `default=argparse.SUPPRESS`, so a flag the user did not give
+is absent from the namespace and cannot shadow a value from the YAML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from fgsn.errors import ConfigError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class Options(BaseModel):
+    """Base of every command's options: strict about keys, lenient about YAML scalars."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def format_validation_error(e: ValidationError, where: str) -> str:
+    parts = []
+    for err in e.errors():
+        key = ".".join(str(x) for x in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key {key!r}")
+        else:
+            parts.append(f"{key}: {err['msg']} (got {err.get('input')!r:.60})")
+    return f"{where}: " + "; ".join(parts)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of option: value, not {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build_options(cls: type[T], values: dict[str, Any], where: str = "options") -> T:
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, where)) from None
+
+
+def options_from_args(cls: type[T], args: argparse.Namespace, skip: tuple[str, ...] = ("func", "config", "command")
+                      ) -> T:
+    """Defaults < YAML (`args.config`) < flags present in `args`."""
+    values: dict[str, Any] = {}
+    config = getattr(args, "config", None)
+    if config:
+        values.update(read_yaml(config))
+        where = f"config {config}"
+    else:
+        where = "options"
+    values.update({k: v for k, v in vars(args).items() if k not in skip})
+    return build_options(cls, values, where)
