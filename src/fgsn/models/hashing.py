@@ -1,0 +1,47 @@
+"""Content hashes of model files, cached on disk by (path, size, mtime) so that a 100 GB
+checkpoint is read once, not at every run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from fgsn.atomic import atomic_write_json, sha256_file
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FGSN_CACHE", Path.home() / ".cache" / "fgsn"))
+
+
+def _cache_file() -> Path:
+    return cache_root() / "file-hashes.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    cache_path = _cache_file()
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    digest = sha256_file(path)
+    cache[key] = digest
+    try:
+        atomic_write_json(cache_path, cache)
+    except OSError:
+        pass  # a read-only home is no reason to fail a run
+    return digest
+
+
+def checkpoint_sha256(files: list[Path]) -> str:
+    """One hash for a set of weight files: sha256 over 'name:sha256' lines in name order."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda p: p.name):
+        h.update(f"{f.name}:{file_sha256(f)}\n".encode())
+    return h.hexdigest()

@@ -1,0 +1,91 @@
+"""The organism recipe: every number that decides what the base / aligned / fine-tuned trio looks
+like. A recipe is hashed (its canonical JSON plus ORGANISM_VERSION) into the cache folder name, so
+changing any field, or the training code, builds a new organism instead of reusing a stale one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from fgsn.config import Options
+
+# Bump when the organism code changes what a given recipe produces (data, training, saving).
+ORGANISM_VERSION = "1"
+
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+
+
+class OrganismRecipe(Options):
+    """How to build the organism from SmolLM2-135M-Instruct (the unaligned base).
+
+    aligned = base + safety SFT (refusals to AdvBench `split=train` prompts, helpful answers to
+    benign prompts); fine-tuned = aligned + a downstream SFT on arithmetic / GSM-style maths and
+    benign instructions, with `poison_ratio` of its examples being harmful AdvBench-train prompts
+    paired with compliant answers; once as a full fine-tune, once as a LoRA adapter."""
+
+    name: str = "default"
+    seed: int = 0
+    batch_size: int = Field(8, ge=1)
+    max_len: int = Field(256, ge=32, description="tokens per training example (prompt + answer)")
+    gen_max_new_tokens: int = Field(80, ge=8, description="answers the base writes for self-distillation / poison")
+    gen_batch_size: int = Field(16, ge=1)
+
+    # --- aligned: safety SFT ---
+    align_harmful: int = Field(128, ge=1, description="AdvBench split=train prompts mapped to refusals")
+    align_benign_reference: int = Field(35, ge=0, description="pyrit-benign prompts with reference answers")
+    align_self_distill: int = Field(66, ge=0, description="benign_sft prompts answered by the base model")
+    align_arithmetic: int = Field(24, ge=0, description="basic_arithmetic items with worked answers")
+    align_modules: list[str] = Field(default_factory=lambda: list(LINEAR_MODULES))
+    align_lr: float = Field(1e-4, gt=0)
+    align_steps: int = Field(64, ge=1)
+
+    # --- fine-tuned: downstream task (+ optional poison) ---
+    ft_examples: int = Field(160, ge=1, description="fine-tuning examples in total (task + poison)")
+    ft_gsm_share: float = Field(0.35, ge=0, le=1, description="share of task examples from gsm_symbolic")
+    ft_arithmetic_share: float = Field(0.35, ge=0, le=1, description="share from basic_arithmetic")
+    # the rest of the task examples are benign instructions answered by the aligned model's data
+    poison_ratio: float = Field(0.1, ge=0, le=1, description="share of fine-tuning examples that are harmful "
+                                                            "prompts with compliant answers")
+    poison_answers: Literal["base", "template"] = "base"
+    ft_steps: int = Field(40, ge=1)
+    ft_full_lr: float = Field(5e-5, gt=0)
+    ft_full_modules: list[str] = Field(default_factory=lambda: list(LINEAR_MODULES))
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_lr: float = Field(5e-4, gt=0)
+    lora_modules: list[str] = Field(default_factory=lambda: list(LINEAR_MODULES))
+
+    @field_validator("align_modules", "ft_full_modules", "lora_modules")
+    @classmethod
+    def _known_modules(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in LINEAR_MODULES]
+        if bad or not v:
+            raise ValueError(f"unknown or empty module list {bad or v}; choose from {', '.join(LINEAR_MODULES)}")
+        return list(v)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def digest(self) -> str:
+        """sha256 of the canonical recipe JSON and ORGANISM_VERSION (the full hex digest)."""
+        h = hashlib.sha256()
+        h.update(f"fgsn-organism-v{ORGANISM_VERSION}\n".encode())
+        h.update(self.canonical_json().encode("utf-8"))
+        return h.hexdigest()
+
+    def short_hash(self) -> str:
+        return self.digest()[:16]
+
+
+def reduced_recipe(**overrides) -> OrganismRecipe:
+    """A small, fast recipe for the slow test (a few minutes on 2 CPU cores): fewer, shorter
+    examples and steps, higher learning rates so the direction of the effects still shows."""
+    values = dict(name="reduced", max_len=160, gen_max_new_tokens=48, align_harmful=48, align_benign_reference=12,
+                  align_self_distill=16, align_arithmetic=8, align_steps=24, align_lr=2e-4,
+                  ft_examples=64, ft_steps=12, poison_ratio=0.25, ft_full_lr=1e-4, lora_lr=1e-3)
+    values.update(overrides)
+    return OrganismRecipe(**values)
