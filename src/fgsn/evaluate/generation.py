@@ -1,0 +1,155 @@
+"""Batched generation: Hugging Face `generate` (default) or vLLM (`--backend vllm`, GPU, optional).
+
+Prompts arrive already rendered (chat template applied), so both backends see exactly the same
+text and the cache key (the rendered text) means the same thing for both. Batches are formed
+from prompts sorted by length (less padding; the longest batch first, so an out-of-memory error
+comes at once) and results are handed to `on_batch` as they come, which is how the cache
+checkpoints a long run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from fgsn.errors import InputError
+
+log = logging.getLogger(__name__)
+
+OnBatch = Callable[[list[int], list[str]], None]
+
+
+@dataclass(frozen=True)
+class GenSettings:
+    """What determines a completion (part of the cache key)."""
+
+    backend: str
+    dtype: str
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _batches(order: list[int], size: int) -> list[list[int]]:
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+class HFGenerator:
+    """Left-padded batched `model.generate`; halves the batch on CUDA out-of-memory."""
+
+    def __init__(self, model, tokenizer, settings: GenSettings, batch_size: int = 8,
+                 add_special_tokens: bool = False, progress: str | None = "generate"):
+        self.model = model
+        self.tok = tokenizer
+        self.settings = settings
+        self.batch_size = batch_size
+        self.add_special_tokens = add_special_tokens
+        self.progress = progress
+        if self.tok.padding_side != "left":
+            self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+
+    def _generation_config(self):
+        from transformers import GenerationConfig
+
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if eos is None:
+            eos = self.tok.eos_token_id
+        kw: dict[str, Any] = dict(max_new_tokens=self.settings.max_new_tokens, pad_token_id=self.tok.pad_token_id,
+                                  eos_token_id=eos, do_sample=not self.settings.greedy)
+        if not self.settings.greedy:
+            kw.update(temperature=self.settings.temperature, top_p=self.settings.top_p)
+        return GenerationConfig(**kw)
+
+    @torch.no_grad()
+    def _run(self, texts: list[str], batch_no: int) -> list[str]:
+        from fgsn.models.loading import input_device
+
+        enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=self.add_special_tokens)
+        dev = input_device(self.model)
+        enc = {k: v.to(dev) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        if not self.settings.greedy:
+            torch.manual_seed(self.settings.seed + batch_no)
+        out = self.model.generate(**enc, generation_config=self._generation_config())
+        new = out[:, enc["input_ids"].shape[1]:]
+        return [t.strip() for t in self.tok.batch_decode(new, skip_special_tokens=True)]
+
+    def generate(self, texts: list[str], on_batch: OnBatch | None = None) -> list[str]:
+        from tqdm.auto import tqdm
+
+        results: list[str | None] = [None] * len(texts)
+        lengths = [len(self.tok(t, add_special_tokens=self.add_special_tokens)["input_ids"]) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        pending = _batches(order, self.batch_size)
+        bar = tqdm(total=len(texts), desc=self.progress, unit="prompt", disable=self.progress is None,
+                   leave=False)
+        batch_no = 0
+        while pending:
+            idx = pending.pop(0)
+            try:
+                outs = self._run([texts[i] for i in idx], batch_no)
+            except torch.cuda.OutOfMemoryError:
+                if len(idx) == 1:
+                    raise InputError("out of GPU memory generating a single prompt; lower --max-new-tokens, "
+                                     "use --dtype bfloat16, or a bigger GPU") from None
+                torch.cuda.empty_cache()
+                half = len(idx) // 2
+                log.warning("CUDA out of memory at batch size %d; retrying with %d", len(idx), half)
+                self.batch_size = max(1, half)
+                pending[:0] = [idx[:half], idx[half:]]
+                continue
+            batch_no += 1
+            for i, o in zip(idx, outs, strict=True):
+                results[i] = o
+            if on_batch is not None:
+                on_batch(idx, outs)
+            bar.update(len(idx))
+        bar.close()
+        return [r if r is not None else "" for r in results]
+
+
+class VLLMGenerator:
+    """vLLM offline engine; imported only when asked for."""
+
+    CHUNK = 256  # prompts per vLLM call, so the cache checkpoints long runs
+
+    def __init__(self, path: str, settings: GenSettings, trust_remote_code: bool = False):
+        try:
+            import vllm
+        except ImportError:
+            raise InputError("--backend vllm needs vLLM, which is not installed; run: pip install 'fgsn[vllm]' "
+                             "(Linux with a CUDA GPU), or use the default --backend hf") from None
+        self._vllm = vllm
+        self.settings = settings
+        self.llm = vllm.LLM(model=str(path), dtype=settings.dtype, seed=settings.seed,
+                            trust_remote_code=trust_remote_code)
+
+    def generate(self, texts: list[str], on_batch: OnBatch | None = None) -> list[str]:
+        params = self._vllm.SamplingParams(temperature=self.settings.temperature,
+                                           top_p=self.settings.top_p if not self.settings.greedy else 1.0,
+                                           max_tokens=self.settings.max_new_tokens, seed=self.settings.seed)
+        results: list[str] = [""] * len(texts)
+        for idx in _batches(list(range(len(texts))), self.CHUNK):
+            outs = self.llm.generate([texts[i] for i in idx], params, use_tqdm=True)
+            decoded = [o.outputs[0].text.strip() for o in outs]
+            for i, o in zip(idx, decoded, strict=True):
+                results[i] = o
+            if on_batch is not None:
+                on_batch(idx, decoded)
+        return results
+
+    def close(self) -> None:
+        del self.llm

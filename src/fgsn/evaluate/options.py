@@ -1,0 +1,65 @@
+"""Typed options of `fgsn eval` (YAML keys and flags share these names, with - or _)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from fgsn.config import Options
+
+DEFAULT_UTILITY_INSTRUCTION = "\nGive the final answer alone on the last line, as: Answer: <answer>"
+
+
+class EvalOptions(Options):
+    """Generation, judging and scoring settings of an evaluation run.
+
+    Everything that can change a completion (backend, dtype, decoding, chat template, system
+    prompt) is part of the completion cache key; batch size and device are not, so that a rerun
+    on other hardware reuses the cache (greedy decoding makes that sound up to float noise).
+    """
+
+    # generation
+    backend: Literal["hf", "vllm"] = "hf"
+    device: str = "auto"
+    dtype: str | None = None
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = 0
+    use_chat_template: bool = True
+    system: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    adapters: dict[str, str] = Field(default_factory=dict)
+    cache_dir: str | None = None  # default: RUNDIR/cache
+    # judges
+    keyword_list: str = "fgsn-v1"
+    keyword_min_words: int | None = Field(None, ge=0)  # None: the list's own rule
+    judge_url: str | None = None
+    judge_model: str | None = None
+    judge_key_env: str = "OPENAI_API_KEY"
+    judge_timeout: float = Field(60.0, gt=0)
+    judge_retries: int = Field(4, ge=0)
+    judge_backoff: float = Field(1.0, ge=0)
+    judge_workers: int = Field(4, ge=1)
+    judge_success_score: float = Field(3.0, ge=1, le=5)
+    judge_path: str | None = None
+    judge_max_new_tokens: int = Field(20, ge=1)
+    # utility and reference answers
+    utility_limit: int = Field(100, ge=1)
+    utility_seed: int = 0
+    utility_instruction: str = DEFAULT_UTILITY_INSTRUCTION
+    nll_max_length: int = Field(2048, ge=8)
+    # output
+    report: bool = True
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str | None) -> str | None:
+        from fgsn.models.loading import DTYPES
+
+        if v in (None, "auto") or v in DTYPES:
+            return None if v == "auto" else v
+        raise ValueError(f"unknown dtype {v!r}; use one of {', '.join(sorted(DTYPES))} or auto")
