@@ -86,8 +86,9 @@ def perturbed_copy(src: Path, dst: Path, scale: float, seed: int, only: str | No
                     only is None or only in name):
                 p.add_(torch.randn(p.shape, generator=g) * scale)
     model.save_pretrained(dst)
-    for f in Path(src).glob("*token*"):
-        (Path(dst) / f.name).write_bytes(f.read_bytes())
+    for f in Path(src).iterdir():
+        if f.suffix != ".safetensors" and f.name != "config.json" and f.is_file():
+            (Path(dst) / f.name).write_bytes(f.read_bytes())
     return Path(dst)
 
 

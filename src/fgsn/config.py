@@ -60,7 +60,7 @@ def build_options(cls: type[T], values: dict[str, Any], where: str = "options") 
         raise ConfigError(format_validation_error(e, where)) from None
 
 
-def options_from_args(cls: type[T], args: argparse.Namespace, skip: tuple[str, ...] = ("func", "config", "command")
+def options_from_args(cls: type[T], args: argparse.Namespace, skip: tuple[str, ...] = ("func", "config", "command", "verbose")
                       ) -> T:
     """Defaults < YAML (`args.config`) < flags present in `args`."""
     values: dict[str, Any] = {}
@@ -72,3 +72,34 @@ def options_from_args(cls: type[T], args: argparse.Namespace, skip: tuple[str, .
         where = "options"
     values.update({k: v for k, v in vars(args).items() if k not in skip})
     return build_options(cls, values, where)
+
+
+def add_option_flags(parser: argparse.ArgumentParser, cls: type[BaseModel], helps: dict[str, str] | None = None,
+                     skip: tuple[str, ...] = ()) -> None:
+    """One flag per option field (`--batch-size` for `batch_size`), all defaulting to SUPPRESS so
+    that YAML values survive; lists are repeatable flags, booleans get --x/--no-x."""
+    import typing
+
+    helps = helps or {}
+    for name, field in cls.model_fields.items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        ann = field.annotation
+        args = typing.get_args(ann)
+        is_list = typing.get_origin(ann) is list or any(typing.get_origin(a) is list for a in args)
+        is_bool = ann is bool
+        from pydantic_core import PydanticUndefined
+
+        default = None if field.default in (None, PydanticUndefined) else field.default
+        text = helps.get(name) or field.description or ""
+        if default not in (None, ...) and not field.is_required():
+            text = f"{text} (default: {default})".strip()
+        if field.is_required():
+            text = f"{text} (required)".strip()
+        if is_bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        elif is_list:
+            parser.add_argument(flag, action="append", default=argparse.SUPPRESS, metavar="X", help=text + " [repeatable]")
+        else:
+            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=name.upper(), help=text)

@@ -20,7 +20,7 @@ def render_chat(tokenizer, prompt: str, system: str | None = None, use_chat_temp
     if not has_chat_template(tokenizer):
         raise InputError(
             f"tokenizer of {getattr(tokenizer, 'name_or_path', '?')} has no chat template; "
-            "add one to tokenizer_config.json, or pass --no-chat-template to feed raw prompts"
+            "add one to tokenizer_config.json, or pass --no-use-chat-template to feed raw prompts"
         )
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -179,3 +179,30 @@ def edit_targets(arch: Architecture, names: set[str] | list[str], num_layers: in
                 raise InputError(f"tensor {tensor} is missing from the checkpoint; is it a {arch.name} model?")
             targets.append(EditTarget(tensor, layer, spec))
     return targets
+
+
+def to_out_in(tensor, arch: Architecture):
+    """A stored weight as (out, in), the orientation every formula in method.md uses."""
+    return tensor.T if arch.transposed else tensor
+
+
+def from_out_in(tensor, arch: Architecture):
+    return (tensor.T if arch.transposed else tensor).contiguous()
+
+
+def live_layers(model, arch: Architecture):
+    """The decoder-layer list of a loaded transformers model."""
+    from operator import attrgetter
+
+    for path in (arch.layers_path, *arch.layers_path_aliases):
+        try:
+            return attrgetter(path)(model)
+        except AttributeError:
+            continue
+    raise InputError(f"loaded model has no {arch.layers_path}; registry entry {arch.name} does not fit it")
+
+
+def live_module(model, arch: Architecture, target: EditTarget):
+    from operator import attrgetter
+
+    return attrgetter(target.spec.path)(live_layers(model, arch)[target.layer])

@@ -1,0 +1,1 @@
+"""Edit: safety-direction projectors, sparse projection (full and LoRA), continual ledger."""

@@ -1,0 +1,1 @@
+"""Locate: activation probes, safety-layer search, neuron scores and masks."""

@@ -1,0 +1,79 @@
+"""Safety-neuron masks: the harmful top-q minus the task top-p (method.md step 2), at weight or
+neuron (output row) granularity, stored bit-packed."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from fgsn.errors import InputError, IntegrityError
+
+GRANULARITIES = ("weight", "neuron")
+
+
+def top_fraction(scores: torch.Tensor, frac: float) -> torch.Tensor:
+    """Boolean mask of the top `frac` share of `scores` (exactly round(frac * n) entries)."""
+    if not 0.0 <= frac <= 1.0:
+        raise InputError(f"fraction {frac} must lie in [0, 1]")
+    flat = scores.reshape(-1)
+    k = int(round(frac * flat.numel()))
+    mask = torch.zeros(flat.numel(), dtype=torch.bool)
+    if k > 0:
+        idx = torch.topk(flat, k, sorted=False).indices
+        mask[idx] = True
+    return mask.reshape(scores.shape)
+
+
+def safety_mask(harmful: torch.Tensor, task: torch.Tensor, q: float, p: float, granularity: str = "weight"
+                ) -> torch.Tensor:
+    """mask = top_q(harmful) \\ top_p(task). At neuron granularity the score of an output row is
+    its row sum and whole rows are selected."""
+    if granularity == "weight":
+        return top_fraction(harmful, q) & ~top_fraction(task, p)
+    if granularity == "neuron":
+        rows = top_fraction(harmful.sum(1), q) & ~top_fraction(task.sum(1), p)
+        return rows.unsqueeze(1).expand_as(harmful).clone()
+    raise InputError(f"unknown granularity {granularity!r}; use weight or neuron")
+
+
+def pack(mask: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.packbits(mask.reshape(-1).numpy().astype(np.uint8)))
+
+
+def unpack(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    n = int(np.prod(shape))
+    bits = np.unpackbits(packed.numpy(), count=n)
+    return torch.from_numpy(bits.astype(bool)).reshape(shape)
+
+
+def save_masks(path: str | os.PathLike, masks: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+    """Bit-packed masks in one safetensors file (shapes in its metadata); atomic."""
+    from safetensors.torch import save
+
+    from fgsn.atomic import atomic_write_bytes
+
+    shapes = {k: list(v.shape) for k, v in masks.items()}
+    metadata = {"fgsn_shapes": json.dumps(shapes, sort_keys=True), "fgsn_meta": json.dumps(meta or {}, sort_keys=True)}
+    data = save({k: pack(v) for k, v in sorted(masks.items())}, metadata=metadata)
+    atomic_write_bytes(path, data)
+
+
+def load_masks(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        raw = open(path, "rb").read()  # noqa: SIM115
+        tensors = load(raw)
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        shapes = json.loads(metadata["fgsn_shapes"])
+        meta = json.loads(metadata.get("fgsn_meta", "{}"))
+    except (OSError, SafetensorError, KeyError, json.JSONDecodeError) as e:
+        raise IntegrityError(f"mask file {path} is unreadable or corrupt ({e}); re-run locate") from e
+    return {k: unpack(v, tuple(shapes[k])) for k, v in tensors.items()}, meta

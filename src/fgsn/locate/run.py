@@ -1,0 +1,247 @@
+"""The locate stage end to end: prompts -> probes -> safety layers -> neuron masks.
+
+Works from the trio's files: the aligned model is probed for the layer search, the fine-tuned
+model (a LoRA adapter merged in memory) for the neuron scores; weights for scoring are then read
+tensor by tensor from the checkpoints.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator
+from tqdm.auto import tqdm
+
+from fgsn.atomic import atomic_dir, atomic_write_json
+from fgsn.config import Options
+from fgsn.data.prompts import PromptSet, concat, load_prompts
+from fgsn.edit.masks_io import PackedMasks
+from fgsn.edit.projectors import Projector
+from fgsn.errors import InputError
+from fgsn.locate.cache import cached_probe, probe_key
+from fgsn.locate.layers import LayerSearch, parse_layers, plot_layer_search, search_layers
+from fgsn.locate.masks import safety_mask
+from fgsn.locate.probes import ProbeStats, run_probes
+from fgsn.locate.scores import SCORES, ScoreInputs, score_pair
+from fgsn.models.finetune import LoraFinetune
+from fgsn.models.loading import load_model
+from fgsn.models.registry import EditTarget, edit_targets, live_layers, live_module, to_out_in
+from fgsn.models.trio import Trio, open_trio
+
+log = logging.getLogger(__name__)
+
+
+class LocateOptions(Options):
+    aligned: str
+    finetuned: str
+    base: str | None = None
+    harmful: list[str]
+    task: list[str]
+    benign: list[str] | None = None
+    category: str | None = None
+    layers: str | None = None
+    layer_eps: float = Field(0.05, ge=0, le=1)
+    modules: list[str] | None = None
+    q: float = Field(0.1, ge=0, le=1)
+    p: float = Field(0.1, ge=0, le=1)
+    granularity: Literal["weight", "neuron"] = "weight"
+    score: Literal[SCORES] = "wanda"  # type: ignore[valid-type]
+    projector: Literal["safelora", "svd"] = "safelora"
+    rank: int | None = Field(None, ge=1)
+    energy: float = Field(0.99, gt=0, le=1)
+    device: str = "auto"
+    dtype: str | None = None
+    batch_size: int = Field(8, ge=1)
+    max_length: int | None = Field(None, ge=8)
+    use_chat_template: bool = True
+    system: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    seed: int = 0
+    cache: bool = True
+    overwrite: bool = False
+    out: str | None = None
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers_str(cls, v):
+        return ",".join(str(x) for x in v) if isinstance(v, list | tuple) else v
+
+    @field_validator("harmful", "task", "benign", "modules", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",")] if v and "," in v and not Path(v).exists() else [v]
+        return v
+
+
+@dataclass
+class LocateResult:
+    layers: list[int]
+    layer_search: LayerSearch | None
+    masks: PackedMasks
+    targets: list[EditTarget]
+    module_stats: list[dict] = field(default_factory=list)
+    prompt_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def masked(self) -> int:
+        return sum(s["masked"] for s in self.module_stats)
+
+
+def load_sets(opts: LocateOptions) -> dict[str, PromptSet]:
+    harmful = concat("harmful", [load_prompts(s) for s in opts.harmful])
+    if opts.category and opts.category in {p.category for p in harmful}:
+        harmful = harmful.filter(category=opts.category)
+    task = concat("task", [load_prompts(s) for s in opts.task])
+    benign = concat("benign", [load_prompts(s) for s in opts.benign]) if opts.benign else task.with_name("benign")
+    for s in (harmful, task, benign):
+        s.require(2, f"{s.name} prompts")
+    return {"harmful": harmful, "task": task, "benign": benign}
+
+
+def _probe(model, tok, trio: Trio, pset: PromptSet, opts: LocateOptions, model_sha: str, *,
+           modules: dict[str, torch.nn.Module] | None = None, hidden: bool = True,
+           stop: int | None = None) -> ProbeStats:
+    key = None
+    if opts.cache:
+        key = probe_key(model=model_sha, prompts=pset.texts, modules=sorted(modules or {}), hidden=hidden, stop=stop,
+                        chat=opts.use_chat_template, system=opts.system, dtype=str(next(model.parameters()).dtype),
+                        batch=opts.batch_size, max_length=opts.max_length)
+
+    def compute() -> ProbeStats:
+        return run_probes(model, tok, pset.texts, layers=live_layers(model, trio.arch), modules=modules,
+                          hidden_states=hidden, stop_after_layer=stop, batch_size=opts.batch_size,
+                          use_chat_template=opts.use_chat_template, system=opts.system,
+                          max_length=opts.max_length, desc=f"probe {pset.name}")
+
+    return cached_probe(key, compute)
+
+
+def _load_live(trio: Trio, opts: LocateOptions, which: str):
+    if which == "aligned":
+        path, adapter = trio.aligned.path, None
+    elif isinstance(trio.finetuned, LoraFinetune):
+        path, adapter = trio.aligned.path, trio.finetuned.path
+    else:
+        path, adapter = trio.finetuned.path, None
+    log.info("loading the %s model from %s%s", which, path, f" + adapter {adapter}" if adapter else "")
+    return load_model(path, device=opts.device, dtype=opts.dtype, adapter=adapter,
+                      trust_remote_code=opts.trust_remote_code, allow_pickle=opts.allow_pickle)
+
+
+def find_layers(trio: Trio, sets: dict[str, PromptSet], opts: LocateOptions) -> tuple[list[int], LayerSearch | None]:
+    explicit = parse_layers(opts.layers, trio.num_layers)
+    if explicit is not None:
+        return explicit, None
+    model, tok = _load_live(trio, opts, "aligned")
+    try:
+        benign = _probe(model, tok, trio, sets["benign"], opts, trio.aligned.sha256)
+        harmful = _probe(model, tok, trio, sets["harmful"], opts, trio.aligned.sha256)
+    finally:
+        del model
+        gc.collect()
+    search = search_layers(benign, harmful, opts.layer_eps)
+    log.info("safety layers %d-%d (%s)", *search.selected, search.rule)
+    return search.layers, search
+
+
+def _targets(trio: Trio, layers: list[int], opts: LocateOptions) -> list[EditTarget]:
+    targets = edit_targets(trio.arch, trio.aligned.names, trio.num_layers, opts.modules, layers)
+    if isinstance(trio.finetuned, LoraFinetune):
+        targets = [t for t in targets if trio.finetuned.changed(t.tensor)]
+        if not targets:
+            raise InputError(f"adapter {trio.finetuned.path} changes none of the target modules in layers "
+                             f"{layers[0]}-{layers[-1]}; check --modules / --layers")
+    return targets
+
+
+def score_masks(trio: Trio, targets: list[EditTarget], harm: ProbeStats, task: ProbeStats, opts: LocateOptions
+                ) -> tuple[PackedMasks, list[dict]]:
+    masks = PackedMasks()
+    stats: list[dict] = []
+    if opts.score == "offsafety" and trio.base is None:
+        raise InputError("--score offsafety needs --base (the safety direction is aligned - base)")
+    for i, t in enumerate(tqdm(targets, desc="score", unit="tensor", leave=False)):
+        w_ft = to_out_in(trio.finetuned.get(t.tensor), trio.arch).float()
+        w_al = to_out_in(trio.aligned.get(t.tensor), trio.arch).float()
+        delta = w_ft - w_al
+        if not bool(delta.any()):
+            stats.append({"name": t.tensor, "layer": t.layer, "module": t.spec.name, "numel": delta.numel(),
+                          "masked": 0, "skipped": "no fine-tuning update"})
+            continue
+        V = w_al - to_out_in(trio.base.get(t.tensor), trio.arch).float() if trio.base is not None else None
+        rows = delta.shape[0]
+        parts = trio.arch.part_sizes(t.spec, trio.aligned.config, rows)
+
+        def project(Y, V=V, parts=parts):
+            out = torch.empty_like(Y)
+            r0 = 0
+            for _, size in parts:
+                out[r0:r0 + size] = Projector(opts.projector, V[r0:r0 + size], opts.rank, opts.energy).apply(
+                    Y[r0:r0 + size])
+                r0 += size
+            return out
+
+        inputs = ScoreInputs(t.tensor, w_ft, delta, project, seed=opts.seed * 100003 + i)
+        h, s = score_pair(opts.score, inputs, harm.feature_norms(t.tensor), task.feature_norms(t.tensor))
+        mask = safety_mask(h, s, opts.q, opts.p, opts.granularity)
+        masks.put(t.tensor, mask)
+        dn = float(delta.pow(2).sum())
+        stats.append({"name": t.tensor, "layer": t.layer, "module": t.spec.name, "numel": mask.numel(),
+                      "masked": int(mask.sum()),
+                      "mask_update_energy": float(delta[mask].pow(2).sum()) / dn if dn else 0.0})
+    return masks, stats
+
+
+def locate_masks(trio: Trio, opts: LocateOptions, sets: dict[str, PromptSet] | None = None) -> LocateResult:
+    sets = sets or load_sets(opts)
+    layers, search = find_layers(trio, sets, opts)
+    targets = _targets(trio, layers, opts)
+    model, tok = _load_live(trio, opts, "fine-tuned")
+    try:
+        modules = {t.tensor: live_module(model, trio.arch, t) for t in targets}
+        stop = max(t.layer for t in targets)
+        sha = trio.finetuned.sha256
+        harm = _probe(model, tok, trio, sets["harmful"], opts, sha, modules=modules, hidden=False, stop=stop)
+        task = _probe(model, tok, trio, sets["task"], opts, sha, modules=modules, hidden=False, stop=stop)
+    finally:
+        del model
+        gc.collect()
+    masks, stats = score_masks(trio, targets, harm, task, opts)
+    return LocateResult(layers, search, masks, targets, stats, {k: len(v) for k, v in sets.items()})
+
+
+def inputs_json(trio: Trio) -> dict:
+    d = {"aligned": {"path": str(trio.aligned.path), "sha256": trio.aligned.sha256},
+         "finetuned": {"path": str(trio.finetuned.path), "sha256": trio.finetuned.sha256, "kind": trio.finetuned.kind}}
+    if trio.base is not None:
+        d["base"] = {"path": str(trio.base.path), "sha256": trio.base.sha256}
+    return d
+
+
+def save_locate_run(out: str | Path, result: LocateResult, trio: Trio, opts: LocateOptions) -> Path:
+    with atomic_dir(out, overwrite=opts.overwrite) as tmp:
+        result.masks.save(tmp / "masks.safetensors", meta={"layers": result.layers})
+        doc = {"options": opts.model_dump(mode="json"), "inputs": inputs_json(trio), "layers": result.layers,
+               "modules": result.module_stats, "prompt_counts": result.prompt_counts,
+               "layer_search": result.layer_search.to_json() if result.layer_search else None,
+               "masked": result.masked}
+        atomic_write_json(tmp / "locate.json", doc)
+        if result.layer_search is not None:
+            plot_layer_search(result.layer_search, tmp / "layer_search.png")
+    return Path(out)
+
+
+def run_locate(opts: LocateOptions, out: str | Path | None = None) -> LocateResult:
+    trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)
+    torch.manual_seed(opts.seed)
+    result = locate_masks(trio, opts)
+    if out is not None:
+        save_locate_run(out, result, trio, opts)
+    return result

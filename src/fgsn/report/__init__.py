@@ -1,0 +1,1 @@
+"""Report: manifest, Markdown/HTML report, plots."""
