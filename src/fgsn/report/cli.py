@@ -1,0 +1,25 @@
+"""`fgsn report RUNDIR`: rebuild results and reports of an evaluation run (no model is loaded)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "report", help="write results.json, report.md and report.html of an eval run folder",
+        description="Aggregate the records of an `fgsn eval` run folder into RUNDIR/results.json, "
+                    "RUNDIR/report.md and a self-contained RUNDIR/report.html, and print the summary table. "
+                    "Schema of results.json: docs/results-schema.md.")
+    p.add_argument("rundir", help="the --out folder of fgsn eval")
+    p.add_argument("--quiet", action="store_true", help="do not print the summary table")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from fgsn.report.build import build_report
+
+    build_report(args.rundir, echo=not args.quiet)
+    print(f"\nwrote {args.rundir}/results.json, report.md, report.html")
+    return 0

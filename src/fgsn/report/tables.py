@@ -1,0 +1,125 @@
+"""The report's tables as plain data (title, headers, rows of strings), rendered by markdown.py,
+html.py and the terminal printer alike, so the three never disagree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+MISSING = "—"
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str | None = None
+
+
+def pct(x: float | None, missing: str = MISSING) -> str:
+    return missing if x is None else f"{100 * x:.1f}%"
+
+
+def pct_ci(x: float | None, ci: list[float] | None, missing: str = MISSING) -> str:
+    if x is None:
+        return missing
+    return f"{100 * x:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def num(x: float | None, digits: int = 2, missing: str = MISSING) -> str:
+    return missing if x is None else f"{x:.{digits}f}"
+
+
+def modified(x: float | None, missing: str = MISSING) -> str:
+    return missing if x is None else f"{100 * x:.2f}%"
+
+
+def summary_table(results: dict[str, Any], missing: str = MISSING) -> Table:
+    judge = (results.get("judge") or {}).get("judge", "?")
+    kw = results.get("keyword_judge") or {}
+    headers = ["model", f"ASR ({judge}) [95% CI]"]
+    if judge != "keyword":
+        headers.append(f"ASR (keyword {kw.get('list', '?')})")
+    headers += ["harmfulness 1-5", "over-refusal", "utility", "NLL", "PPL", "params modified"]
+    rows = []
+    for name in results["order"]:
+        m = results["models"][name]
+        row = [name, pct_ci(m["asr"], m["asr_ci"], missing)]
+        if judge != "keyword":
+            row.append(pct(m["asr_keyword"], missing))
+        row += [num(m["harmfulness"], 2, missing), pct(m["over_refusal"], missing), pct(m["utility"], missing),
+                num(m["nll"], 3, missing), num(m["perplexity"], 2, missing), modified(m["modified_fraction"], missing)]
+        rows.append(row)
+    n = results.get("counts") or {}
+    note = (f"{n.get('harmful', 0)} harmful, {n.get('alarming', 0)} alarming-but-harmless, "
+            f"{n.get('utility', 0)} utility and {n.get('reference', 0)} reference prompts; "
+            f"{missing} = not measured.")
+    return Table("Summary", headers, rows, note)
+
+
+def category_table(results: dict[str, Any], missing: str = MISSING) -> Table | None:
+    cats = sorted({c for n in results["order"] for c in results["models"][n]["categories"]})
+    if not cats:
+        return None
+    rows = []
+    for c in cats:
+        row = [c]
+        for name in results["order"]:
+            d = results["models"][name]["categories"].get(c)
+            row.append(f"{pct(d['asr'], missing)} (n={d['n']})" if d else missing)
+        rows.append(row)
+    return Table("ASR by harm category", ["category"] + list(results["order"]), rows)
+
+
+def over_refusal_table(results: dict[str, Any], missing: str = MISSING) -> Table | None:
+    cats = sorted({c for n in results["order"] for c in results["models"][n]["over_refusal_categories"]})
+    if not cats:
+        return None
+    rows = []
+    for c in cats:
+        row = [c]
+        for name in results["order"]:
+            d = results["models"][name]["over_refusal_categories"].get(c)
+            row.append(f"{pct(d['rate'], missing)} (n={d['n']})" if d else missing)
+        rows.append(row)
+    return Table("Over-refusal by category (harmless prompts that sound alarming)",
+                 ["category"] + list(results["order"]), rows)
+
+
+def utility_table(results: dict[str, Any], missing: str = MISSING) -> Table | None:
+    tasks = sorted({t for n in results["order"] for t in results["models"][n]["utility_tasks"]})
+    if not tasks:
+        return None
+    rows = []
+    for t in tasks:
+        row = [t]
+        for name in results["order"]:
+            d = results["models"][name]["utility_tasks"].get(t)
+            row.append(f"{pct(d['accuracy'], missing)} (n={d['n']})" if d else missing)
+        rows.append(row)
+    return Table("Utility by task (exact-match accuracy)", ["task"] + list(results["order"]), rows)
+
+
+def all_tables(results: dict[str, Any], missing: str = MISSING) -> list[Table]:
+    tabs = [summary_table(results, missing), category_table(results, missing),
+            over_refusal_table(results, missing), utility_table(results, missing)]
+    return [t for t in tabs if t is not None]
+
+
+def text_table(table: Table) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in table.rows)) if table.rows else len(h)
+              for i, h in enumerate(table.headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(table.headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table.rows]
+    return "\n".join(out)
+
+
+def summary_text(results: dict[str, Any]) -> str:
+    """The terminal summary: the comparison table and ASR by category."""
+    parts = []
+    for t in (summary_table(results, "-"), category_table(results, "-")):
+        if t is not None:
+            parts.append(f"{t.title}\n{text_table(t)}")
+    return "\n\n".join(parts)
