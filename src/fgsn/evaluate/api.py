@@ -155,7 +155,7 @@ def model_hash(path: Path, adapter: str | None, allow_pickle: bool = False) -> s
     """Content hash of the weights (and adapter): the cache key of everything a model produced."""
     from fgsn.models.checkpoint import Checkpoint
 
-    h = Checkpoint(path, allow_pickle=allow_pickle).sha256()
+    h = Checkpoint(path, allow_pickle=allow_pickle).sha256  # a cached property
     if adapter:
         from fgsn.models.hashing import checkpoint_sha256
 

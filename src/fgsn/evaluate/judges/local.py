@@ -60,7 +60,7 @@ class LocalJudge(Judge):
         if self._hash is None:
             from fgsn.models.checkpoint import Checkpoint
 
-            self._hash = Checkpoint(self.path, allow_pickle=self.allow_pickle).sha256()
+            self._hash = Checkpoint(self.path, allow_pickle=self.allow_pickle).sha256
         return self._hash
 
     def describe(self) -> dict[str, Any]:
