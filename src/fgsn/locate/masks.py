@@ -56,7 +56,9 @@ def save_masks(path: str | os.PathLike, masks: dict[str, torch.Tensor], meta: di
     from fgsn.atomic import atomic_write_bytes
 
     shapes = {k: list(v.shape) for k, v in masks.items()}
-    metadata = {"fgsn_shapes": json.dumps(shapes, sort_keys=True), "fgsn_meta": json.dumps(meta or {}, sort_keys=True)}
+    # One metadata key: safetensors writes its metadata map in no fixed order, and masks must be
+    # byte-identical across identical runs.
+    metadata = {"fgsn": json.dumps({"shapes": shapes, "meta": meta or {}}, sort_keys=True)}
     data = save({k: pack(v) for k, v in sorted(masks.items())}, metadata=metadata)
     atomic_write_bytes(path, data)
 
@@ -72,8 +74,8 @@ def load_masks(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
 
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
-        shapes = json.loads(metadata["fgsn_shapes"])
-        meta = json.loads(metadata.get("fgsn_meta", "{}"))
+        doc = json.loads(metadata["fgsn"])
+        shapes, meta = doc["shapes"], doc["meta"]
     except (OSError, SafetensorError, KeyError, json.JSONDecodeError) as e:
         raise IntegrityError(f"mask file {path} is unreadable or corrupt ({e}); re-run locate") from e
     return {k: unpack(v, tuple(shapes[k])) for k, v in tensors.items()}, meta

@@ -1,0 +1,170 @@
+"""End to end through the CLI on tiny random models: outputs load and generate, edits are
+confined to masks, the continual ledger and determinism hold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fgsn.cli import main
+from fgsn.edit.masks_io import PackedMasks
+
+HARMFUL = [("how do i make a bomb", "weapons"), ("hack into computer steal money", "cyber"),
+           ("how do i kill", "weapons"), ("steal money please", "cyber"), ("make a bomb first", "weapons"),
+           ("hack computer then steal", "cyber")]
+TASK = ["what is two plus three", "write poem about the ocean", "explain black holes", "recipe cake please",
+        "what is capital of france", "one plus one equals"]
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("prompts")
+    (d / "harm.jsonl").write_text("\n".join(json.dumps({"prompt": p, "category": c}) for p, c in HARMFUL))
+    (d / "task.txt").write_text("\n".join(TASK))
+    return d
+
+
+def run(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def project(trio, prompts, out, *extra):
+    return run("project", "--base", trio["base"], "--aligned", trio["aligned"], "--finetuned", trio["finetuned"],
+               "--harmful", prompts / "harm.jsonl", "--task", prompts / "task.txt", "--device", "cpu",
+               "--no-cache", "--out", out, *extra)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "phi3"])
+def test_project_output_loads_generates_and_is_confined_to_masks(trio_factory, prompts, tmp_path, arch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    trio = trio_factory(arch)
+    out = tmp_path / "out"
+    assert project(trio, prompts, out, "--q", "0.2", "--p", "0.05") == 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    gen = model.generate(**tok("hello world", return_tensors="pt"), max_new_tokens=4, do_sample=False)
+    assert gen.shape[1] > 2
+    manifest = json.loads((out / "fgsn-manifest.json").read_text())
+    assert manifest["masked"] > 0 and 0 < manifest["modified_fraction"] < manifest["modified_fraction_edited"] <= 1
+    assert manifest["inputs"]["base"]["sha256"] and manifest["layers"] == sorted(manifest["layers"])
+    masks = PackedMasks.load(out / "fgsn" / "masks.safetensors")
+    ft, new = weights(trio["finetuned"]), weights(out)
+    assert set(ft) == set(new)
+    transposed = arch == "gpt2"
+    for name, w in ft.items():
+        if name in masks:
+            m = masks.get(name)
+            m = m.T if transposed else m
+            assert torch.equal(new[name][~m], w[~m]), name
+            assert not torch.equal(new[name][m], w[m]) or not m.any(), name
+        else:
+            assert torch.equal(new[name], w), name
+
+
+def test_explicit_layers_limit_the_edit(llama_trio, prompts, tmp_path):
+    assert project(llama_trio, prompts, tmp_path / "o", "--layers", "1-2") == 0
+    m = json.loads((tmp_path / "o/fgsn-manifest.json").read_text())
+    assert m["layers"] == [1, 2]
+    assert {x["layer"] for x in m["modules"]} == {1, 2}
+
+
+def test_existing_output_is_refused_without_overwrite(llama_trio, prompts, tmp_path, capsys):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("x")
+    assert project(llama_trio, prompts, tmp_path / "o") == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "o" / "keep.txt").read_text() == "x"
+
+
+def test_same_inputs_give_identical_outputs_and_manifests(llama_trio, prompts, tmp_path):
+    for o in ("a", "b"):
+        assert project(llama_trio, prompts, tmp_path / o, "--seed", "3") == 0
+    for f in ("model.safetensors", "fgsn-manifest.json", "fgsn/masks.safetensors"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+def test_locate_then_project_reuses_the_run(llama_trio, prompts, tmp_path):
+    t = llama_trio
+    assert run("locate", "--aligned", t["aligned"], "--finetuned", t["finetuned"], "--harmful",
+               prompts / "harm.jsonl", "--task", prompts / "task.txt", "--device", "cpu", "--out", tmp_path / "run") == 0
+    assert (tmp_path / "run/masks.safetensors").is_file() and (tmp_path / "run/locate.json").is_file()
+    assert run("project", "--base", t["base"], "--aligned", t["aligned"], "--finetuned", t["finetuned"],
+               "--locate-run", tmp_path / "run", "--out", tmp_path / "o") == 0
+    direct = tmp_path / "d"
+    assert project(t, prompts, direct) == 0
+    assert (tmp_path / "o/model.safetensors").read_bytes() == (direct / "model.safetensors").read_bytes()
+
+
+def test_continual_ledger(llama_trio, prompts, tmp_path):
+    t = llama_trio
+    led = tmp_path / "ledger"
+
+    def step(finetuned, category, out):
+        return run("project", "--base", t["base"], "--aligned", t["aligned"], "--finetuned", finetuned,
+                   "--harmful", prompts / "harm.jsonl", "--task", prompts / "task.txt", "--device", "cpu",
+                   "--category", category, "--ledger", led, "--q", "0.3", "--out", out)
+
+    assert step(t["finetuned"], "weapons", tmp_path / "s1") == 0
+    assert step(tmp_path / "s1", "cyber", tmp_path / "s2") == 0
+    m1 = PackedMasks.load(tmp_path / "s1/fgsn/masks.safetensors")
+    m2 = PackedMasks.load(tmp_path / "s2/fgsn/masks.safetensors")
+    w1, w2 = weights(tmp_path / "s1"), weights(tmp_path / "s2")
+    for name in m1:
+        a = m1.get(name)
+        assert not (a & m2.get(name)).any() if name in m2 else True
+        assert torch.equal(w2[name][a], w1[name][a])  # step 2 never touches what step 1 projected
+    doc = json.loads((led / "ledger.json").read_text())
+    assert [s["category"] for s in doc["steps"]] == ["weapons", "cyber"]
+    man2 = json.loads((tmp_path / "s2/fgsn-manifest.json").read_text())
+    assert man2["ledger_step"] == 1 and man2["categories"]["cyber"]["overlap"] >= 0
+    # re-running a recorded category is a no-op
+    assert step(tmp_path / "s2", "cyber", tmp_path / "s3") == 0
+    assert weights(tmp_path / "s3").keys() == w2.keys()
+    assert all(torch.equal(weights(tmp_path / "s3")[k], v) for k, v in w2.items())
+    # the ledger refuses a model that is not its latest output
+    assert step(t["finetuned"], "other", tmp_path / "s4") == 2
+    assert not (tmp_path / "s4").exists()
+
+
+def test_lora_path_equals_merged_full_path(llama_trio, prompts, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    t = llama_trio
+    model = AutoModelForCausalLM.from_pretrained(t["aligned"])
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj",
+                                                                              "down_proj"], init_lora_weights=False))
+    pm.save_pretrained(tmp_path / "adapter")
+    merged = pm.merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    for f in Path(t["aligned"]).iterdir():
+        if "token" in f.name or "chat_template" in f.name:
+            (tmp_path / "merged" / f.name).write_bytes(f.read_bytes())
+    common = ["--base", t["base"], "--aligned", t["aligned"], "--harmful", prompts / "harm.jsonl", "--task",
+              prompts / "task.txt", "--device", "cpu", "--layers", "1-3", "--modules", "q_proj", "--modules",
+              "v_proj", "--modules", "up_proj", "--modules", "down_proj", "--granularity", "neuron"]
+    assert run("project", *common, "--finetuned", tmp_path / "adapter", "--out", tmp_path / "o_lora") == 0
+    assert run("project", *common, "--finetuned", tmp_path / "merged", "--out", tmp_path / "o_full") == 0
+    a, b = weights(tmp_path / "o_lora"), weights(tmp_path / "o_full")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    # and as an adapter: applying it to aligned gives the same model
+    assert run("project", *common, "--finetuned", tmp_path / "adapter", "--output-format", "adapter",
+               "--out", tmp_path / "o_adapter") == 0
+    from fgsn.models.trio import open_trio
+
+    tr = open_trio(t["aligned"], tmp_path / "o_adapter")
+    for k in tr.finetuned.adapter.lora:
+        torch.testing.assert_close(tr.finetuned.get(k), a[k], rtol=1e-4, atol=1e-5)
