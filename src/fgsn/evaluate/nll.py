@@ -41,7 +41,9 @@ def answer_nll(model, tokenizer, contexts: list[str], answers: list[str], *, bat
         for r, (s, _) in enumerate(chunk):  # left padding, as in generation
             ids[r, width - len(s):] = torch.tensor(s)
             mask[r, width - len(s):] = 1
-        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
+        # Positions count from each row's first real token, so left padding does not shift them.
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev)).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         target = ids[:, 1:].to(logp.device)
         tok_nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
