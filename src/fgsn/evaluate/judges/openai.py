@@ -4,7 +4,8 @@ Ollama, LiteLLM...), with the stdlib only: no `openai` dependency to install or 
 Transport failures (timeouts, refused connections, HTTP 429 and 5xx, bodies that are not a chat
 completion) are retried with exponential backoff; authentication and not-found errors stop the
 run at once with a message saying what to fix. An item still failing after its retries gets a
-verdict with `error` set and is left out of the ASR's n; if every item fails, the run stops.
+verdict with `error` set and is left out of the ASR's n (and is asked again on the next run,
+as failures are not cached); if every item of a batch of several fails, the run stops.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ class OpenAIJudge(Judge):
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
                 verdicts = list(pool.map(self._one, items))
         failed = [v for v in verdicts if v.error and v.raw is None]
-        if failed and len(failed) == len(verdicts):
+        if len(failed) > 1 and len(failed) == len(verdicts):  # the endpoint is down, not one odd item
             raise InputError(f"judge endpoint {self.url} failed for all {len(items)} items; last error: "
                              f"{failed[-1].error}. Check that the server is up and speaks /v1/chat/completions")
         if failed:
