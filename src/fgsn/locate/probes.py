@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fgsn.data.chat import render_all
+from fgsn.errors import InputError
 from fgsn.models.loading import input_device
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,11 @@ def run_probes(model, tokenizer, prompts: list[str], *, layers, modules: dict[st
             batch = [texts[i] for i in order[start:start + batch_size]]
             enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False,
                             truncation=max_length is not None, max_length=max_length)
+            limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+            if limit and enc["input_ids"].shape[1] > limit:
+                longest = max(batch, key=len)
+                raise InputError(f"a prompt is {enc['input_ids'].shape[1]} tokens long, over the model's context "
+                                 f"window of {limit} ({longest[:60]!r}...); shorten it or pass --max-length {limit}")
             state["mask"] = enc["attention_mask"]
             try:
                 model(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev),
