@@ -12,12 +12,7 @@ CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-WORDS = (
-    "i cannot help with that sorry how do make a bomb kill process python photo shoot write poem about the ocean "
-    "what is capital of france paris answer sure here steps first second then you can it to and or not "
-    "hack into computer steal money explain black holes recipe cake number one two three four five six seven "
-    "eight nine ten plus minus equals is are was were be this that these those please thanks hello world"
-).split()
+WORDS = ["i", "cannot", "help", "with", "that", "sorry", "how", "do", "make", "a", "bomb", "kill", "process", "python", "photo", "shoot", "write", "poem", "about", "the", "ocean", "what", "is", "capital", "of", "france", "paris", "answer", "sure", "here", "steps", "first", "second", "then", "you", "can", "it", "to", "and", "or", "not", "hack", "into", "computer", "steal", "money", "explain", "black", "holes", "recipe", "cake", "number", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "plus", "minus", "equals", "is", "are", "was", "were", "be", "this", "that", "these", "those", "please", "thanks", "hello", "world"]
 
 
 def make_tokenizer(path: Path, vocab_words: int | None = None):

@@ -62,10 +62,10 @@ def test_truncated_safetensors_is_refused(tmp_path, cut):
 def test_registry_finds_every_module(trio_factory, arch):
     paths = trio_factory(arch) if arch in ("llama", "gpt2") else None
     if paths is None:
-        from conftest import save_tiny_model
-
         import tempfile
         from pathlib import Path
+
+        from conftest import save_tiny_model
 
         paths = {"aligned": save_tiny_model(Path(tempfile.mkdtemp()) / arch, arch)}
     ck = Checkpoint(paths["aligned"])

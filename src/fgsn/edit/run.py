@@ -21,7 +21,7 @@ from fgsn.edit.ledger import Ledger
 from fgsn.edit.masks_io import PackedMasks
 from fgsn.edit.projection import ProjectionSettings, TensorEdit, check_finite, project_tensor
 from fgsn.errors import InputError
-from fgsn.locate.run import LocateOptions, LocateResult, inputs_json, locate_masks, save_locate_run
+from fgsn.locate.run import LocateOptions, LocateResult, inputs_json, locate_masks
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.hashing import checkpoint_sha256
 from fgsn.models.registry import from_out_in, to_out_in

@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-import torch
-
 from fgsn.atomic import atomic_write_bytes
 from fgsn.locate.probes import ProbeStats
 from fgsn.models.hashing import cache_root

@@ -9,6 +9,7 @@ forward pass stops after the last layer anything is needed from.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -36,6 +37,12 @@ class ProbeStats:
     def feature_norms(self, key: str) -> torch.Tensor:
         """||X_:,j||_2 per input feature j."""
         return self.sumsq[key].sqrt().float()
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that start at 0 on each row's first real token: with left padding, the default
+    positions would shift every prompt by its padding and change its hidden states."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def _hidden(output) -> torch.Tensor:
@@ -104,11 +111,9 @@ def run_probes(model, tokenizer, prompts: list[str], *, layers, modules: dict[st
                 raise InputError(f"a prompt is {enc['input_ids'].shape[1]} tokens long, over the model's context "
                                  f"window of {limit} ({longest[:60]!r}...); shorten it or pass --max-length {limit}")
             state["mask"] = enc["attention_mask"]
-            try:
+            with contextlib.suppress(_StopForward):
                 model(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev),
-                      use_cache=False)
-            except _StopForward:
-                pass
+                      position_ids=position_ids(enc["attention_mask"]).to(dev), use_cache=False)
             stats.n_prompts += len(batch)
             stats.n_tokens += int(enc["attention_mask"].sum())
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from fgsn.atomic import atomic_dir, atomic_write_json
@@ -23,11 +23,12 @@ from fgsn.data.prompts import PromptSet, concat, load_prompts
 from fgsn.edit.masks_io import PackedMasks
 from fgsn.edit.projectors import Projector
 from fgsn.errors import InputError
+from fgsn.locate.attribution import DEFAULT_REFUSAL, contrast_sums, gradient_sums
 from fgsn.locate.cache import cached_probe, probe_key
 from fgsn.locate.layers import LayerSearch, parse_layers, plot_layer_search, search_layers
 from fgsn.locate.masks import safety_mask
 from fgsn.locate.probes import ProbeStats, run_probes
-from fgsn.locate.scores import SCORES, ScoreInputs, score_pair
+from fgsn.locate.scores import NEEDS_CONTRAST, NEEDS_GRADS, NEEDS_NORMS, SCORES, ScoreInputs, score_pair
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.loading import load_model
 from fgsn.models.registry import EditTarget, edit_targets, live_layers, live_module, to_out_in
@@ -62,10 +63,17 @@ class LocateOptions(Options):
     system: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    refusal_text: str = DEFAULT_REFUSAL
     seed: int = 0
     cache: bool = True
     overwrite: bool = False
     out: str | None = None
+
+    @model_validator(mode="after")
+    def _contrast_is_neuron_level(self):
+        if self.score == "contrast" and self.granularity != "neuron":
+            raise ValueError("--score contrast scores output neurons; use it with --granularity neuron")
+        return self
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -161,7 +169,21 @@ def _targets(trio: Trio, layers: list[int], opts: LocateOptions) -> list[EditTar
     return targets
 
 
-def score_masks(trio: Trio, targets: list[EditTarget], harm: ProbeStats, task: ProbeStats, opts: LocateOptions
+@dataclass
+class SideStats:
+    """Per side (harmful, task), what the chosen score needs, keyed by tensor name."""
+
+    norms: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    grads: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    contrast: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def for_tensor(self, name: str, arch) -> dict:
+        return {"norms": {s: v[name].sqrt().float() for s, v in self.norms.items()},
+                "grads": {s: to_out_in(v[name], arch).float() for s, v in self.grads.items()},
+                "contrast": {s: v[name].sqrt().float() for s, v in self.contrast.items()}}
+
+
+def score_masks(trio: Trio, targets: list[EditTarget], stats_in: SideStats, opts: LocateOptions
                 ) -> tuple[PackedMasks, list[dict]]:
     masks = PackedMasks()
     stats: list[dict] = []
@@ -176,8 +198,7 @@ def score_masks(trio: Trio, targets: list[EditTarget], harm: ProbeStats, task: P
                           "masked": 0, "skipped": "no fine-tuning update"})
             continue
         V = w_al - to_out_in(trio.base.get(t.tensor), trio.arch).float() if trio.base is not None else None
-        rows = delta.shape[0]
-        parts = trio.arch.part_sizes(t.spec, trio.aligned.config, rows)
+        parts = trio.arch.part_sizes(t.spec, trio.aligned.config, delta.shape[0])
 
         def project(Y, V=V, parts=parts):
             out = torch.empty_like(Y)
@@ -188,8 +209,9 @@ def score_masks(trio: Trio, targets: list[EditTarget], harm: ProbeStats, task: P
                 r0 += size
             return out
 
-        inputs = ScoreInputs(t.tensor, w_ft, delta, project, seed=opts.seed * 100003 + i)
-        h, s = score_pair(opts.score, inputs, harm.feature_norms(t.tensor), task.feature_norms(t.tensor))
+        inputs = ScoreInputs(t.tensor, w_ft, delta, project, seed=opts.seed * 100003 + i,
+                             **stats_in.for_tensor(t.tensor, trio.arch))
+        h, s = score_pair(opts.score, inputs)
         mask = safety_mask(h, s, opts.q, opts.p, opts.granularity)
         masks.put(t.tensor, mask)
         dn = float(delta.pow(2).sum())
@@ -199,21 +221,55 @@ def score_masks(trio: Trio, targets: list[EditTarget], harm: ProbeStats, task: P
     return masks, stats
 
 
+def collect_stats(trio: Trio, targets: list[EditTarget], sets: dict[str, PromptSet], opts: LocateOptions
+                  ) -> SideStats:
+    """Run the passes the chosen score needs on the fine-tuned model (and the aligned one for
+    `contrast`); the forward passes stop after the last target layer where they can."""
+    out = SideStats()
+    if opts.score == "random":
+        return out
+    model, tok = _load_live(trio, opts, "fine-tuned")
+    sides = {"harmful": sets["harmful"], "task": sets["task"]}
+    try:
+        modules = {t.tensor: live_module(model, trio.arch, t) for t in targets}
+        if opts.score in NEEDS_NORMS:
+            stop = max(t.layer for t in targets)
+            for side, pset in sides.items():
+                st = _probe(model, tok, trio, pset, opts, trio.finetuned.sha256, modules=modules, hidden=False,
+                            stop=stop)
+                out.norms[side] = st.sumsq
+        if opts.score in NEEDS_GRADS:
+            params = {k: m.weight for k, m in modules.items()}
+            kw = dict(batch_size=opts.batch_size, use_chat_template=opts.use_chat_template, system=opts.system,
+                      max_length=opts.max_length)
+            out.grads["harmful"] = gradient_sums(model, tok, sides["harmful"].texts,
+                                                 [opts.refusal_text] * len(sides["harmful"]), params,
+                                                 desc="gradients harmful", **kw)
+            out.grads["task"] = gradient_sums(model, tok, sides["task"].texts, [p.answer for p in sides["task"]],
+                                              params, desc="gradients task", **kw)
+        if opts.score in NEEDS_CONTRAST:
+            aligned, _ = _load_live(trio, opts, "aligned")
+            try:
+                mods_al = {t.tensor: live_module(aligned, trio.arch, t) for t in targets}
+                for side, pset in sides.items():
+                    out.contrast[side] = contrast_sums(aligned, model, tok, pset.texts, mods_al, modules,
+                                                       batch_size=opts.batch_size,
+                                                       use_chat_template=opts.use_chat_template, system=opts.system,
+                                                       max_length=opts.max_length, desc=f"contrast {side}")
+            finally:
+                del aligned
+    finally:
+        del model
+        gc.collect()
+    return out
+
+
 def locate_masks(trio: Trio, opts: LocateOptions, sets: dict[str, PromptSet] | None = None) -> LocateResult:
     sets = sets or load_sets(opts)
     layers, search = find_layers(trio, sets, opts)
     targets = _targets(trio, layers, opts)
-    model, tok = _load_live(trio, opts, "fine-tuned")
-    try:
-        modules = {t.tensor: live_module(model, trio.arch, t) for t in targets}
-        stop = max(t.layer for t in targets)
-        sha = trio.finetuned.sha256
-        harm = _probe(model, tok, trio, sets["harmful"], opts, sha, modules=modules, hidden=False, stop=stop)
-        task = _probe(model, tok, trio, sets["task"], opts, sha, modules=modules, hidden=False, stop=stop)
-    finally:
-        del model
-        gc.collect()
-    masks, stats = score_masks(trio, targets, harm, task, opts)
+    side_stats = collect_stats(trio, targets, sets, opts)
+    masks, stats = score_masks(trio, targets, side_stats, opts)
     return LocateResult(layers, search, masks, targets, stats, {k: len(v) for k, v in sets.items()})
 
 

@@ -1,72 +1,81 @@
-"""Neuron importance scores (method.md step 2 and its variants).
+"""Neuron importance scores (method.md step 2 and the variants of the repair issue).
 
-Every score is |M_ij| * ||X_:,j||_2 for some weight-shaped quantity M and the input norms X of a
-prompt set; the variants differ in M:
+Each score is computed once on harmful inputs and once on task inputs; masks.py keeps the
+harmful top-q minus the task top-p. With X the inputs of a module over a prompt set:
 
-- `wanda`       M = W_finetuned                  (the paper's Eq. 3, Wanda)
-- `wanda-delta` M = dW = W_finetuned - W_aligned (where the update changes the computation)
-- `offsafety`   M = dW - C dW                    (the part of the update outside the safety subspace)
-- `random`      uniform noise, a control with the same mask sizes
-
-The same score is computed on harmful and on task inputs; masks.py takes the harmful top-q minus
-the task top-p.
+- `wanda`       |W_ft|_ij * ||X_:,j||             (the paper's Eq. 3, Wanda on the fine-tuned weights)
+- `wanda-delta` |dW|_ij * ||X_:,j||               (where the update changes the computation)
+- `offsafety`   |dW - C dW|_ij * ||X_:,j||        (the part of the update outside the safety subspace)
+- `snip`        |dW_ij * dL/dW_ij|                (first-order effect of the update on a loss: the
+                                                   refusal loss on harmful prompts, the answer loss
+                                                   on task prompts; one backward pass, no step)
+- `contrast`    ||y_ft,i - y_aligned,i||           (change of output neuron i's activation between
+                                                   the aligned and the fine-tuned model; neuron
+                                                   granularity only)
+- `random`      uniform noise                     (a control with the same mask sizes)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from fgsn.errors import InputError, NumericalError
 
+SCORES = ("wanda", "wanda-delta", "offsafety", "snip", "contrast", "random")
+SIDES = ("harmful", "task")
+# What each score needs from the probes, beyond the weights.
+NEEDS_NORMS = {"wanda", "wanda-delta", "offsafety"}
+NEEDS_GRADS = {"snip"}
+NEEDS_CONTRAST = {"contrast"}
+
 
 @dataclass
 class ScoreInputs:
-    """What a score may use for one weight tensor, all (out, in) float32."""
+    """What a score may use for one weight tensor; matrices (out, in) float32."""
 
     name: str
     w_finetuned: torch.Tensor
     delta: torch.Tensor
     project: Callable[[torch.Tensor], torch.Tensor]   # Y -> C Y for this tensor's projector
+    norms: dict[str, torch.Tensor] = field(default_factory=dict)      # side -> (in,)
+    grads: dict[str, torch.Tensor] = field(default_factory=dict)      # side -> (out, in)
+    contrast: dict[str, torch.Tensor] = field(default_factory=dict)   # side -> (out,)
     seed: int = 0
 
 
-def _weight_wanda(s: ScoreInputs) -> torch.Tensor:
-    return s.w_finetuned.abs()
+def _activation_weighted(m: torch.Tensor, s: ScoreInputs, side: str) -> torch.Tensor:
+    return m * s.norms[side].unsqueeze(0)
 
 
-def _weight_delta(s: ScoreInputs) -> torch.Tensor:
-    return s.delta.abs()
-
-
-def _weight_offsafety(s: ScoreInputs) -> torch.Tensor:
-    return (s.delta - s.project(s.delta)).abs()
-
-
-SCORE_WEIGHTS: dict[str, Callable[[ScoreInputs], torch.Tensor]] = {
-    "wanda": _weight_wanda,
-    "wanda-delta": _weight_delta,
-    "offsafety": _weight_offsafety,
-}
-SCORES = (*SCORE_WEIGHTS, "random")
-
-
-def score_pair(kind: str, s: ScoreInputs, harmful_norms: torch.Tensor, task_norms: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(harmful score, task score) for one tensor."""
-    if kind == "random":
-        g = torch.Generator().manual_seed(s.seed)
-        r = torch.rand(s.delta.shape, generator=g)
-        return r, torch.rand(s.delta.shape, generator=g)
-    if kind not in SCORE_WEIGHTS:
+def score(kind: str, s: ScoreInputs, side: str, offsafety_cache: dict | None = None) -> torch.Tensor:
+    if kind == "wanda":
+        out = _activation_weighted(s.w_finetuned.abs(), s, side)
+    elif kind == "wanda-delta":
+        out = _activation_weighted(s.delta.abs(), s, side)
+    elif kind == "offsafety":
+        cache = offsafety_cache if offsafety_cache is not None else {}
+        if "m" not in cache:
+            cache["m"] = (s.delta - s.project(s.delta)).abs()
+        out = _activation_weighted(cache["m"], s, side)
+    elif kind == "snip":
+        out = (s.delta * s.grads[side]).abs()
+    elif kind == "contrast":
+        out = s.contrast[side].unsqueeze(1).expand_as(s.delta)
+    elif kind == "random":
+        g = torch.Generator().manual_seed(s.seed * 2 + SIDES.index(side))
+        out = torch.rand(s.delta.shape, generator=g)
+    else:
         raise InputError(f"unknown --score {kind!r}; choose one of {', '.join(SCORES)}")
-    m = SCORE_WEIGHTS[kind](s)
-    h = m * harmful_norms.unsqueeze(0)
-    t = m * task_norms.unsqueeze(0)
-    for what, x in (("harmful", h), ("task", t)):
-        if not torch.isfinite(x).all():
-            raise NumericalError(f"{s.name}: {kind} scores on {what} prompts contain NaN/Inf; the weights or the "
-                                 "activations overflowed (try --dtype float32)")
-    return h, t
+    if not torch.isfinite(out).all():
+        raise NumericalError(f"{s.name}: {kind} scores on {side} prompts contain NaN/Inf; the weights or the "
+                             "activations overflowed (try --dtype float32)")
+    return out
+
+
+def score_pair(kind: str, s: ScoreInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(harmful score, task score) for one tensor."""
+    cache: dict = {}
+    return score(kind, s, "harmful", cache), score(kind, s, "task", cache)
