@@ -3,6 +3,7 @@ probe pass it already finished (keyed by model hash, prompts and settings)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 
@@ -44,10 +45,8 @@ def save_probe(key: str, stats: ProbeStats) -> None:
     if stats.unit_sum is not None:
         tensors["__unit_sum__"] = stats.unit_sum.contiguous()
     meta = {"n_prompts": str(stats.n_prompts), "n_tokens": str(stats.n_tokens)}
-    try:
+    with contextlib.suppress(OSError):  # caching is an optimisation; a full disk must not fail the run
         atomic_write_bytes(_path(key), save(tensors, metadata=meta))
-    except OSError:
-        pass  # caching is an optimisation; a full disk must not fail the run
 
 
 def cached_probe(key: str | None, compute) -> ProbeStats:

@@ -3,6 +3,7 @@ checkpoint is read once, not at every run."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,10 +33,8 @@ def file_sha256(path: str | os.PathLike) -> str:
         return cache[key]
     digest = sha256_file(path)
     cache[key] = digest
-    try:
+    with contextlib.suppress(OSError):  # a read-only home is no reason to fail a run
         atomic_write_json(cache_path, cache)
-    except OSError:
-        pass  # a read-only home is no reason to fail a run
     return digest
 
 
