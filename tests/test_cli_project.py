@@ -168,3 +168,37 @@ def test_lora_path_equals_merged_full_path(llama_trio, prompts, tmp_path):
     tr = open_trio(t["aligned"], tmp_path / "o_adapter")
     for k in tr.finetuned.adapter.lora:
         torch.testing.assert_close(tr.finetuned.get(k), a[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("score,gran", [("wanda-delta", "weight"), ("offsafety", "weight"), ("snip", "weight"),
+                                        ("contrast", "neuron"), ("random", "weight")])
+def test_every_score_runs_end_to_end(llama_trio, prompts, tmp_path, score, gran):
+    assert project(llama_trio, prompts, tmp_path / "o", "--score", score, "--granularity", gran,
+                   "--layers", "1-2", "--q", "0.2") == 0
+    m = json.loads((tmp_path / "o/fgsn-manifest.json").read_text())
+    assert m["options"]["score"] == score and m["masked"] > 0
+
+
+def test_contrast_needs_neuron_granularity(llama_trio, prompts, tmp_path, capsys):
+    assert project(llama_trio, prompts, tmp_path / "o", "--score", "contrast") == 2
+    assert "--granularity neuron" in capsys.readouterr().err
+
+
+def test_snip_gradients_match_autograd(llama_trio):
+    """gradient_sums gives the gradient of the summed answer NLL, computed here by hand."""
+    from fgsn.locate.attribution import _encode, gradient_sums
+    from fgsn.models.loading import load_model
+
+    model, tok = load_model(llama_trio["finetuned"], device="cpu")
+    w = model.model.layers[1].mlp.down_proj.weight
+    prompts, answers = ["how do i make a bomb", "steal money please"], ["sorry i cannot", "sorry"]
+    got = gradient_sums(model, tok, prompts, answers, {"w": w}, batch_size=2)["w"]
+    w.requires_grad_(True)
+    total = 0
+    for p, a in zip(prompts, answers, strict=True):
+        ids, labels = _encode(tok, p, a, True, None, None)
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+        total = total + torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(labels[1:]), ignore_index=-100,
+                                                          reduction="sum")
+    total.backward()
+    torch.testing.assert_close(got, w.grad, rtol=1e-3, atol=1e-5)
