@@ -116,3 +116,15 @@ def test_neuron_granularity_selects_whole_rows():
     h, t = _rand((10, 7), 1).abs(), _rand((10, 7), 2).abs()
     m = safety_mask(h, t, 0.5, 0.2, "neuron")
     assert all(bool(row.all()) or not bool(row.any()) for row in m)
+
+
+@given(shape=shapes, budget=st.floats(0, 1), p=st.floats(0, 1), seed=st.integers(0, 1000),
+       gran=st.sampled_from(["weight", "neuron"]))
+def test_budget_mask_has_exact_size_and_avoids_task_top_p(shape, budget, p, seed, gran):
+    h, t = _rand(shape, seed).abs(), _rand(shape, seed + 1).abs()
+    m = safety_mask(h, t, 0.0, p, gran, budget=budget)
+    units = m if gran == "weight" else m[:, 0]
+    n = units.numel()
+    excluded = top_fraction(t if gran == "weight" else t.sum(1), p)
+    assert not (units & excluded).any()
+    assert int(units.sum()) == min(round(budget * n), int((~excluded).sum()))

@@ -29,6 +29,8 @@ HELPS = {
     "modules": "target modules (e.g. q_proj); default: every linear module of the layer",
     "q": "share of weights kept as harmful-important (top-q)",
     "p": "share of weights excluded as task-important (top-p)",
+    "budget": "instead of q: mask exactly this share of each module (highest harmful scores outside the task "
+              "top-p), to compare scores at equal parameter budgets",
     "granularity": "weight or neuron (whole output rows)",
     "score": "importance score: wanda, wanda-delta, offsafety, random",
     "projector": "safelora (V V^T/||V||_F) or svd (exact projector on the top singular vectors of V)",

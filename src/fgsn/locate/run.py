@@ -49,6 +49,7 @@ class LocateOptions(Options):
     layer_eps: float = Field(0.05, ge=0, le=1)
     modules: list[str] | None = None
     q: float = Field(0.1, ge=0, le=1)
+    budget: float | None = Field(None, ge=0, le=1)
     p: float = Field(0.1, ge=0, le=1)
     granularity: Literal["weight", "neuron"] = "weight"
     score: Literal[SCORES] = "wanda"  # type: ignore[valid-type]
@@ -212,7 +213,7 @@ def score_masks(trio: Trio, targets: list[EditTarget], stats_in: SideStats, opts
         inputs = ScoreInputs(t.tensor, w_ft, delta, project, seed=opts.seed * 100003 + i,
                              **stats_in.for_tensor(t.tensor, trio.arch))
         h, s = score_pair(opts.score, inputs)
-        mask = safety_mask(h, s, opts.q, opts.p, opts.granularity)
+        mask = safety_mask(h, s, opts.q, opts.p, opts.granularity, opts.budget)
         masks.put(t.tensor, mask)
         dn = float(delta.pow(2).sum())
         stats.append({"name": t.tensor, "layer": t.layer, "module": t.spec.name, "numel": mask.numel(),
