@@ -61,7 +61,7 @@ def category_asr(results: dict[str, Any]) -> Figure | None:
     ax.set_xticks(x)
     ax.set_xticklabels(cats, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("ASR (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 105)
     ax.set_title("Attack success rate by harm category")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
@@ -89,6 +89,9 @@ def gap_curves(name: str, layer_search: dict[str, Any]) -> Figure | None:
     sel = layer_search.get("selected")
     if isinstance(sel, list | tuple) and len(sel) == 2 and all(isinstance(s, int) for s in sel):
         ax.axvspan(sel[0] - 0.5, sel[1] + 0.5, color="tab:red", alpha=0.12, label=f"selected {sel[0]}-{sel[1]}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel("mean cosine similarity")
     if gap_ax is not None:
@@ -162,7 +165,7 @@ def continual(results: dict[str, Any]) -> Figure | None:
     ax.set_xticklabels([f"{s}\n{n}" for s, n in steps], fontsize=7)
     ax.set_xlabel("continual step (model)")
     ax.set_ylabel("ASR (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 105)
     ax.set_title("ASR of every category after each continual step")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
