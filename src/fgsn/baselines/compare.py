@@ -1,0 +1,453 @@
+"""`fgsn compare`: every method on the same inputs, scored by the same harness, in one table.
+
+    RUNDIR/models/NAME/          the checkpoint of each weight-editing method (+ fgsn-manifest.json)
+    RUNDIR/edits/NAME.json       the cost of its edit (wall time, memory; see worker.py)
+    RUNDIR/eval/                 `fgsn.evaluate.evaluate` of every checkpoint (+ references)
+    RUNDIR/eval-self-reminder/   the same harness on the fine-tuned model under Self-Reminder
+    RUNDIR/cache/                completions and verdicts (content-keyed, shared by both)
+    RUNDIR/results.json          the evaluation schema (fgsn-results/1): one entry per method
+                                 under `models`, named as in --methods, plus the edit cost
+    RUNDIR/report.md, report.html, plots/
+
+Fairness: one set of evaluation prompts, one judge, one decoding setting for all; the locate
+prompts (--harmful, --task, --benign) are separate from the evaluation prompts (--eval-harmful,
+--benign-alarming, --utility, --reference), and an overlap between them is reported. Every
+weight-editing method sees the same base/aligned/fine-tuned trio and the same target modules;
+FGSN ablations are presets (methods.py), not new code paths.
+
+Resume: a method whose checkpoint exists, is complete (atomic folders only appear complete) and
+was made with the same options is not re-run; evaluation reuses every cached completion and
+verdict. --overwrite re-runs every edit.
+
+Edit cost: each edit runs in a fresh subprocess (`--isolate`, the default) that reports its own
+wall time and peak RSS (getrusage ru_maxrss, a per-process high-water mark) and CUDA peak; with
+--no-isolate the edit runs in this process and the peak RSS is the process's high-water mark so
+far (an upper bound that can hide a later method's smaller peak), marked `isolated: false`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from fgsn.atomic import atomic_write_json, atomic_write_text, dumps_json
+from fgsn.baselines.methods import ALL_LAYERS, Method, option_class, parse_methods, run_method
+from fgsn.baselines.self_reminder import SUFFIX, SYSTEM, SelfReminder
+from fgsn.edit.run import ProjectOptions
+from fgsn.errors import ConfigError, FgsnError, InputError
+from fgsn.evaluate.options import EvalOptions
+from fgsn.report.manifest import MANIFEST
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EVAL_HARMFUL = ("builtin:harmbench?split=test&limit=100", "builtin:strongreject?split=test&limit=100")
+# ProjectOptions fields that make no sense for a comparison (each method writes its own folder).
+NOT_FOR_COMPARE = ("ledger", "locate_run", "output_format", "category", "adapters")
+
+
+class CompareOptions(ProjectOptions, EvalOptions):
+    """Inputs and options of `fgsn compare`: every option of `fgsn project` (used by the FGSN
+    methods, and shared with the baselines where the meaning is the same: models, target modules,
+    seed, device, prompts' chat template) and of `fgsn eval`, plus the baselines' own."""
+
+    methods: list[str]
+    with_references: bool = False
+    eval_harmful: list[str] = Field(default_factory=lambda: list(DEFAULT_EVAL_HARMFUL))
+    benign_alarming: str | None = "builtin:alarming"
+    utility: list[str] = Field(default_factory=list)
+    reference: list[str] = Field(default_factory=list)
+    judge: str = "keyword"
+    isolate: bool = True
+    # SafeLoRA
+    safelora_select: Literal["threshold", "number"] = "threshold"
+    safelora_threshold: float = Field(0.5, ge=-1, le=1)
+    safelora_k: int = Field(10, ge=1)
+    # RESTA
+    resta_beta: float = Field(0.5, ge=0)
+    resta_dare: float = Field(0.0, ge=0, lt=1)
+    resta_unaligned: str | None = None
+    resta_scope: Literal["all", "linear"] = "all"
+    # Wanda
+    wanda_q: float = Field(0.1, ge=0, le=1)
+    wanda_target: Literal["update", "weight"] = "update"
+    wanda_group: Literal["row", "module"] = "row"
+    wanda_granularity: Literal["weight", "neuron"] = "weight"
+    wanda_score: Literal["wanda", "wanda-delta"] = "wanda"
+    # Self-Reminder
+    self_reminder_system: str = SYSTEM
+    self_reminder_suffix: str = SUFFIX
+
+    @field_validator("methods", "eval_harmful", "utility", "reference", mode="before")
+    @classmethod
+    def _listify_compare(cls, v):
+        return [v] if isinstance(v, str) else v
+
+
+HELPS = {
+    "methods": "comma list of methods: fgsn, fgsn-layers-only, fgsn-neurons-only, fgsn-svd, fgsn-safelora, "
+               "fgsn-neuron, fgsn-weight, fgsn-no-task, safelora, resta, wanda, self-reminder",
+    "with_references": "also evaluate the aligned and fine-tuned models (entries `aligned`, `finetuned`)",
+    "eval_harmful": "harmful prompts for ASR (separate from the locate --harmful)",
+    "benign_alarming": "harmless prompts that sound alarming, for over-refusal",
+    "utility": "utility tasks or prompt/answer files (see fgsn eval --utility)",
+    "reference": "prompt/answer sets whose answers' NLL is measured",
+    "judge": "primary ASR judge: keyword, openai or local",
+    "isolate": "run each edit in its own process, so that its peak memory is its own",
+    "overwrite": "re-run every edit even when its output is complete",
+    "out": "run folder RUNDIR",
+    "safelora_select": "SafeLoRA: project modules with cos <= threshold, or the k lowest-cos modules (number)",
+    "safelora_threshold": "SafeLoRA: cosine threshold",
+    "safelora_k": "SafeLoRA: number of modules projected in `number` mode",
+    "resta_beta": "RESTA: weight of the safety vector",
+    "resta_dare": "RESTA: DARE drop rate of the fine-tuning delta (0: no DARE)",
+    "resta_unaligned": "RESTA: model the safety vector is measured from (default: --base)",
+    "resta_scope": "RESTA: all tensors (paper) or only the linear modules of the decoder layers",
+    "wanda_q": "Wanda: share of weights removed",
+    "wanda_target": "Wanda: remove the fine-tuning update (update) or zero the weights (weight)",
+    "wanda_group": "Wanda: top-q within each output row (Wanda's comparison group) or over the module",
+    "wanda_granularity": "Wanda: weight, or neuron (whole rows; needs --wanda-group module)",
+    "wanda_score": "Wanda: |W| (wanda) or |dW| (wanda-delta) times input norms",
+    "self_reminder_system": "Self-Reminder: system prompt",
+    "self_reminder_suffix": "Self-Reminder: text appended to every user turn",
+}
+
+
+# -- per-method options ---------------------------------------------------------------------------
+def method_options(opts: CompareOptions, m: Method, rundir: Path, num_layers: int) -> dict[str, Any]:
+    """The full options of one method's run, as a plain dict (what its manifest records)."""
+    out = str(rundir / "models" / m.name)
+    common = {"aligned": opts.aligned, "finetuned": opts.finetuned, "base": opts.base,
+              "allow_pickle": opts.allow_pickle, "seed": opts.seed, "max_shard_gb": opts.max_shard_gb,
+              "out": out, "overwrite": True}
+    if m.kind == "fgsn":
+        d = {k: getattr(opts, k) for k in ProjectOptions.model_fields if k not in NOT_FOR_COMPARE}
+        d.update(m.overrides, out=out, overwrite=True)
+        if d.get("layers") == ALL_LAYERS:
+            d["layers"] = f"0-{num_layers - 1}"
+        return d
+    if m.kind == "safelora":
+        return {**common, "select": opts.safelora_select, "threshold": opts.safelora_threshold,
+                "k": opts.safelora_k, "modules": opts.modules}
+    if m.kind == "resta":
+        return {**common, "unaligned": opts.resta_unaligned, "beta": opts.resta_beta, "dare": opts.resta_dare,
+                "scope": opts.resta_scope}
+    if m.kind == "wanda":
+        return {**common, "harmful": opts.harmful, "q": opts.wanda_q, "target": opts.wanda_target,
+                "group": opts.wanda_group, "granularity": opts.wanda_granularity, "score": opts.wanda_score,
+                "modules": opts.modules, "device": opts.device, "dtype": opts.dtype, "batch_size": opts.batch_size,
+                "max_length": opts.max_length, "use_chat_template": opts.use_chat_template, "system": opts.system,
+                "trust_remote_code": opts.trust_remote_code, "cache": opts.cache}
+    raise InputError(f"{m.name} writes no checkpoint")
+
+
+def expected_manifest_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    from fgsn.config import build_options
+
+    d = build_options(option_class(kind), options, f"{kind} options").model_dump(mode="json")
+    for k in ("overwrite", "out"):
+        d.pop(k, None)
+    return d
+
+
+def is_complete(out: Path, kind: str, options: dict[str, Any]) -> bool:
+    """The checkpoint exists (atomic: then it is whole) and was made by this method with these options."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return False
+    try:
+        man = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    if not isinstance(man, dict) or man.get("method") != kind or man.get("noop"):
+        return False
+    want = json.loads(dumps_json(expected_manifest_options(kind, options)))
+    return man.get("options") == want
+
+
+# -- running the edits ----------------------------------------------------------------------------
+def _child_env() -> dict[str, str]:
+    import fgsn
+
+    env = dict(os.environ)
+    src = str(Path(fgsn.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_isolated(name: str, kind: str, options: dict[str, Any], stats_path: Path) -> dict:
+    """Run one edit in a fresh Python process; stream its stderr; return its measured cost."""
+    job = stats_path.parent / f".{name}.job.json"
+    atomic_write_json(job, {"kind": kind, "options": options, "stats": str(stats_path),
+                            "log_level": logging.getLogger().getEffectiveLevel()})
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    proc = subprocess.Popen([sys.executable, "-m", "fgsn.baselines.worker", str(job)], stderr=subprocess.PIPE,
+                            text=True, env=_child_env())
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        tail.append(line.rstrip("\n"))
+        sys.stderr.write(line)
+    rc = proc.wait()
+    job.unlink(missing_ok=True)
+    if rc != 0:
+        errors = [ln for ln in tail if ln.startswith("error: ")]
+        msg = errors[-1][len("error: "):] if errors else "\n".join(list(tail)[-8:])
+        raise FgsnError(f"method {name} ({kind}) failed (exit {rc}): {msg}")
+    return json.loads(stats_path.read_text(encoding="utf-8"))
+
+
+def run_in_process(kind: str, options: dict[str, Any]) -> dict:
+    from fgsn.baselines.worker import current_rss_mb, peak_rss_mb
+
+    start = current_rss_mb()
+    t0 = time.perf_counter()
+    run_method(kind, options)
+    wall = time.perf_counter() - t0
+    peak = peak_rss_mb()
+    return {"wall_s": round(wall, 3), "start_rss_mb": round(start, 1), "peak_rss_mb": round(peak, 1),
+            "edit_rss_mb": round(max(0.0, peak - start), 1), "cuda_peak_mb": None, "isolated": False}
+
+
+def run_edits(opts: CompareOptions, methods: list[Method], rundir: Path, num_layers: int) -> dict[str, dict]:
+    costs: dict[str, dict] = {}
+    edits_dir = rundir / "edits"
+    edits_dir.mkdir(parents=True, exist_ok=True)
+    for m in methods:
+        if not m.edits_weights:
+            continue
+        options = method_options(opts, m, rundir, num_layers)
+        out = Path(options["out"])
+        stats_path = edits_dir / f"{m.name}.json"
+        if not opts.overwrite and is_complete(out, m.kind, options):
+            log.warning("%s: complete output in %s; not re-run", m.name, out)
+            prev = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.is_file() else {}
+            costs[m.name] = {**prev, "resumed": True}
+            continue
+        log.warning("running %s (%s) -> %s", m.name, m.kind, out)
+        cost = run_isolated(m.name, m.kind, options, stats_path) if opts.isolate else run_in_process(m.kind, options)
+        cost["resumed"] = False
+        atomic_write_json(stats_path, cost)
+        costs[m.name] = cost
+    return costs
+
+
+# -- evaluation -------------------------------------------------------------------------------------
+def eval_options(opts: CompareOptions, rundir: Path, **update) -> EvalOptions:
+    d = {k: getattr(opts, k) for k in EvalOptions.model_fields}
+    d["cache_dir"] = opts.cache_dir or str(rundir / "cache")
+    d["report"] = False
+    d.update(update)
+    return EvalOptions(**d)
+
+
+def _finetuned_entry(opts: CompareOptions) -> tuple[str, str | None]:
+    """(model path, adapter) that evaluates the fine-tuned model."""
+    from fgsn.models.trio import is_adapter
+
+    if is_adapter(opts.finetuned):
+        return opts.aligned, opts.finetuned
+    return opts.finetuned, None
+
+
+def self_reminder_utility(opts: CompareOptions, sr: SelfReminder, folder: Path) -> list[str]:
+    """The utility items as prompt/answer files whose prompts carry the Self-Reminder suffix (one
+    file per task, named after it, so that the report's task columns line up)."""
+    from fgsn.evaluate.utility import load_utility
+
+    by_task: dict[str, list[str]] = {}
+    for spec in opts.utility:
+        for u in load_utility(spec, limit=opts.utility_limit, seed=opts.utility_seed,
+                              instruction=opts.utility_instruction):
+            row = {"prompt": u.question + sr.suffix, "answer": u.answer, "category": u.task}
+            by_task.setdefault(u.task, []).append(json.dumps(row, ensure_ascii=False))
+    files = []
+    for task, rows in by_task.items():
+        path = folder / "utility" / f"{task}.jsonl"
+        atomic_write_text(path, "\n".join(rows) + "\n")
+        files.append(str(path))
+    return files
+
+
+def run_evals(opts: CompareOptions, methods: list[Method], rundir: Path) -> dict[str, dict]:
+    """Evaluate the checkpoints (one evaluate() call) and Self-Reminder (a second one, with its
+    system prompt and suffixed prompts); returns {eval folder name: results dict}."""
+    from fgsn.evaluate import evaluate
+
+    ft_path, ft_adapter = _finetuned_entry(opts)
+    results: dict[str, dict] = {}
+    models: dict[str, str] = {}
+    adapters: dict[str, str] = {}
+    if opts.with_references:
+        models["aligned"] = opts.aligned
+        models["finetuned"] = ft_path
+        if ft_adapter:
+            adapters["finetuned"] = ft_adapter
+    for m in methods:
+        if m.edits_weights:
+            models[m.name] = str(rundir / "models" / m.name)
+    if models:
+        res = evaluate(models, list(opts.eval_harmful), benign_alarming=opts.benign_alarming,
+                       utility=list(opts.utility) or None, judge=opts.judge,
+                       options=eval_options(opts, rundir, adapters=adapters), out=rundir / "eval",
+                       reference=list(opts.reference) or None)
+        results["eval"] = res.results
+    if any(m.kind == "self-reminder" for m in methods):
+        name = next(m.name for m in methods if m.kind == "self-reminder")
+        sr = SelfReminder(opts.self_reminder_system, opts.self_reminder_suffix)
+        folder = rundir / "eval-self-reminder"
+        utility = self_reminder_utility(opts, sr, folder) if opts.utility else None
+        sr_opts = eval_options(opts, rundir, system=sr.system_prompt(opts.system), utility_instruction="",
+                               adapters={name: ft_adapter} if ft_adapter else {})
+        res = evaluate({name: ft_path}, [sr.wrap(s) for s in opts.eval_harmful],
+                       benign_alarming=sr.wrap(opts.benign_alarming) if opts.benign_alarming else None,
+                       utility=utility, judge=opts.judge, options=sr_opts, out=folder,
+                       reference=[sr.wrap(r) for r in opts.reference] or None)
+        results["eval-self-reminder"] = res.results
+    return results
+
+
+# -- the table ------------------------------------------------------------------------------------
+COST_KEYS = ("wall_s", "peak_rss_mb", "edit_rss_mb", "start_rss_mb", "cuda_peak_mb", "isolated", "resumed")
+
+
+def assemble_results(opts: CompareOptions, methods: list[Method], evals: dict[str, dict],
+                     costs: dict[str, dict], extra: dict | None = None) -> dict[str, Any]:
+    """One results dict in the evaluation schema: the entries of every eval folder, in the order
+    references, then --methods; each method entry gains `preset`, `kind` and the edit cost
+    (`edit_wall_s`, `edit_peak_rss_mb`, ..., null where not measured)."""
+    if not evals:
+        raise InputError("nothing was evaluated")
+    first = evals.get("eval") or next(iter(evals.values()))
+    order = (["aligned", "finetuned"] if opts.with_references else []) + [m.name for m in methods]
+    pool: dict[str, dict] = {}
+    where: dict[str, str] = {}
+    for folder, res in evals.items():
+        for n, entry in res["models"].items():
+            pool[n] = entry
+            where[n] = folder
+    missing = [n for n in order if n not in pool]
+    if missing:
+        raise InputError(f"no evaluation results for {missing}")
+    kinds = {m.name: m for m in methods}
+    models: dict[str, dict] = {}
+    for n in order:
+        entry = dict(pool[n])
+        m = kinds.get(n)
+        entry["kind"] = m.kind if m else "reference"
+        entry["preset"] = n if m and m.kind == "fgsn" else None
+        entry["eval_folder"] = where[n]
+        cost = costs.get(n) or {}
+        for k in COST_KEYS:
+            entry[f"edit_{k}"] = cost.get(k)
+        if m and m.kind == "self-reminder":
+            sr = SelfReminder(opts.self_reminder_system, opts.self_reminder_suffix)
+            entry.update(method="self-reminder", modified_fraction=0.0, modified_fraction_edited=0.0,
+                         inference=sr.describe())
+        models[n] = entry
+    results = {k: v for k, v in first.items() if k != "models"}
+    results["order"] = order
+    results["models"] = models
+    results["compare"] = {"methods": {m.name: m.kind for m in methods},
+                          "presets": {m.name: m.overrides for m in methods if m.kind == "fgsn"},
+                          "eval_folders": sorted(evals),
+                          "edit_cost": "per-edit subprocess: wall time, getrusage ru_maxrss, CUDA peak"
+                          if opts.isolate else "in-process: wall time; peak RSS is the process high-water mark",
+                          **(extra or {})}
+    return results
+
+
+def cost_table(results: dict[str, Any]):
+    from fgsn.report.tables import Table, modified, num
+
+    rows = []
+    for n in results["order"]:
+        e = results["models"][n]
+        rows.append([n, str(e.get("kind")), modified(e.get("modified_fraction")), num(e.get("edit_wall_s"), 1),
+                     num(e.get("edit_peak_rss_mb"), 0), num(e.get("edit_edit_rss_mb"), 0),
+                     num(e.get("edit_cuda_peak_mb"), 0),
+                     {True: "yes", False: "no", None: "—"}[e.get("edit_resumed")]])
+    return Table("Edit cost", ["method", "kind", "params modified", "edit wall (s)", "peak RSS (MB)",
+                               "edit RSS (MB)", "GPU peak (MB)", "resumed"], rows,
+                 "Measured for the edit alone (inference-time defences and reference models have none). "
+                 "peak RSS: the edit process's high-water mark; edit RSS: peak minus memory before the edit.")
+
+
+def write_report(rundir: Path, results: dict[str, Any]) -> None:
+    from fgsn.atomic import atomic_write_bytes
+    from fgsn.report.build import read_manifest
+    from fgsn.report.html import html_table, render_html
+    from fgsn.report.markdown import md_table, render_markdown
+    from fgsn.report.plots import make_figures
+
+    manifests = {n: read_manifest(results["models"][n].get("path") or "") for n in results["order"]}
+    manifests = {n: m for n, m in manifests.items() if results["models"][n]["kind"] != "reference" or m}
+    figures = make_figures(results, manifests)
+    for fig in figures:
+        atomic_write_bytes(rundir / "plots" / fig.filename, fig.png)
+    table = cost_table(results)
+    md = render_markdown(results, figures).replace("# fgsn evaluation report", "# fgsn compare report", 1)
+    md = md.rstrip("\n") + f"\n\n## {table.title}\n\n{md_table(table)}\n\n{table.note}\n"
+    html = render_html(results, figures).replace("fgsn evaluation report", "fgsn compare report")
+    html = html.replace("</body>", html_table(table) + "\n</body>", 1)
+    atomic_write_json(rundir / "results.json", results)
+    atomic_write_text(rundir / "report.md", md)
+    atomic_write_text(rundir / "report.html", html)
+
+
+# -- checks and the entry point --------------------------------------------------------------------
+def check_inputs(opts: CompareOptions, methods: list[Method]):
+    """Everything that can be checked before hours of work: models, prompts, method needs."""
+    from fgsn.data.prompts import concat, load_prompts
+    from fgsn.models.trio import open_trio
+
+    for k in NOT_FOR_COMPARE:
+        default = CompareOptions.model_fields[k].default
+        if getattr(opts, k) not in (default, None, {}, []):
+            raise ConfigError(f"option {k!r} has no meaning in fgsn compare (each method writes its own "
+                              f"checkpoint under RUNDIR/models); remove it")
+    if not opts.out:
+        raise InputError("fgsn compare needs --out RUNDIR")
+    kinds = {m.kind for m in methods}
+    if kinds & {"fgsn", "wanda"} and not opts.harmful:
+        raise InputError("fgsn and wanda need locate prompts: --harmful FILE (separate from --eval-harmful)")
+    if "fgsn" in kinds and not opts.task:
+        raise InputError("fgsn needs --task prompts (what the fine-tune is for)")
+    if not opts.eval_harmful:
+        raise InputError("no evaluation prompts: give --eval-harmful SOURCE")
+    trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)
+    eval_sets = [load_prompts(s) for s in opts.eval_harmful]
+    if opts.benign_alarming:
+        load_prompts(opts.benign_alarming)
+    overlap = 0
+    if opts.harmful:
+        locate = set(concat("locate", [load_prompts(s) for s in opts.harmful]).texts)
+        overlap = sum(1 for s in eval_sets for p in s if p.text in locate)
+        if overlap:
+            log.warning("%d evaluation prompts are also locate prompts (--harmful); the comparison is fairer with "
+                        "disjoint sets (e.g. ?split=train for locate, ?split=test for evaluation)", overlap)
+    return trio, overlap
+
+
+def run_compare(opts: CompareOptions) -> dict[str, Any]:
+    """Run, evaluate and tabulate every method of `opts.methods`; returns the results dict."""
+    methods = parse_methods(opts.methods)
+    trio, overlap = check_inputs(opts, methods)
+    rundir = Path(opts.out).expanduser()
+    if rundir.exists() and not rundir.is_dir():
+        raise InputError(f"--out {rundir} exists and is not a folder")
+    rundir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(rundir / "compare.json", {"options": opts.model_dump(mode="json"),
+                                                "methods": [m.name for m in methods]})
+    costs = run_edits(opts, methods, rundir, trio.num_layers)
+    evals = run_evals(opts, methods, rundir)
+    results = assemble_results(opts, methods, evals, costs, {"eval_locate_overlap": overlap})
+    write_report(rundir, results)
+    return results

@@ -1,0 +1,83 @@
+"""Run one edit in its own process and measure it: `python -m fgsn.baselines.worker JOB.json`.
+
+JOB.json: {"kind": "fgsn"|"safelora"|"resta"|"wanda", "options": {...}, "stats": PATH}. The worker
+writes PATH (JSON) with the edit's cost, measured in this process only:
+
+    wall_s         wall-clock seconds of the edit (after imports, from options to finished folder)
+    start_rss_mb   resident memory before the edit (Python, torch and transformers imported)
+    peak_rss_mb    peak resident memory of the process (getrusage ru_maxrss), imports included
+    edit_rss_mb    peak_rss_mb - start_rss_mb: what the edit itself added at its peak
+    cuda_peak_mb   torch.cuda.max_memory_allocated, when CUDA was used (else null)
+
+Why a subprocess: ru_maxrss is a high-water mark of the whole process, so in one process the
+second method's peak hides under the first's; tracemalloc does not see torch's allocations. A
+fresh process per edit gives every method its own high-water mark. Exit code 2 and one
+`error: ...` line on stderr for an fgsn error, as the CLI does.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def current_rss_mb() -> float:
+    """Resident memory now (VmRSS), or the high-water mark where /proc is absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def measured_run(kind: str, options: dict) -> dict:
+    import torch
+
+    from fgsn.baselines.methods import run_method
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = current_rss_mb()
+    t0 = time.perf_counter()
+    run_method(kind, options)
+    wall = time.perf_counter() - t0
+    peak = peak_rss_mb()
+    return {"wall_s": round(wall, 3), "start_rss_mb": round(start, 1), "peak_rss_mb": round(peak, 1),
+            "edit_rss_mb": round(max(0.0, peak - start), 1),
+            "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+            "isolated": True}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    from fgsn.atomic import atomic_write_json
+    from fgsn.errors import FgsnError
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m fgsn.baselines.worker JOB.json", file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    logging.basicConfig(level=job.get("log_level", logging.WARNING), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        stats = measured_run(job["kind"], job["options"])
+    except FgsnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    atomic_write_json(job["stats"], stats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
