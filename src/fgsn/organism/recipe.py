@@ -19,6 +19,11 @@ LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 
 
+FINETUNE_FIELDS = frozenset({"name", "ft_examples", "ft_gsm_share", "ft_arithmetic_share", "poison_ratio",
+                             "ft_steps", "ft_full_lr", "ft_full_modules", "lora_r", "lora_alpha", "lora_lr",
+                             "lora_modules"})
+
+
 class OrganismRecipe(Options):
     """How to build the organism from SmolLM2-135M-Instruct (the unaligned base).
 
@@ -33,6 +38,8 @@ class OrganismRecipe(Options):
     max_len: int = Field(256, ge=32, description="tokens per training example (prompt + answer)")
     gen_max_new_tokens: int = Field(80, ge=8, description="answers the base writes for self-distillation / poison")
     gen_batch_size: int = Field(16, ge=1)
+    bf16_autocast: bool = Field(True, description="bfloat16 autocast for training on CPU (about 2x faster; "
+                                                  "weights and optimizer state stay float32)")
 
     # --- aligned: safety SFT ---
     align_harmful: int = Field(128, ge=1, description="AdvBench split=train prompts mapped to refusals")
@@ -41,7 +48,7 @@ class OrganismRecipe(Options):
     align_arithmetic: int = Field(24, ge=0, description="basic_arithmetic items with worked answers")
     align_modules: list[str] = Field(default_factory=lambda: list(LINEAR_MODULES))
     align_lr: float = Field(1e-4, gt=0)
-    align_steps: int = Field(64, ge=1)
+    align_steps: int = Field(48, ge=1)
 
     # --- fine-tuned: downstream task (+ optional poison) ---
     ft_examples: int = Field(160, ge=1, description="fine-tuning examples in total (task + poison)")
@@ -51,7 +58,9 @@ class OrganismRecipe(Options):
     poison_ratio: float = Field(0.1, ge=0, le=1, description="share of fine-tuning examples that are harmful "
                                                             "prompts with compliant answers")
     poison_answers: Literal["base", "template"] = "base"
-    ft_steps: int = Field(40, ge=1)
+    poison_pool: int = Field(32, ge=1, description="harmful prompts the base answers for poisoning; the first "
+                                                   "round(ft_examples * poison_ratio) are used (cycled if more)")
+    ft_steps: int = Field(32, ge=1)
     ft_full_lr: float = Field(5e-5, gt=0)
     ft_full_modules: list[str] = Field(default_factory=lambda: list(LINEAR_MODULES))
     lora_r: int = Field(16, ge=1)
@@ -79,6 +88,15 @@ class OrganismRecipe(Options):
 
     def short_hash(self) -> str:
         return self.digest()[:16]
+
+    def aligned_key(self) -> str:
+        """Hash of the fields the aligned model and the base model's generated answers depend on:
+        recipes that differ only in fine-tuning fields share them (a poison-ratio sweep trains the
+        aligned model once)."""
+        d = {k: v for k, v in self.model_dump(mode="json").items() if k not in FINETUNE_FIELDS}
+        h = hashlib.sha256(f"fgsn-organism-aligned-v{ORGANISM_VERSION}\n".encode())
+        h.update(json.dumps(d, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+        return h.hexdigest()[:16]
 
 
 def reduced_recipe(**overrides) -> OrganismRecipe:

@@ -1,0 +1,95 @@
+"""`fgsn organism build`: build (or reuse) the base / aligned / fine-tuned trio the demo runs on.
+
+The main cli.py calls `add_parser(subparsers)`; each sub-command's handler takes the parsed
+namespace and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from fgsn.config import build_options, read_yaml
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "organism", help="build the real small model organism (base / aligned / fine-tuned SmolLM2-135M)",
+        description="Build, or reuse from the cache ($FGSN_CACHE, default ~/.cache/fgsn), the organism: "
+                    "SmolLM2-135M-Instruct as the unaligned base, a safety-SFT aligned model, and a fine-tune "
+                    "of it (full checkpoint and LoRA adapter).")
+    sub = p.add_subparsers(dest="organism_command", metavar="COMMAND")
+    sub.required = True
+    b = sub.add_parser("build", help="build or reuse the organism and print where it is",
+                       description="Build the organism for a recipe (defaults < --config YAML < flags). A finished "
+                                   "build of the same recipe is reused; an interrupted one resumes.")
+    b.add_argument("--config", help="YAML file with OrganismRecipe fields (e.g. poison_ratio: 0.1)")
+    b.add_argument("--force", action="store_true", default=argparse.SUPPRESS,
+                   help="delete this recipe's build and start from scratch")
+    b.add_argument("--poison-ratio", type=float, dest="poison_ratio", default=argparse.SUPPRESS,
+                   help="share of fine-tuning examples that are harmful prompts with compliant answers")
+    b.add_argument("--reduced", action="store_true", default=argparse.SUPPRESS,
+                   help="the small, fast recipe used by the slow test (a few minutes)")
+    b.add_argument("--print-paths", action="store_true", default=argparse.SUPPRESS, dest="print_paths",
+                   help="print the paths as JSON on stdout (for scripts)")
+    b.add_argument("--cache-root", default=argparse.SUPPRESS, dest="cache_root",
+                   help="cache folder (default $FGSN_CACHE or ~/.cache/fgsn)")
+    b.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    b.set_defaults(func=build_command)
+    return p
+
+
+def recipe_from_args(args: argparse.Namespace):
+    from fgsn.organism.recipe import OrganismRecipe, reduced_recipe
+
+    values: dict = {}
+    config = getattr(args, "config", None)
+    if config:
+        values.update(read_yaml(config))
+    if getattr(args, "poison_ratio", None) is not None:
+        values["poison_ratio"] = args.poison_ratio
+    if getattr(args, "reduced", False):
+        try:
+            return reduced_recipe(**values)
+        except Exception as e:  # pydantic ValidationError -> the config error format
+            from pydantic import ValidationError
+
+            if isinstance(e, ValidationError):
+                from fgsn.config import format_validation_error
+                from fgsn.errors import ConfigError
+
+                raise ConfigError(format_validation_error(e, f"config {config}" if config else "options")) from None
+            raise
+    return build_options(OrganismRecipe, values, f"config {config}" if config else "options")
+
+
+def build_command(args: argparse.Namespace) -> int:
+    from fgsn.organism.build import build_organism
+
+    recipe = recipe_from_args(args)
+    paths = build_organism(recipe, cache_root=getattr(args, "cache_root", None),
+                           force=getattr(args, "force", False), progress=not getattr(args, "quiet", False))
+    if getattr(args, "print_paths", False):
+        print(json.dumps(paths.to_dict(), indent=2, sort_keys=True))
+    else:
+        print(f"organism {paths.recipe_hash} ready in {paths.root}")
+        for name in ("base", "aligned", "finetuned_full", "finetuned_lora"):
+            print(f"  {name:15s} {getattr(paths, name)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (python -m fgsn.organism.cli build ...), for before the main CLI wires it."""
+    parser = argparse.ArgumentParser(prog="fgsn")
+    subs = parser.add_subparsers(dest="command")
+    add_parser(subs)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
