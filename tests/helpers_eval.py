@@ -52,8 +52,9 @@ def check_html(text: str) -> StrictHTML:
 def write_manifest(folder: Path, **fields) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     base = {"method": "fgsn", "modified_fraction": 0.0467, "modified_fraction_edited": 0.12, "layers": [1, 2],
-            "modules": [{"name": f"model.layers.{ly}.{m}", "layer": ly, "numel": 1000, "masked": 10 * ly + k}
-                        for ly in (1, 2) for k, m in enumerate(["self_attn.q_proj", "mlp.down_proj"])],
+            "modules": [{"name": f"model.layers.{ly}.{m}.weight", "layer": ly, "module": m, "numel": 1000,
+                         "masked": 10 * ly + k} for ly in (1, 2) for k, m in enumerate(["self_attn.q_proj", "mlp.down_proj"])]
+                       + [{"name": "model.layers.3.mlp.up_proj.weight", "numel": 500, "masked": 0, "changed": 0}],
             "layer_search": {"curves": {"bb": [0.9, 0.8, 0.7, 0.7], "bh": [0.9, 0.6, 0.4, 0.45],
                                         "hh": [0.9, 0.85, 0.8, 0.8], "gap": [0.0, 0.2, 0.3, 0.25]},
                              "selected": [1, 2]},

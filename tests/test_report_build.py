@@ -156,3 +156,19 @@ def test_report_cli(run, capsys):
     assert args.func(args) == 0
     assert "before" in capsys.readouterr().out
     assert (run / "report.html").is_file() and (run / "results.json").is_file()
+
+
+def test_mask_density_grid_per_layer_and_module():
+    from fgsn.report.plots import density_grid
+
+    mods = [{"name": "model.layers.1.self_attn.q_proj.weight", "layer": 1, "module": "self_attn.q_proj",
+             "numel": 100, "masked": 5},
+            {"name": "model.layers.1.self_attn.q_proj.bias", "layer": 1, "numel": 100, "masked": 15},
+            {"name": "model.layers.4.mlp.up_proj.weight", "numel": 400, "masked": 0},  # untouched: no layer field
+            {"name": "lm_head.weight", "numel": 10, "masked": 1},  # no layer at all: skipped
+            {"name": "model.layers.2.mlp.up_proj.weight", "layer": 2, "numel": 0, "masked": 0}]  # empty: skipped
+    types, layers, grid = density_grid(mods)
+    assert types == ["q_proj", "up_proj"] and layers == [1, 4]
+    assert grid[0, 0] == 10.0 and grid[1, 1] == 0.0
+    assert str(grid[0, 1]) == "nan" and str(grid[1, 0]) == "nan"
+    assert density_grid([]) is None and density_grid("junk") is None

@@ -107,16 +107,33 @@ def gap_curves(name: str, layer_search: dict[str, Any]) -> Figure | None:
                   "Last-token hidden-state similarity per layer; the shaded block is the layer range edited.")
 
 
-def _module_type(name: str) -> str:
-    return name.rsplit(".", 1)[-1] if "." in name else name
+_LAYER_RX = re.compile(r"\.(\d+)\.")
 
 
-def mask_density(name: str, modules: list[dict[str, Any]]) -> Figure | None:
+def _module_type(m: dict[str, Any]) -> str:
+    """`q_proj` from a manifest entry: its `module` field, else the tensor name without `.weight`."""
+    if isinstance(m.get("module"), str) and m["module"]:
+        return m["module"].rsplit(".", 1)[-1]
+    name = str(m["name"]).removesuffix(".weight").removesuffix(".bias")
+    return name.rsplit(".", 1)[-1]
+
+
+def _layer(m: dict[str, Any]) -> int:
+    if m.get("layer") is not None:
+        return int(m["layer"])
+    hit = _LAYER_RX.search(str(m["name"]))
+    if hit is None:
+        raise ValueError("no layer")
+    return int(hit.group(1))
+
+
+def density_grid(modules: list[dict[str, Any]]) -> tuple[list[str], list[int], np.ndarray] | None:
+    """(module types, layers, % masked per type x layer; NaN where nothing was targeted)."""
     agg: dict[tuple[str, int], list[int]] = {}
     for m in modules if isinstance(modules, list) else []:
         try:
-            layer, numel, masked = int(m["layer"]), int(m["numel"]), int(m["masked"])
-            key = (_module_type(str(m["name"])), layer)
+            layer, numel, masked = _layer(m), int(m["numel"]), int(m["masked"])
+            key = (_module_type(m), layer)
         except (KeyError, TypeError, ValueError):
             continue
         if numel <= 0:
@@ -131,6 +148,14 @@ def mask_density(name: str, modules: list[dict[str, Any]]) -> Figure | None:
     grid = np.full((len(types), len(layers)), np.nan)
     for (t, ly), (k, n) in agg.items():
         grid[types.index(t), layers.index(ly)] = 100.0 * k / n
+    return types, layers, grid
+
+
+def mask_density(name: str, modules: list[dict[str, Any]]) -> Figure | None:
+    dg = density_grid(modules)
+    if dg is None:
+        return None
+    types, layers, grid = dg
     fig = _canvas(max(5.0, 0.35 * len(layers) + 2.5), max(2.5, 0.4 * len(types) + 1.5))
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
