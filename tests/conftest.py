@@ -107,3 +107,16 @@ def trio_factory(tmp_path_factory):
 @pytest.fixture(scope="session")
 def llama_trio(trio_factory):
     return trio_factory("llama")
+
+
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("fgsn-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(request, monkeypatch, _session_cache):
+    """Fast tests keep probe and hash caches out of the user's ~/.cache; slow tests reuse the real
+    cache so that the SmolLM2 organism is built once."""
+    if "slow" not in request.keywords:
+        monkeypatch.setenv("FGSN_CACHE", str(_session_cache))

@@ -86,7 +86,8 @@ def print_manifest_summary(m: dict, out) -> None:
         print("  (no-op: this category was already applied)")
 
 
-SUBMODULES = ("fgsn.evaluate.cli", "fgsn.report.cli", "fgsn.organism.cli", "fgsn.demo", "fgsn.baselines.cli")
+SUBMODULES = ("fgsn.evaluate.cli", "fgsn.report.cli", "fgsn.organism.cli", "fgsn.demo", "fgsn.baselines.cli",
+              "fgsn.sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:
