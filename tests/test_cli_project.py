@@ -202,3 +202,13 @@ def test_snip_gradients_match_autograd(llama_trio):
                                                           reduction="sum")
     total.backward()
     torch.testing.assert_close(got, w.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_inputs_are_never_modified(llama_trio, prompts, tmp_path):
+    def snapshot():
+        return {str(f): (f.stat().st_mtime_ns, f.read_bytes()) for d in llama_trio.values()
+                for f in sorted(Path(d).rglob("*")) if f.is_file()}
+
+    before = snapshot()
+    assert project(llama_trio, prompts, tmp_path / "o", "--ledger", tmp_path / "led", "--score", "snip") == 0
+    assert snapshot() == before
