@@ -89,7 +89,8 @@ def option_class(kind: str):
         from fgsn.baselines.wanda import WandaOptions
 
         return WandaOptions
-    raise InputError(f"method kind {kind!r} writes no checkpoint")
+    raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {', '.join(BASELINES)} "
+                     "(self-reminder writes no checkpoint)")
 
 
 def runner(kind: str) -> Callable[[Any], Any]:
@@ -109,7 +110,7 @@ def runner(kind: str) -> Callable[[Any], Any]:
         from fgsn.baselines.wanda import run_wanda
 
         return run_wanda
-    raise InputError(f"method kind {kind!r} writes no checkpoint")
+    raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {', '.join(BASELINES)}")
 
 
 def run_method(kind: str, options: dict[str, Any]):

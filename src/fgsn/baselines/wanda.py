@@ -44,7 +44,7 @@ from fgsn.errors import InputError
 from fgsn.locate.layers import parse_layers
 from fgsn.locate.masks import safety_mask
 from fgsn.locate.probes import ProbeStats, run_probes
-from fgsn.locate.scores import ScoreInputs, score_pair
+from fgsn.locate.scores import ScoreInputs, score
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.loading import load_model
 from fgsn.models.registry import EditTarget, edit_targets, from_out_in, live_layers, live_module, to_out_in
@@ -172,8 +172,8 @@ def run_wanda(opts: WandaOptions) -> BaselineResult:
         check_finite(w_al, name, "aligned")
         wf = to_out_in(w_ft, arch).float()
         delta = wf - to_out_in(w_al, arch).float()
-        h, _ = score_pair(opts.score, ScoreInputs(name, wf, delta, _no_projection), stats.feature_norms(name),
-                          stats.feature_norms(name))
+        inputs = ScoreInputs(name, wf, delta, _no_projection, norms={"harmful": stats.feature_norms(name)})
+        h = score(opts.score, inputs, "harmful")
         mask = wanda_mask(h, opts.q, opts.group, opts.granularity)
         if masks is not None:
             masks.put(name, mask)
