@@ -170,7 +170,7 @@ def test_lora_path_equals_merged_full_path(llama_trio, prompts, tmp_path):
         torch.testing.assert_close(tr.finetuned.get(k), a[k], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("score,gran", [("wanda-delta", "weight"), ("offsafety", "weight"), ("snip", "weight"),
+@pytest.mark.parametrize("score,gran", [("wanda-delta", "weight"), ("offsafety", "weight"), ("snip", "weight"), ("snip-signed", "weight"),
                                         ("contrast", "neuron"), ("random", "weight")])
 def test_every_score_runs_end_to_end(llama_trio, prompts, tmp_path, score, gran):
     assert project(llama_trio, prompts, tmp_path / "o", "--score", score, "--granularity", gran,

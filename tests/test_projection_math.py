@@ -128,3 +128,17 @@ def test_budget_mask_has_exact_size_and_avoids_task_top_p(shape, budget, p, seed
     excluded = top_fraction(t if gran == "weight" else t.sum(1), p)
     assert not (units & excluded).any()
     assert int(units.sum()) == min(round(budget * n), int((~excluded).sum()))
+
+
+def test_snip_signed_keeps_only_reverts_that_help():
+    from fgsn.locate.scores import ScoreInputs, score_pair
+
+    delta = torch.tensor([[1.0, -1.0], [2.0, 0.5]])
+    g_h = torch.tensor([[1.0, 1.0], [-1.0, 2.0]])  # reverting entry ij changes the loss by -g*dW
+    g_t = torch.tensor([[1.0, -3.0], [0.0, -1.0]])
+    s = ScoreInputs("w", delta, delta, lambda y: y, grads={"harmful": g_h, "task": g_t})
+    h, t = score_pair("snip-signed", s)
+    assert torch.equal(h, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert torch.equal(t, torch.tensor([[0.0, 0.0], [0.0, 0.5]]))
+    h_abs, _ = score_pair("snip", s)
+    assert torch.equal(h_abs, (delta * g_h).abs())

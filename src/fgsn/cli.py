@@ -32,7 +32,7 @@ HELPS = {
     "budget": "instead of q: mask exactly this share of each module (highest harmful scores outside the task "
               "top-p), to compare scores at equal parameter budgets",
     "granularity": "weight or neuron (whole output rows)",
-    "score": "importance score: wanda, wanda-delta, offsafety, random",
+    "score": "importance score: wanda (the paper), wanda-delta, offsafety, snip, snip-signed, contrast, random",
     "projector": "safelora (V V^T/||V||_F) or svd (exact projector on the top singular vectors of V)",
     "rank": "svd projector: fixed rank k",
     "energy": "svd projector: smallest k holding this share of ||V||_F^2",

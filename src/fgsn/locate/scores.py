@@ -9,6 +9,10 @@ harmful top-q minus the task top-p. With X the inputs of a module over a prompt 
 - `snip`        |dW_ij * dL/dW_ij|                (first-order effect of the update on a loss: the
                                                    refusal loss on harmful prompts, the answer loss
                                                    on task prompts; one backward pass, no step)
+- `snip-signed` first-order loss change of reverting an entry to its aligned value: on harmful
+                prompts relu(dW_ij * g_ij) (reverting lowers the refusal loss), on task prompts
+                relu(-dW_ij * g_ij) (reverting raises the task loss); |.| in `snip` also counts
+                entries whose reversal would work against refusal
 - `contrast`    ||y_ft,i - y_aligned,i||           (change of output neuron i's activation between
                                                    the aligned and the fine-tuned model; neuron
                                                    granularity only)
@@ -24,11 +28,11 @@ import torch
 
 from fgsn.errors import InputError, NumericalError
 
-SCORES = ("wanda", "wanda-delta", "offsafety", "snip", "contrast", "random")
+SCORES = ("wanda", "wanda-delta", "offsafety", "snip", "snip-signed", "contrast", "random")
 SIDES = ("harmful", "task")
 # What each score needs from the probes, beyond the weights.
 NEEDS_NORMS = {"wanda", "wanda-delta", "offsafety"}
-NEEDS_GRADS = {"snip"}
+NEEDS_GRADS = {"snip", "snip-signed"}
 NEEDS_CONTRAST = {"contrast"}
 
 
@@ -62,6 +66,9 @@ def score(kind: str, s: ScoreInputs, side: str, offsafety_cache: dict | None = N
         out = _activation_weighted(cache["m"], s, side)
     elif kind == "snip":
         out = (s.delta * s.grads[side]).abs()
+    elif kind == "snip-signed":
+        sign = 1.0 if side == "harmful" else -1.0
+        out = (sign * s.delta * s.grads[side]).clamp_min(0.0)
     elif kind == "contrast":
         out = s.contrast[side].unsqueeze(1).expand_as(s.delta)
     elif kind == "random":
