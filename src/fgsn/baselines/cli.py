@@ -54,7 +54,7 @@ def add_parser(subparsers) -> None:
                     "over-refusal, utility, share of parameters modified and the cost of each edit. A method whose "
                     "output is complete is not re-run.")
     p.add_argument("--config", help="YAML file with any of these options (flags win)")
-    add_option_flags(p, CompareOptions, _helps({**BASELINE_HELPS, **COMPARE_HELPS}), skip=NOT_FOR_COMPARE)
+    add_option_flags(p, CompareOptions, _helps(COMPARE_HELPS), skip=(*NOT_FOR_COMPARE, "report"))
     p.set_defaults(func=_compare)
 
     b = subparsers.add_parser("baseline", help="run one baseline (safelora, resta, wanda) and write its checkpoint")
