@@ -93,7 +93,7 @@ def server():
     script = Script()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(script))
     httpd.daemon_threads = True
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     t.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", script
