@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import platform
 import re
 import resource
 import time
@@ -24,18 +23,16 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-import fgsn
 from fgsn.atomic import atomic_dir, atomic_write_json
 from fgsn.config import Options
 from fgsn.edit.projection import check_finite
 from fgsn.errors import InputError
-from fgsn.locate.run import inputs_json
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.registry import layer_prefix
 from fgsn.models.safetensors_io import PlannedTensor
 from fgsn.models.trio import Trio
 from fgsn.models.writer import CheckpointWriter, copy_side_files
-from fgsn.report.manifest import MANIFEST, SCHEMA_VERSION
+from fgsn.report.manifest import MANIFEST, assemble_manifest
 
 log = logging.getLogger(__name__)
 
@@ -119,52 +116,10 @@ def stream_rewrite(trio: Trio, tmp: Path, transform: Callable[[str, torch.Tensor
 def baseline_manifest(method: str, opts: BaselineOptions, trio: Trio, modules: list[dict], *,
                       edited_params: int, layers: list[int], extra_inputs: dict | None = None,
                       extra: dict | None = None) -> dict:
-    """A manifest in the schema of `fgsn.report.manifest.build_manifest`.
-
-    `modules`: one record per tensor the method considered, with at least name, layer, module,
-    numel, masked (entries the method set out to modify) and changed (entries whose stored value
-    differs from the fine-tuned model's). `modified_fraction` = masked / all parameters, as for
-    fgsn; `modified_fraction_edited` = masked / parameters of the tensors the method considered.
-    Deterministic: nothing here varies between identical runs (timings go to fgsn/run.json).
-    """
-    import transformers
-
-    total = trio.aligned.total_params
-    masked = sum(int(m.get("masked", 0)) for m in modules)
-    changed = sum(int(m.get("changed", 0)) for m in modules)
-    frac = masked / total if total else 0.0
-    frac_edited = masked / edited_params if edited_params else 0.0
-    opts_json = opts.model_dump(mode="json")
-    for k in ("overwrite", "out"):
-        opts_json.pop(k, None)
-    inputs = inputs_json(trio)
-    inputs.update(extra_inputs or {})
-    doc = {
-        "schema_version": SCHEMA_VERSION,
-        "method": method,
-        "noop": False,
-        "fgsn_version": fgsn.__version__,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
-        "options": opts_json,
-        "inputs": inputs,
-        "architecture": trio.arch.name,
-        "layers": layers,
-        "layer_search": None,
-        "prompt_counts": {},
-        "modules": modules,
-        "total_params": total,
-        "edited_params": edited_params,
-        "masked": masked,
-        "changed": changed,
-        "modified_fraction": frac,
-        "modified_fraction_edited": frac_edited,
-        "changed_fraction": changed / total if total else 0.0,
-        "categories": {"default": {"masked": masked, "masked_total": masked, "overlap": 0,
-                                   "modified_fraction": frac, "modified_fraction_edited": frac_edited}},
-        "ledger_step": None,
-        "seed": opts.seed,
-    }
+    """A manifest in the shared schema (`fgsn.report.manifest.assemble_manifest`), plus the
+    method's own `extra` fields."""
+    doc = assemble_manifest(method=method, opts=opts, trio=trio, modules=modules, edited_params=edited_params,
+                            layers=layers, extra_inputs=extra_inputs)
     doc.update(extra or {})
     return doc
 

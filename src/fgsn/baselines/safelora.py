@@ -153,10 +153,10 @@ def run_safelora(opts: SafeLoRAOptions) -> BaselineResult:
 
     def write(tmp: Path) -> dict:
         if opts.output_format == "adapter":
-            from fgsn.edit.run import _write_adapter  # the core's adapter writer (lora_B' = C B / scale)
+            from fgsn.edit.run import write_adapter  # the core's adapter writer (lora_B' = C B / scale)
 
             edits = stream_edit(trio, masks, by_name, settings, None)
-            _write_adapter(tmp, trio, edits)
+            write_adapter(tmp, trio, edits)
         else:
             names = trio.aligned.names
             plan = [PlannedTensor(n, trio.aligned.dtype(n), trio.aligned.shape(n)) for n in names]

@@ -90,7 +90,7 @@ def _check_adapter_output(trio: Trio, opts: ProjectOptions) -> None:
                          "entries of B A changes its rank; use --output-format merged (the default) instead")
 
 
-def _write_adapter(tmp: Path, trio: Trio, edits: dict[str, TensorEdit]) -> None:
+def write_adapter(tmp: Path, trio: Trio, edits: dict[str, TensorEdit]) -> None:
     """Write the edit back as a PEFT adapter: lora_B' = (C B)/scale on masked rows, A unchanged."""
     from safetensors.torch import save_file
 
@@ -191,7 +191,7 @@ def _project(trio: Trio, opts: ProjectOptions, ledger: Ledger | None, category: 
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
         if opts.output_format == "adapter":
             edits = stream_edit(trio, masks, targets_by_name, settings, None)
-            _write_adapter(tmp, trio, edits)
+            write_adapter(tmp, trio, edits)
         else:
             plan = [PlannedTensor(n, trio.aligned.dtype(n), trio.aligned.shape(n)) for n in trio.aligned.names]
             writer = CheckpointWriter(tmp, plan, int(opts.max_shard_gb * 1024**3))

@@ -1,4 +1,5 @@
-"""The run manifest written beside every edited checkpoint (`fgsn-manifest.json`).
+"""The run manifest written beside every edited checkpoint (`fgsn-manifest.json`), by FGSN and
+by every baseline alike, so that reports read them the same way.
 
 It records what was done and to what: options, input paths and sha256, layers, per-module mask
 counts, and the share of parameters modified, overall and per category. It holds nothing that
@@ -18,51 +19,71 @@ MANIFEST = "fgsn-manifest.json"
 SCHEMA_VERSION = 1
 
 
-def build_manifest(*, opts, trio, loc, edits: dict, category: str, cat_stats: dict, ledger_step: int | None,
-                   noop: bool = False) -> dict:
+def assemble_manifest(*, method: str, opts, trio, modules: list[dict], edited_params: int, layers: list[int],
+                      layer_search: dict | None = None, prompt_counts: dict | None = None,
+                      category: str = "default", cat_stats: dict | None = None, ledger_step: int | None = None,
+                      noop: bool = False, extra_inputs: dict | None = None) -> dict:
+    """The manifest document. `modules`: one record per tensor the method considered, with at
+    least name, numel, masked (entries set out to modify) and changed (entries whose stored value
+    differs from the fine-tuned model's). modified_fraction = masked / all parameters;
+    modified_fraction_edited = masked / parameters of the considered tensors."""
     import transformers
 
     from fgsn.locate.run import inputs_json
 
+    cat_stats = cat_stats or {}
     total = trio.aligned.total_params
-    target_names = [t.tensor for t in loc.targets] if loc is not None else []
-    edited_params = sum(trio.aligned.numel(n) for n in target_names)
-    modules = []
-    for name in target_names:
-        e = edits.get(name)
-        modules.append(e.to_json() if e is not None else
-                       {"name": name, "numel": trio.aligned.numel(name), "masked": 0, "changed": 0})
-    masked = sum(m["masked"] for m in modules)
-    changed = sum(m.get("changed", 0) for m in modules)
+    masked = sum(int(m.get("masked", 0)) for m in modules)
+    changed = sum(int(m.get("changed", 0)) for m in modules)
     frac = masked / total if total else 0.0
-    cat = {"masked": masked, "masked_total": cat_stats.get("masked_total", masked),
-           "overlap": cat_stats.get("overlap", 0), "modified_fraction": frac,
-           "modified_fraction_edited": masked / edited_params if edited_params else 0.0}
+    frac_edited = masked / edited_params if edited_params else 0.0
     opts_json = opts.model_dump(mode="json")
     for k in ("overwrite", "out"):
         opts_json.pop(k, None)
+    inputs = inputs_json(trio)
+    inputs.update(extra_inputs or {})
+    cat = {"masked": masked, "masked_total": cat_stats.get("masked_total", masked),
+           "overlap": cat_stats.get("overlap", 0), "modified_fraction": frac, "modified_fraction_edited": frac_edited}
     return {
         "schema_version": SCHEMA_VERSION,
-        "method": "fgsn",
+        "method": method,
         "noop": noop,
         "fgsn_version": fgsn.__version__,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
         "options": opts_json,
-        "inputs": inputs_json(trio),
+        "inputs": inputs,
         "architecture": trio.arch.name,
-        "layers": loc.layers if loc is not None else [],
-        "layer_search": loc.layer_search.to_json() if loc is not None and loc.layer_search is not None else None,
-        "prompt_counts": loc.prompt_counts if loc is not None else {},
+        "layers": layers,
+        "layer_search": layer_search,
+        "prompt_counts": prompt_counts or {},
         "modules": modules,
         "total_params": total,
         "edited_params": edited_params,
         "masked": masked,
         "changed": changed,
         "modified_fraction": frac,
-        "modified_fraction_edited": masked / edited_params if edited_params else 0.0,
+        "modified_fraction_edited": frac_edited,
         "changed_fraction": changed / total if total else 0.0,
         "categories": {category: cat},
         "ledger_step": ledger_step,
-        "seed": opts.seed,
+        "seed": getattr(opts, "seed", None),
     }
+
+
+def build_manifest(*, opts, trio, loc, edits: dict, category: str, cat_stats: dict, ledger_step: int | None,
+                   noop: bool = False) -> dict:
+    """The manifest of an FGSN projection (`loc` None for a no-op re-run of a recorded category)."""
+    target_names = [t.tensor for t in loc.targets] if loc is not None else []
+    modules = []
+    for name in target_names:
+        e = edits.get(name)
+        modules.append(e.to_json() if e is not None else
+                       {"name": name, "numel": trio.aligned.numel(name), "masked": 0, "changed": 0})
+    return assemble_manifest(
+        method="fgsn", opts=opts, trio=trio, modules=modules,
+        edited_params=sum(trio.aligned.numel(n) for n in target_names),
+        layers=loc.layers if loc is not None else [],
+        layer_search=loc.layer_search.to_json() if loc is not None and loc.layer_search is not None else None,
+        prompt_counts=loc.prompt_counts if loc is not None else {}, category=category, cat_stats=cat_stats,
+        ledger_step=ledger_step, noop=noop)
