@@ -17,7 +17,7 @@ def test_sweep_end_to_end(llama_trio, tmp_path):
     code = main(["sweep", "--base", str(t["base"]), "--aligned", str(t["aligned"]), "--finetuned", str(t["finetuned"]),
                  "--harmful", str(tmp_path / "h.txt"), "--task", str(tmp_path / "t.jsonl"), "--layers", "1-2",
                  "--scores", "wanda", "--scores", "random", "--budgets", "0.05", "--budgets", "0.2",
-                 "--baselines", "none", "--eval-harmful", str(tmp_path / "h.txt"), "--benign-alarming", "none",
+                 "--baselines", "resta", "--eval-harmful", str(tmp_path / "h.txt"), "--benign-alarming", "none",
                  "--utility", "basic_arithmetic", "--utility-limit", "2", "--reference", str(tmp_path / "t.jsonl"),
                  "--max-new-tokens", "3", "--device", "cpu", "--out", str(out)])
     assert code == 0
@@ -26,5 +26,6 @@ def test_sweep_end_to_end(llama_trio, tmp_path):
     for p in doc["points"]:
         assert abs(p["modified_fraction_edited"] - p["budget"]) < 0.02
         assert p["asr"] is not None and p["nll"] is not None
+    assert doc["baselines"]["resta"]["modified_fraction"] > 0.5
     assert (out / "frontier.png").stat().st_size > 1000
     assert not (out / "models" / "wanda_0.05").exists()  # checkpoints removed unless --keep-checkpoints

@@ -39,6 +39,8 @@ class SweepOptions(Options):
     scores: list[str] = Field(default_factory=lambda: ["wanda", "wanda-delta", "offsafety", "snip", "random"])
     budgets: list[float] = Field(default_factory=lambda: [0.005, 0.01, 0.02, 0.05, 0.1, 0.2])
     baselines: list[str] = Field(default_factory=lambda: ["safelora", "resta"])
+    safelora_threshold: float = Field(0.5, ge=-1, le=1, description="SafeLoRA: project modules with cos <= this")
+    resta_beta: float = Field(0.5, ge=0, description="RESTA: weight of the safety vector aligned - base")
     eval_harmful: list[str] = Field(default_factory=lambda: ["builtin:harmbench?limit=50",
                                                              "builtin:strongreject?limit=50"])
     benign_alarming: str | None = "builtin:alarming?limit=40"
@@ -73,8 +75,9 @@ def _baseline_points(opts: SweepOptions, models_dir: Path) -> dict[str, str]:
     for name in opts.baselines:
         folder = models_dir / name
         if not (folder / "fgsn-manifest.json").is_file():
+            own = {"safelora": {"threshold": opts.safelora_threshold}, "resta": {"beta": opts.resta_beta}}.get(name, {})
             run_baseline(name, base=opts.base, aligned=opts.aligned, finetuned=opts.finetuned, out=str(folder),
-                         harmful=opts.harmful, task=opts.task, device=opts.device)
+                         overwrite=True, **own)
         out[name] = str(folder)
     return out
 
