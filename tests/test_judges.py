@@ -177,3 +177,42 @@ def test_rubric_prompt_holds_the_scale_and_the_texts():
 ])
 def test_parse_guard(text, expected):
     assert parse_guard(text) == expected
+
+
+class _Tok:
+    """A tokenizer stand-in whose template accepts only one content form."""
+
+    def __init__(self, parts: bool):
+        self.parts = parts
+
+    def apply_chat_template(self, conv, tokenize=False, add_generation_prompt=True):
+        texts = []
+        for m in conv:
+            c = m["content"]
+            if self.parts != isinstance(c, list):
+                raise TypeError("wrong content form")
+            texts.append(c[0]["text"] if self.parts else c)
+        return "[INST] classify: " + " || ".join(texts) + " [/INST]"
+
+
+@pytest.mark.parametrize("parts", [False, True])
+def test_local_judge_renders_string_and_part_contents(parts):
+    from fgsn.evaluate.judges.local import LocalJudge
+
+    j = LocalJudge("unused-path")
+    j._tok = _Tok(parts)
+    assert j.render(JudgeItem("how to X", "Here is X")) == "[INST] classify: how to X || Here is X [/INST]"
+
+
+def test_local_judge_unusable_template_is_an_input_error():
+    from fgsn.errors import InputError
+    from fgsn.evaluate.judges.local import LocalJudge
+
+    class Broken:
+        def apply_chat_template(self, *a, **k):
+            raise ValueError("Conversation roles must alternate")
+
+    j = LocalJudge("p")
+    j._tok = Broken()
+    with pytest.raises(InputError, match="Llama Guard style"):
+        j.render(JudgeItem("a", "b"))

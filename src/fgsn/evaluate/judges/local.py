@@ -69,12 +69,30 @@ class LocalJudge(Judge):
                 "max_new_tokens": self.max_new_tokens}
 
     def render(self, item: JudgeItem) -> str:
-        conv = [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": item.completion}]
-        try:
-            return self._tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-        except Exception as e:  # noqa: BLE001 - jinja errors have many types
-            raise InputError(f"judge {self.path}: its chat template cannot render a user/assistant conversation "
-                             f"({e}); the local judge expects a Llama Guard style checkpoint") from None
+        """The judge's prompt for one pair. Llama Guard 2/3 templates take string contents; Llama
+        Guard 4 (and other multimodal templates) take a list of typed parts, tried second. The
+        first rendering that contains the completion wins."""
+        errors: list[str] = []
+        fallback: str | None = None
+        for as_parts in (False, True):
+            def content(text: str, parts: bool = as_parts):
+                return [{"type": "text", "text": text}] if parts else text
+
+            conv = [{"role": "user", "content": content(item.prompt)},
+                    {"role": "assistant", "content": content(item.completion)}]
+            try:
+                out = self._tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+            except Exception as e:  # noqa: BLE001 - jinja errors have many types
+                errors.append(str(e))
+                continue
+            if item.completion in out:
+                return out
+            fallback = fallback or out
+        if fallback is not None:
+            log.warning("judge %s: its chat template does not show the completion verbatim", self.path)
+            return fallback
+        raise InputError(f"judge {self.path}: its chat template cannot render a user/assistant conversation "
+                         f"({'; '.join(errors)}); the local judge expects a Llama Guard style checkpoint")
 
     def _load(self) -> None:
         if self._model is not None:
