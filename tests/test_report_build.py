@@ -122,6 +122,11 @@ def test_continual_models_are_ordered_by_ledger_step(tmp_path):
     assert (run / "plots" / "continual_asr.png").is_file()
     # One layer search shared by both steps is drawn once.
     assert len(list((run / "plots").glob("layer_gap_*.png"))) == 1
+    # Rebuilt without the manifests: their figures disappear from the folder too.
+    for name in ("s1", "s2"):
+        (tmp_path / name / "fgsn-manifest.json").unlink()
+    build_report(run)
+    assert sorted(p.name for p in (run / "plots").glob("*.png")) == ["category_asr.png"]
 
 
 def test_broken_run_folders_have_clear_errors(tmp_path):

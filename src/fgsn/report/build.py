@@ -163,6 +163,10 @@ def build_report(rundir: str | Path, echo: bool = False) -> dict[str, Any]:
     figures = make_figures(results, manifests)
     for fig in figures:
         atomic_write_bytes(rundir / "plots" / fig.filename, fig.png)
+    current = {f.filename for f in figures}
+    for old in (rundir / "plots").glob("*.png") if (rundir / "plots").is_dir() else []:
+        if old.name not in current:  # a figure of an earlier report (a model since dropped)
+            old.unlink()
     atomic_write_json(rundir / "results.json", results)
     atomic_write_text(rundir / "report.md", render_markdown(results, figures))
     atomic_write_text(rundir / "report.html", render_html(results, figures))
