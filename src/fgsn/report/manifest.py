@@ -74,12 +74,14 @@ def assemble_manifest(*, method: str, opts, trio, modules: list[dict], edited_pa
 def build_manifest(*, opts, trio, loc, edits: dict, category: str, cat_stats: dict, ledger_step: int | None,
                    noop: bool = False) -> dict:
     """The manifest of an FGSN projection (`loc` None for a no-op re-run of a recorded category)."""
-    target_names = [t.tensor for t in loc.targets] if loc is not None else []
+    targets = loc.targets if loc is not None else []
+    target_names = [t.tensor for t in targets]
     modules = []
-    for name in target_names:
-        e = edits.get(name)
+    for t in targets:
+        e = edits.get(t.tensor)
         modules.append(e.to_json() if e is not None else
-                       {"name": name, "numel": trio.aligned.numel(name), "masked": 0, "changed": 0})
+                       {"name": t.tensor, "layer": t.layer, "module": t.spec.name,
+                        "numel": trio.aligned.numel(t.tensor), "masked": 0, "changed": 0})
     return assemble_manifest(
         method="fgsn", opts=opts, trio=trio, modules=modules,
         edited_params=sum(trio.aligned.numel(n) for n in target_names),
