@@ -97,7 +97,8 @@ class _Item:
 
 
 # -- inputs --------------------------------------------------------------------------------------
-def _check_models(models: dict[str, str], adapters: dict[str, str]) -> dict[str, Path]:
+def _check_models(models: dict[str, str], adapters: dict[str, str], systems: dict[str, str] | None = None,
+                  suffixes: dict[str, str] | None = None) -> dict[str, Path]:
     if not models:
         raise InputError("no model to evaluate; give at least one --model NAME=PATH")
     out = {}
@@ -109,9 +110,10 @@ def _check_models(models: dict[str, str], adapters: dict[str, str]) -> dict[str,
         if not p.is_dir():
             raise InputError(f"model {name}: {p} is not a folder; give a local Hugging Face checkpoint folder")
         out[name] = p.resolve()
-    unknown = set(adapters) - set(models)
-    if unknown:
-        raise InputError(f"--adapter names {sorted(unknown)} match no --model; use the same NAME as in --model")
+    for flag, per_model in (("--adapter", adapters), ("--system-for", systems or {}), ("--suffix-for", suffixes or {})):
+        unknown = set(per_model) - set(models)
+        if unknown:
+            raise InputError(f"{flag} names {sorted(unknown)} match no --model; use the same NAME as in --model")
     return out
 
 
@@ -197,7 +199,8 @@ class _ModelRunner:
     def render(self, text: str) -> str:
         from fgsn.data.chat import render_chat
 
-        return render_chat(self.tok, text, system=self.opts.system, use_chat_template=self.opts.use_chat_template)
+        return render_chat(self.tok, text, system=self.opts.systems.get(self.name, self.opts.system),
+                           use_chat_template=self.opts.use_chat_template, suffix=self.opts.suffixes.get(self.name, ""))
 
     def _hf_model(self):
         if self._model is None:
@@ -326,7 +329,7 @@ def evaluate(models: dict[str, str], harmful: list[str | PromptSet] | str | Prom
     reference_l = [] if reference is None else (reference if isinstance(reference, list) else [reference])
     if not harmful_l:
         raise InputError("no harmful prompt set; give at least one --harmful FILE or builtin:NAME")
-    paths = _check_models(models, opts.adapters)
+    paths = _check_models(models, opts.adapters, opts.systems, opts.suffixes)
 
     util_items: list[UtilityItem] = []
     for spec in utility_l:
@@ -406,7 +409,8 @@ def evaluate(models: dict[str, str], harmful: list[str | PromptSet] | str | Prom
         "fgsn_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "order": list(paths),
-        "models": {n: {"path": str(p), "adapter": opts.adapters.get(n), "sha256": hashes[n]} for n, p in paths.items()},
+        "models": {n: {"path": str(p), "adapter": opts.adapters.get(n), "sha256": hashes[n],
+                       "system": opts.systems.get(n), "suffix": opts.suffixes.get(n)} for n, p in paths.items()},
         "inputs": {"harmful": [_spec(h) for h in harmful_l],
                    "benign_alarming": _spec(benign_alarming) if benign_alarming is not None else None,
                    "utility": [str(u) for u in utility_l], "reference": [_spec(r) for r in reference_l]},

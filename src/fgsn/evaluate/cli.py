@@ -42,7 +42,8 @@ def parse_pairs(values: list[str], flag: str) -> dict[str, str]:
     for v in values:
         name, sep, path = v.partition("=")
         if not sep or not name or not path:
-            raise InputError(f"{flag} {v!r}: expected NAME=PATH, e.g. {flag} aligned=checkpoints/aligned")
+            value = "PATH, e.g. {flag} aligned=checkpoints/aligned" if flag in ("--model", "--adapter") else "TEXT"
+            raise InputError(f"{flag} {v!r}: expected NAME={value.format(flag=flag)}")
         if name in out:
             raise InputError(f"{flag}: name {name!r} given twice; each model needs its own name")
         out[name] = path
@@ -62,6 +63,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="a model to evaluate (repeatable), e.g. --model aligned=ckpt/aligned")
     g.add_argument("--adapter", action="append", metavar="NAME=PATH", default=S, dest="adapter_pairs",
                    help="a LoRA adapter merged into model NAME before evaluation (repeatable)")
+    g.add_argument("--system-for", action="append", metavar="NAME=TEXT", default=S, dest="system_pairs",
+                   help="a system prompt for model NAME only (e.g. Self-Reminder; repeatable)")
+    g.add_argument("--suffix-for", action="append", metavar="NAME=TEXT", default=S, dest="suffix_pairs",
+                   help="text appended to the user turn for model NAME only; the judge sees the prompt as given")
     g.add_argument("--harmful", action="append", metavar="SOURCE", default=S,
                    help="harmful prompts: .jsonl/.csv/.txt or builtin:advbench|harmbench|strongreject|donotanswer, "
                         "with optional ?split=&category=&limit= (repeatable)")
@@ -121,12 +126,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def command_from_args(args: argparse.Namespace) -> EvalCommand:
     ns = argparse.Namespace(**vars(args))
     extra: dict[str, Any] = {}
-    if hasattr(ns, "model_pairs"):
-        extra["models"] = parse_pairs(ns.model_pairs, "--model")
-        del ns.model_pairs
-    if hasattr(ns, "adapter_pairs"):
-        extra["adapters"] = parse_pairs(ns.adapter_pairs, "--adapter")
-        del ns.adapter_pairs
+    for attr, key, flag in (("model_pairs", "models", "--model"), ("adapter_pairs", "adapters", "--adapter"),
+                            ("system_pairs", "systems", "--system-for"), ("suffix_pairs", "suffixes", "--suffix-for")):
+        if hasattr(ns, attr):
+            extra[key] = parse_pairs(getattr(ns, attr), flag)
+            delattr(ns, attr)
     for k, v in extra.items():
         setattr(ns, k, v)
     return options_from_args(EvalCommand, ns)

@@ -33,6 +33,10 @@ class EvalOptions(Options):
     trust_remote_code: bool = False
     allow_pickle: bool = False
     adapters: dict[str, str] = Field(default_factory=dict)
+    # per-model inference-time settings (e.g. Self-Reminder): a system prompt and a suffix on the
+    # user turn for model NAME; the judge still sees the prompt as given
+    systems: dict[str, str] = Field(default_factory=dict)
+    suffixes: dict[str, str] = Field(default_factory=dict)
     cache_dir: str | None = None  # default: RUNDIR/cache
     # judges
     keyword_list: str = "fgsn-v1"
