@@ -316,7 +316,6 @@ def test_wanda_options_are_checked(llama_trio, harm_file, tmp_path):
 def test_self_reminder_changes_only_the_rendered_prompt(llama_trio):
     from fgsn.baselines.self_reminder import SUFFIX, SYSTEM, SelfReminder
     from fgsn.data.chat import render_chat
-    from fgsn.data.prompts import Prompt, PromptSet
     from fgsn.models.loading import load_tokenizer
 
     tok = load_tokenizer(llama_trio["aligned"])
@@ -331,10 +330,6 @@ def test_self_reminder_changes_only_the_rendered_prompt(llama_trio):
     assert wrapped.startswith(system_turn)
     assert wrapped[len(system_turn):].replace(SUFFIX, "") == plain
     assert sr.render(tok, prompt, system="be brief").count("be brief\n\n" + SYSTEM) == 1
-    pset = PromptSet("h", [Prompt("a b", category="x", answer="1"), Prompt("c d", category="y")])
-    w = sr.wrap(pset)
-    assert [p.text for p in w] == ["a b" + SUFFIX, "c d" + SUFFIX]
-    assert [(p.category, p.answer) for p in w] == [("x", "1"), ("y", None)]
 
 
 # -- presets ---------------------------------------------------------------------------------------------

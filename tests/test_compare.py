@@ -80,15 +80,14 @@ def test_results_have_one_entry_per_method(run, llama_trio):
 def test_self_reminder_prompts_carry_the_reminder(run):
     from fgsn.baselines.self_reminder import SUFFIX, SYSTEM
 
-    spec = json.loads((run / "eval-self-reminder" / "eval.json").read_text())
-    assert spec["generation"]["system"] == SYSTEM
-    rows = [json.loads(x) for x in (run / "eval-self-reminder/models/self-reminder/records.jsonl").read_text().split(
-        "\n") if x]
-    assert rows and all(r["prompt"].endswith(SUFFIX) for r in rows)
+    spec = json.loads((run / "eval" / "eval.json").read_text())
+    assert spec["models"]["self-reminder"]["system"] == SYSTEM
+    assert spec["models"]["self-reminder"]["suffix"] == SUFFIX
+    assert spec["models"]["finetuned"]["system"] is None and spec["generation"]["system"] is None
+    rows = [json.loads(x) for x in (run / "eval/models/self-reminder/records.jsonl").read_text().split("\n") if x]
     plain = [json.loads(x) for x in (run / "eval/models/finetuned/records.jsonl").read_text().split("\n") if x]
-    assert sorted(r["prompt"] + SUFFIX for r in plain) == sorted(r["prompt"] for r in rows)
-    main_spec = json.loads((run / "eval" / "eval.json").read_text())
-    assert main_spec["generation"]["system"] is None
+    # the judge sees the prompts as given; only the rendered text differs
+    assert rows and sorted(r["prompt"] for r in plain) == sorted(r["prompt"] for r in rows)
 
 
 def test_rerun_resumes_complete_methods(run, llama_trio, files):

@@ -3,7 +3,6 @@
     RUNDIR/models/NAME/          the checkpoint of each weight-editing method (+ fgsn-manifest.json)
     RUNDIR/edits/NAME.json       the cost of its edit (wall time, memory; see worker.py)
     RUNDIR/eval/                 `fgsn.evaluate.evaluate` of every checkpoint (+ references)
-    RUNDIR/eval-self-reminder/   the same harness on the fine-tuned model under Self-Reminder
     RUNDIR/cache/                completions and verdicts (content-keyed, shared by both)
     RUNDIR/results.json          the evaluation schema (fgsn-results/1): one entry per method
                                  under `models`, named as in --methods, plus the edit cost
@@ -259,34 +258,17 @@ def _finetuned_entry(opts: CompareOptions) -> tuple[str, str | None]:
     return opts.finetuned, None
 
 
-def self_reminder_utility(opts: CompareOptions, sr: SelfReminder, folder: Path) -> list[str]:
-    """The utility items as prompt/answer files whose prompts carry the Self-Reminder suffix (one
-    file per task, named after it, so that the report's task columns line up)."""
-    from fgsn.evaluate.utility import load_utility
-
-    by_task: dict[str, list[str]] = {}
-    for spec in opts.utility:
-        for u in load_utility(spec, limit=opts.utility_limit, seed=opts.utility_seed,
-                              instruction=opts.utility_instruction):
-            row = {"prompt": u.question + sr.suffix, "answer": u.answer, "category": u.task}
-            by_task.setdefault(u.task, []).append(json.dumps(row, ensure_ascii=False))
-    files = []
-    for task, rows in by_task.items():
-        path = folder / "utility" / f"{task}.jsonl"
-        atomic_write_text(path, "\n".join(rows) + "\n")
-        files.append(str(path))
-    return files
-
-
 def run_evals(opts: CompareOptions, methods: list[Method], rundir: Path) -> dict[str, dict]:
-    """Evaluate the checkpoints (one evaluate() call) and Self-Reminder (a second one, with its
-    system prompt and suffixed prompts); returns {eval folder name: results dict}."""
+    """Evaluate every method in one evaluate() call: edited checkpoints as they are, Self-Reminder
+    as the fine-tuned model with its own system prompt and user-turn suffix (the judge sees the
+    prompts as given); returns {eval folder name: results dict}."""
     from fgsn.evaluate import evaluate
 
     ft_path, ft_adapter = _finetuned_entry(opts)
-    results: dict[str, dict] = {}
     models: dict[str, str] = {}
     adapters: dict[str, str] = {}
+    systems: dict[str, str] = {}
+    suffixes: dict[str, str] = {}
     if opts.with_references:
         models["aligned"] = opts.aligned
         models["finetuned"] = ft_path
@@ -295,25 +277,18 @@ def run_evals(opts: CompareOptions, methods: list[Method], rundir: Path) -> dict
     for m in methods:
         if m.edits_weights:
             models[m.name] = str(rundir / "models" / m.name)
-    if models:
-        res = evaluate(models, list(opts.eval_harmful), benign_alarming=opts.benign_alarming,
-                       utility=list(opts.utility) or None, judge=opts.judge,
-                       options=eval_options(opts, rundir, adapters=adapters), out=rundir / "eval",
-                       reference=list(opts.reference) or None)
-        results["eval"] = res.results
-    if any(m.kind == "self-reminder" for m in methods):
-        name = next(m.name for m in methods if m.kind == "self-reminder")
-        sr = SelfReminder(opts.self_reminder_system, opts.self_reminder_suffix)
-        folder = rundir / "eval-self-reminder"
-        utility = self_reminder_utility(opts, sr, folder) if opts.utility else None
-        sr_opts = eval_options(opts, rundir, system=sr.system_prompt(opts.system), utility_instruction="",
-                               adapters={name: ft_adapter} if ft_adapter else {})
-        res = evaluate({name: ft_path}, [sr.wrap(s) for s in opts.eval_harmful],
-                       benign_alarming=sr.wrap(opts.benign_alarming) if opts.benign_alarming else None,
-                       utility=utility, judge=opts.judge, options=sr_opts, out=folder,
-                       reference=[sr.wrap(r) for r in opts.reference] or None)
-        results["eval-self-reminder"] = res.results
-    return results
+        elif m.kind == "self-reminder":
+            sr = SelfReminder(opts.self_reminder_system, opts.self_reminder_suffix)
+            models[m.name] = ft_path
+            if ft_adapter:
+                adapters[m.name] = ft_adapter
+            systems[m.name] = sr.system_prompt(opts.system)
+            suffixes[m.name] = sr.suffix
+    res = evaluate(models, list(opts.eval_harmful), benign_alarming=opts.benign_alarming,
+                   utility=list(opts.utility) or None, judge=opts.judge,
+                   options=eval_options(opts, rundir, adapters=adapters, systems=systems, suffixes=suffixes),
+                   out=rundir / "eval", reference=list(opts.reference) or None)
+    return {"eval": res.results}
 
 
 # -- the table ------------------------------------------------------------------------------------
