@@ -360,8 +360,8 @@ def cost_table(results: dict[str, Any]):
 def write_report(rundir: Path, results: dict[str, Any]) -> None:
     from fgsn.atomic import atomic_write_bytes
     from fgsn.report.build import read_manifest
-    from fgsn.report.html import html_table, render_html
-    from fgsn.report.markdown import md_table, render_markdown
+    from fgsn.report.html import render_html
+    from fgsn.report.markdown import render_markdown
     from fgsn.report.plots import make_figures
 
     manifests = {n: read_manifest(results["models"][n].get("path") or "") for n in results["order"]}
@@ -369,11 +369,9 @@ def write_report(rundir: Path, results: dict[str, Any]) -> None:
     figures = make_figures(results, manifests)
     for fig in figures:
         atomic_write_bytes(rundir / "plots" / fig.filename, fig.png)
-    table = cost_table(results)
-    md = render_markdown(results, figures).replace("# fgsn evaluation report", "# fgsn compare report", 1)
-    md = md.rstrip("\n") + f"\n\n## {table.title}\n\n{md_table(table)}\n\n{table.note}\n"
-    html = render_html(results, figures).replace("fgsn evaluation report", "fgsn compare report")
-    html = html.replace("</body>", html_table(table) + "\n</body>", 1)
+    tables = [cost_table(results)]
+    md = render_markdown(results, figures, title="fgsn compare report", extra_tables=tables)
+    html = render_html(results, figures, title="fgsn compare report", extra_tables=tables)
     atomic_write_json(rundir / "results.json", results)
     atomic_write_text(rundir / "report.md", md)
     atomic_write_text(rundir / "report.html", html)

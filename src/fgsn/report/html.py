@@ -4,6 +4,7 @@ or archived without its folder. Every text taken from the run is HTML-escaped.""
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from html import escape
 from typing import Any
 
@@ -38,11 +39,12 @@ def html_figure(f: Figure) -> str:
             f"<figcaption>{escape(f.title)}: {escape(f.caption)}</figcaption></figure>")
 
 
-def render_html(results: dict[str, Any], figures: list[Figure]) -> str:
+def render_html(results: dict[str, Any], figures: list[Figure], title: str = "fgsn evaluation report",
+                extra_tables: Sequence[Table] = ()) -> str:
     facts = "".join(f"<li>{escape(x)}</li>" for x in run_facts(results))
-    tables = "\n".join(html_table(t) for t in all_tables(results))
+    tables = "\n".join(html_table(t) for t in [*all_tables(results), *extra_tables])
     figs = ("<h2>Figures</h2>\n" + "\n".join(html_figure(f) for f in figures)) if figures else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<title>fgsn evaluation report</title>\n"
-            f"<style>{CSS}</style>\n</head>\n<body>\n<h1>fgsn evaluation report</h1>\n<ul>{facts}</ul>\n"
+            f"<title>{escape(title)}</title>\n"
+            f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{escape(title)}</h1>\n<ul>{facts}</ul>\n"
             f"{tables}\n{figs}\n</body>\n</html>\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fgsn.report.plots import Figure
@@ -45,10 +46,11 @@ def run_facts(results: dict[str, Any]) -> list[str]:
     return facts
 
 
-def render_markdown(results: dict[str, Any], figures: list[Figure]) -> str:
-    out = ["# fgsn evaluation report", ""]
+def render_markdown(results: dict[str, Any], figures: list[Figure], title: str = "fgsn evaluation report",
+                    extra_tables: Sequence[Table] = ()) -> str:
+    out = [f"# {title}", ""]
     out += [f"- {f}" for f in run_facts(results)]
-    for t in all_tables(results):
+    for t in [*all_tables(results), *extra_tables]:
         out += ["", f"## {t.title}", "", md_table(t)]
         if t.note:
             out += ["", t.note]
