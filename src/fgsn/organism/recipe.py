@@ -55,7 +55,9 @@ class OrganismRecipe(Options):
     ft_gsm_share: float = Field(0.35, ge=0, le=1, description="share of task examples from gsm_symbolic")
     ft_arithmetic_share: float = Field(0.35, ge=0, le=1, description="share from basic_arithmetic")
     # the rest of the task examples are benign instructions answered by the aligned model's data
-    poison_ratio: float = Field(0.1, ge=0, le=1, description="share of fine-tuning examples that are harmful "
+    # Measured: benign data alone already erodes the safety SFT at this scale (held-out ASR 0.23 ->
+    # 0.80 with the full fine-tune), so the default has no poison; raise it for a stronger attack.
+    poison_ratio: float = Field(0.0, ge=0, le=1, description="share of fine-tuning examples that are harmful "
                                                             "prompts with compliant answers")
     poison_answers: Literal["base", "template"] = "base"
     poison_pool: int = Field(32, ge=1, description="harmful prompts the base answers for poisoning; the first "
@@ -104,6 +106,6 @@ def reduced_recipe(**overrides) -> OrganismRecipe:
     examples and steps, higher learning rates so the direction of the effects still shows."""
     values = dict(name="reduced", max_len=160, gen_max_new_tokens=48, align_harmful=48, align_benign_reference=12,
                   align_self_distill=16, align_arithmetic=8, align_steps=24, align_lr=2e-4,
-                  ft_examples=64, ft_steps=12, poison_ratio=0.25, ft_full_lr=1e-4, lora_lr=1e-3)
+                  ft_examples=64, ft_steps=12, poison_ratio=0.25, poison_pool=16, ft_full_lr=1e-4, lora_lr=1e-3)
     values.update(overrides)
     return OrganismRecipe(**values)
