@@ -64,8 +64,10 @@ def edit_table(size: dict, startup_mb: float) -> list[str]:
             if key == "naive" and size.get("naive_note"):
                 lines.append(f"| {label} | {size['naive_note']} | | | | |")
             continue
+        above = v["peak_rss_mb"] - startup_mb
+        above_s = f"{above:.0f}" if above >= 0 else "- (no torch)"
         lines.append(f"| {label} | {v['wall_s']:.1f} | {v['wall_s'] / floor:.2f} | {v['peak_rss_mb']:.0f} | "
-                     f"{v['peak_rss_mb'] - startup_mb:.0f} | {len(v['runs'])} |")
+                     f"{above_s} | {len(v['runs'])} |")
     c = size["checks"]
     lines.append("")
     if "naive_vs_fgsn" in c:
