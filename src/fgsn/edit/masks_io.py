@@ -1,14 +1,27 @@
 """Masks kept bit-packed in memory and on disk (1 bit a weight): a 7B model's masks for six
-layers take ~150 MB this way instead of 1.2 GB of bools."""
+layers take ~150 MB this way instead of 1.2 GB of bools. Masks are unpacked one tensor at a time,
+when the edit needs them; saving and loading never unpack."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
-from fgsn.locate.masks import load_masks, pack, save_masks, unpack
+from fgsn.errors import IntegrityError
+
+
+def pack(mask: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.packbits(mask.reshape(-1).numpy().astype(np.uint8)))
+
+
+def unpack(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    n = int(np.prod(shape))
+    bits = np.unpackbits(packed.numpy(), count=n)
+    return torch.from_numpy(bits.astype(bool)).reshape(shape)
 
 
 class PackedMasks:
@@ -35,12 +48,27 @@ class PackedMasks:
         return self._data[name][1]
 
     def save(self, path: str | os.PathLike, meta: dict | None = None) -> None:
-        save_masks(path, {k: self.get(k) for k in self._data}, meta)
+        """One safetensors file of packed bits, shapes in its metadata; atomic and byte-stable."""
+        from safetensors.torch import save
+
+        from fgsn.atomic import atomic_write_bytes
+
+        shapes = {k: list(s) for k, (_, s) in self._data.items()}
+        # One metadata key: safetensors writes its metadata map in no fixed order, and masks must be
+        # byte-identical across identical runs.
+        metadata = {"fgsn": json.dumps({"shapes": shapes, "meta": meta or {}}, sort_keys=True)}
+        atomic_write_bytes(path, save({k: p for k, (p, _) in sorted(self._data.items())}, metadata=metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PackedMasks:
-        masks, _ = load_masks(path)
+        from safetensors import SafetensorError, safe_open
+
         pm = cls()
-        for k, v in masks.items():
-            pm.put(k, v)
+        try:
+            with safe_open(str(path), "pt") as f:
+                shapes = json.loads((f.metadata() or {})["fgsn"])["shapes"]
+                for k in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                    pm._data[k] = (f.get_tensor(k), tuple(shapes[k]))
+        except (OSError, SafetensorError, KeyError, json.JSONDecodeError) as e:
+            raise IntegrityError(f"mask file {path} is unreadable or corrupt ({e}); re-run locate") from e
         return pm

@@ -50,7 +50,11 @@ class TensorEdit:
 
 
 def check_finite(t: torch.Tensor, name: str, role: str) -> None:
-    if t.is_floating_point() and not torch.isfinite(t).all():
+    """NaN/Inf check at the cost of one reduction: any NaN or Inf makes the float32 sum non-finite;
+    the exact elementwise test runs only when the sum is not finite (it may merely overflow)."""
+    if not t.is_floating_point() or bool(torch.isfinite(t.sum(dtype=torch.float32))):
+        return
+    if not bool(torch.isfinite(t).all()):
         raise NumericalError(f"{role} weight {name} contains NaN or Inf; the checkpoint is damaged, "
                              "fix or re-export it before editing")
 
@@ -62,44 +66,48 @@ def project_tensor(name: str, layer: int, module: str, *, w_aligned: torch.Tenso
     """All weights (out, in) as stored dtype; `mask` bool (out, in). Returns the output weight
     (out, in) in the stored dtype and the edit's statistics."""
     wa = w_aligned.float()
-    delta = factors.delta() if factors is not None else w_finetuned.float() - wa
+    delta = factors.delta() if factors is not None else w_finetuned.to(torch.float32, copy=True).sub_(wa)
     V_full = wa - w_base.float()
-    new_delta = delta.clone()
-    edit = TensorEdit(name, layer, module, numel=mask.numel(), masked=int(mask.sum()),
-                      delta_norm=float(delta.norm()), masked_delta_norm=float(delta[mask].norm()))
+    edit = TensorEdit(name, layer, module, numel=mask.numel(), masked=int(torch.count_nonzero(mask)),
+                      delta_norm=float(delta.norm()), masked_delta_norm=float(torch.where(mask, delta, 0.0).norm()))
+    out = w_finetuned.clone()
     whole_rows = factors is not None
     new_B = factors.B.clone() if factors is not None else None
+    sq = 0.0
     r0 = 0
     for part, size in parts:
         r1 = r0 + size
         pmask = mask[r0:r1]
-        rows = pmask.any(1).nonzero().squeeze(1)
+        row_any = pmask.any(1)
+        n_rows = int(torch.count_nonzero(row_any))
         proj = Projector(settings.projector, V_full[r0:r1], rank=settings.rank, energy=settings.energy)
-        info = {"part": part, "rows": [r0, r1], "masked": int(pmask.sum()), **proj.describe()}
-        if rows.numel():
+        info = {"part": part, "rows": [r0, r1], "masked": int(torch.count_nonzero(pmask)), **proj.describe()}
+        if n_rows:
+            # all rows touched (common at weight granularity): slices, no gather/scatter copies
+            rows = None if n_rows == size else row_any.nonzero().squeeze(1)
+            idx = slice(r0, r1) if rows is None else r0 + rows
+            sub = pmask if rows is None else pmask[rows]
             if factors is not None:
                 CB_rows = proj.apply(factors.B[r0:r1], rows=rows)
                 projected = CB_rows @ factors.A
-                if bool(pmask[rows].all()):
-                    new_B[r0 + rows] = CB_rows
+                if bool(sub.all()):
+                    new_B[idx] = CB_rows
                 else:
                     whole_rows = False
             else:
-                projected = proj.apply(delta[r0:r1], rows=rows)
-            sub = pmask[rows]
-            block = new_delta[r0 + rows]
-            block[sub] = projected[sub]
-            new_delta[r0 + rows] = block
-            info["projected_norm"] = float(projected[sub].norm())
+                projected = proj.apply(delta[r0:r1], rows=rows)       # (C dW)[rows], float32
+            pn = float(torch.where(sub, projected, 0.0).norm())
+            sq += pn * pn
+            projected.add_(wa[idx])                                   # W_aligned + C dW on these rows
+            if not bool(torch.isfinite(projected.sum())) and not bool(torch.isfinite(projected).all()):
+                raise NumericalError(f"{name}: the projected weight has NaN/Inf; check the base and aligned weights")
+            out[idx] = torch.where(sub, projected.to(w_finetuned.dtype), w_finetuned[idx])
+            info["projected_norm"] = pn
             info["zero_direction"] = proj.is_zero
         edit.parts.append(info)
         r0 = r1
-    out_f = wa + new_delta
-    if not torch.isfinite(out_f).all():
-        raise NumericalError(f"{name}: the projected weight has NaN/Inf; check the base and aligned weights")
-    out = torch.where(mask, out_f.to(w_finetuned.dtype), w_finetuned)
-    edit.changed = int((out != w_finetuned).sum())
-    edit.projected_norm = float(new_delta[mask].norm()) if edit.masked else 0.0
+    edit.changed = int(torch.count_nonzero(out != w_finetuned))
+    edit.projected_norm = sq ** 0.5 if edit.masked else 0.0
     if factors is not None and whole_rows:
         edit.new_B = new_B
     return out, edit

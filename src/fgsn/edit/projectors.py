@@ -31,7 +31,10 @@ class Projector:
     def __post_init__(self) -> None:
         if self.kind not in PROJECTORS:
             raise InputError(f"unknown --projector {self.kind!r}; use {' or '.join(PROJECTORS)}")
-        self.norm = float(torch.linalg.matrix_norm(self.V.double(), "fro"))
+        # ||V||_F in float64, accumulated in row blocks (no full float64 copy of V)
+        step = max(1, BLOCK_ELEMS // max(1, self.V.shape[1]))
+        sq = sum(float(self.V[r:r + step].double().pow(2).sum()) for r in range(0, self.V.shape[0], step))
+        self.norm = sq ** 0.5
 
     @property
     def is_zero(self) -> bool:

@@ -77,15 +77,22 @@ def run_probes(model, tokenizer, prompts: list[str], *, layers, modules: dict[st
                 raise _StopForward
         return hook
 
+    shared: dict[str, torch.Tensor] = {}
+
     def input_hook(key: str):
         def hook(_module, args):
             x = args[0]
-            m = state["mask"].to(x.device, torch.float64).unsqueeze(-1)
-            s = (x.double().pow(2) * m).sum(dim=(0, 1))
+            # q/k/v (and gate/up) read the same input tensor: square and sum it once. Holding x
+            # keeps its memory from being reused by another tensor, so `is` cannot be fooled.
+            if shared.get("x") is not x:
+                m = state["mask"].to(x.device, torch.float32).unsqueeze(-1)
+                shared["x"] = x
+                shared["s"] = (x.float().pow(2) * m).sum(dim=(0, 1), dtype=torch.float64).cpu()
+            s = shared["s"]
             if key in stats.sumsq:
-                stats.sumsq[key] += s.cpu()
+                stats.sumsq[key] += s
             else:
-                stats.sumsq[key] = s.cpu()
+                stats.sumsq[key] = s.clone()
         return hook
 
     need_layer_hooks = hidden_states or stop_after_layer is not None
@@ -119,4 +126,5 @@ def run_probes(model, tokenizer, prompts: list[str], *, layers, modules: dict[st
     finally:
         for h in handles:
             h.remove()
+        shared.clear()
     return stats

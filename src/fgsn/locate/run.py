@@ -150,8 +150,9 @@ def find_layers(trio: Trio, sets: dict[str, PromptSet], opts: LocateOptions) -> 
         return explicit, None
     model, tok = _load_live(trio, opts, "aligned")
     try:
-        benign = _probe(model, tok, trio, sets["benign"], opts, trio.aligned.sha256)
-        harmful = _probe(model, tok, trio, sets["harmful"], opts, trio.aligned.sha256)
+        last = trio.num_layers - 1  # stop before the final norm and the LM head (vocab-sized logits)
+        benign = _probe(model, tok, trio, sets["benign"], opts, trio.aligned.sha256, stop=last)
+        harmful = _probe(model, tok, trio, sets["harmful"], opts, trio.aligned.sha256, stop=last)
     finally:
         del model
         gc.collect()

@@ -158,7 +158,7 @@ class StreamingShardWriter:
             raise RuntimeError(f"{name}: planned {t.shape} {t.dtype}, got {tuple(tensor.shape)} {tensor.dtype}")
         data = tensor.detach().to("cpu").contiguous()
         if data.numel():
-            self._f.write(data.view(torch.uint8).reshape(-1).numpy().tobytes())
+            self._f.write(memoryview(data.view(torch.uint8).reshape(-1).numpy()))  # no extra copy
         self._next += 1
 
     def close(self) -> None:
