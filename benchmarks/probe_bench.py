@@ -3,7 +3,8 @@ forward pass of the same model on the same batches, in one process (the model lo
 
 Passes, timed in turn (round robin over the passes, `--repeats` rounds; median):
 - `forward`:          model(input_ids, attention_mask), every layer and the LM head (the baseline);
-- `probe_layers`:     the layer-search pass (last-token hidden state of every layer), as locate runs it;
+- `probe_layers`:     the layer-search pass (last-token hidden state of every layer), as locate runs it
+                      (stopping after the last layer: no final norm, no LM head);
 - `probe_modules`:    the neuron-score pass on every layer (input sum of squares of the 7 linear
                       modules of every layer), stopping after the last layer;
 - `forward_to_k`:     a forward pass cut after layer k by a bare hook (the ideal for an early exit);
@@ -124,7 +125,7 @@ def run(model_name: str, n_prompts: int, batch: int, stop: int, repeats: int) ->
 
     passes = {
         "forward": lambda: plain_forward(model, tok, texts, batch),
-        "probe_layers": lambda: probe(hidden_states=True),
+        "probe_layers": lambda: probe(hidden_states=True, stop_after_layer=n_layers - 1),
         "probe_modules": lambda: probe(modules=modules_of(model, range(n_layers)), hidden_states=False,
                                        stop_after_layer=n_layers - 1),
         f"forward_to_{stop}": lambda: plain_forward(model, tok, texts, batch, stop=stop),

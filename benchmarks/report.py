@@ -19,16 +19,24 @@ from synth import MODULES, LlamaShape  # noqa: E402
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 EDIT_ROWS = [
-    ("fgsn", "`fgsn project --locate-run` (shipped code; hash cache warm)"),
-    ("fgsn+fixes", "the same with the proposed core fixes (benchmarks/proposed.py)"),
+    ("fgsn", "`fgsn project --locate-run` (hash cache warm)"),
     ("fgsn_first_run", "`fgsn project`, first run on these models (sha256 of all three inputs)"),
-    ("fgsn+fixes_first_run", "fixes, first run (sha256 of all three inputs)"),
-    ("fgsn_all_layers", "`fgsn project`, masks in every layer instead of 6"),
-    ("fgsn+fixes_all_layers", "fixes, masks in every layer"),
+    ("fgsn_all_layers", "`fgsn project`, masks in every layer"),
     ("naive", "naive: three full models in RAM + dense d_out x d_out C (benchmarks/naive_edit.py)"),
     ("floor_safetensors", "floor: read all three with safetensors, write the output with `save_file`"),
     ("floor_bytes", "floor: raw sequential read of the three inputs + write + fsync"),
 ]
+
+
+# Variants of results measured before the proposed core fixes were merged (commit 8d0b7a0); a
+# results.json that holds them is rendered without them, under a note that the figures are stale.
+LEGACY_VARIANTS = ("fgsn+fixes", "fgsn+fixes_first_run", "fgsn+fixes_all_layers")
+LEGACY_CHECKS = ("fixes_vs_fgsn",)
+
+
+def is_legacy(res: dict) -> bool:
+    return any(k in s.get("variants", {}) for s in res.get("edit") or [] for k in LEGACY_VARIANTS) or \
+        any(k in s.get("checks", {}) for s in res.get("edit") or [] for k in LEGACY_CHECKS)
 
 
 def min_flops(shape: LlamaShape, n_layers: int) -> float:
@@ -72,25 +80,25 @@ def edit_table(size: dict, startup_mb: float) -> list[str]:
     lines.append("")
     if "naive_vs_fgsn" in c:
         n = c["naive_vs_fgsn"]
-        lines.append(f"Check: naive vs fgsn output: {n['differing']:,} of {n['entries']:,} entries differ "
-                     f"(largest difference {n['max_diff_bf16_ulps']} bf16 spacings: float32 summation order "
-                     "before the bf16 rounding).")
-    f = c["fixes_vs_fgsn"]
-    lines.append(f"Check: fgsn+fixes vs fgsn output: {'bit-identical' if f['bit_identical'] else 'DIFFERENT'} "
-                 f"({f['differing']:,} entries differ).")
+        if n["differing"] == 0:
+            lines.append(f"Check: naive vs fgsn output: bit-identical (0 of {n['entries']:,} entries differ).")
+        else:
+            lines.append(f"Check: naive vs fgsn output: {n['differing']:,} of {n['entries']:,} entries differ "
+                         f"(largest difference {n['max_diff_bf16_ulps']} bf16 spacings: float32 summation order "
+                         "before the bf16 rounding).")
     return lines
 
 
 def scaling_table(edits: list[dict]) -> list[str]:
-    lines = ["| model shape | params | GiB a model | fgsn s | fixes s | floor s | naive s | fgsn RSS MB | "
-             "fixes RSS MB | naive RSS MB | floor RSS MB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model shape | params | GiB a model | fgsn s | floor s | naive s | fgsn RSS MB | naive RSS MB | "
+             "floor RSS MB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in edits:
         def cell(name, key, fmt="{:.1f}", s=s):
             v = _v(s, name)
             return fmt.format(v[key]) if v else "-"
         lines.append(f"| {s['shape']} | {s['params'] / 1e9:.2f}B | {_gb(s['model_bytes'])} | {cell('fgsn', 'wall_s')} | "
-                     f"{cell('fgsn+fixes', 'wall_s')} | {cell('floor_safetensors', 'wall_s')} | {cell('naive', 'wall_s')} | "
-                     f"{cell('fgsn', 'peak_rss_mb', '{:.0f}')} | {cell('fgsn+fixes', 'peak_rss_mb', '{:.0f}')} | "
+                     f"{cell('floor_safetensors', 'wall_s')} | {cell('naive', 'wall_s')} | "
+                     f"{cell('fgsn', 'peak_rss_mb', '{:.0f}')} | "
                      f"{cell('naive', 'peak_rss_mb', '{:.0f}')} | {cell('floor_safetensors', 'peak_rss_mb', '{:.0f}')} |")
     return lines
 
@@ -123,46 +131,41 @@ def big_model_lines(res: dict) -> list[str]:
     big = LlamaShape.get("llama3.1-70b")
     mlp_main = shape.hidden * shape.intermediate * 4
     mlp_big = big.hidden * big.intermediate * 4
-    fx = _v(main, "fgsn+fixes")
     sh = _v(main, "fgsn")
-    k_fix = (fx["peak_rss_mb"] - startup) * 2**20 / mlp_main
-    k_ship = (sh["peak_rss_mb"] - startup) * 2**20 / mlp_main
+    k = (sh["peak_rss_mb"] - startup) * 2**20 / mlp_main
     lines = [f"Measured on `{main['shape']}`: peak RSS above the {startup:.0f} MB startup is "
-             f"{k_ship:.1f}x (shipped) / {k_fix:.1f}x (fixes) the largest edited tensor in float32 "
-             f"({mlp_main / 2**20:.0f} MB)."]
+             f"{k:.1f}x the largest edited tensor in float32 ({mlp_main / 2**20:.0f} MB)."]
     al = next((s for s in edits if "fgsn_all_layers" in s["variants"]), None)
     if al is not None:
         a_shape = LlamaShape.get(al["shape"])
-        s0, f0 = _v(al, "fgsn"), _v(al, "fgsn+fixes")
-        all_s, all_f = _v(al, "fgsn_all_layers"), _v(al, "fgsn+fixes_all_layers")
+        s0, all_s = _v(al, "fgsn"), _v(al, "fgsn_all_layers")
         extra_layers = a_shape.layers - len(al["layers_masked"])
-        per_layer = (all_s["peak_rss_mb"] - s0["peak_rss_mb"]) / extra_layers
+        grow = all_s["peak_rss_mb"] - s0["peak_rss_mb"]
         lines.append(f"On `{al['shape']}`, with masks in all {a_shape.layers} layers instead of "
-                     f"{len(al['layers_masked'])}, the shipped code's peak RSS grows by "
-                     f"{all_s['peak_rss_mb'] - s0['peak_rss_mb']:.0f} MB ({per_layer:.1f} MB a masked layer of "
-                     f"{a_shape.layer_params() / 1e6:.1f}M weights: every mask is unpacked to one byte a weight, all "
-                     "at once, to load and again to save them)"
-                     + (f"; with the fixes by {all_f['peak_rss_mb'] - f0['peak_rss_mb']:.0f} MB." if all_f else "."))
-    est_fix = startup + k_fix * mlp_big / 2**20
-    masks_big = 6 * big.layer_params() / 2**20
+                     f"{len(al['layers_masked'])}, peak RSS grows by {grow:.0f} MB "
+                     f"({grow / extra_layers:.1f} MB a masked layer of {a_shape.layer_params() / 1e6:.1f}M weights; "
+                     f"its mask is {a_shape.layer_params() / 8 / 2**20:.1f} MB bit-packed, "
+                     f"{a_shape.layer_params() / 2**20:.1f} MB at one byte a weight).")
+    est = startup + k * mlp_big / 2**20
+    masks_big = 6 * big.layer_params() / 8 / 2**20
     lines.append(f"70B (hidden {big.hidden}, intermediate {big.intermediate}, {big.layers} layers, "
                  f"{big.params / 1e9:.1f}B parameters, {_gb(big.bytes_bf16())} GiB bf16 a model): the largest edited "
                  f"tensor (MLP, {big.intermediate}x{big.hidden}) is {mlp_big / 2**20:.0f} MB in float32, the largest "
                  f"tensor (embedding/LM head) {big.largest_tensor_numel() * 2 / 2**20:.0f} MB in bf16. "
-                 f"Extrapolated edit peak RSS: ~{est_fix / 1024:.1f} GiB with the fixes; the shipped code adds "
-                 f"~{masks_big / 1024:.1f} GiB of unpacked masks for six masked layers "
-                 f"(~{(est_fix + masks_big) / 1024:.1f} GiB).")
+                 f"Extrapolated edit peak RSS: ~{est / 1024:.1f} GiB, plus ~{masks_big / 1024:.1f} GiB of "
+                 "bit-packed masks for six masked layers.")
     fb = _v(main, "floor_bytes")
     rate = 4 * main["model_bytes"] / fb["wall_s"]
     flops_main = min_flops(shape, len(main["layers_masked"]))
-    maths_s = max(fx["wall_s"] - _v(main, "floor_safetensors")["wall_s"], 1e-3)
+    maths_s = max(sh["wall_s"] - _v(main, "floor_safetensors")["wall_s"], 1e-3)
     flops_big = min_flops(big, 6)
     io_big = 4 * big.bytes_bf16() / rate
     lines.append(f"Time: the raw I/O floor moved {4 * main['model_bytes'] / 2**30:.1f} GiB (3 read + 1 written) in "
                  f"{fb['wall_s']:.1f} s ({rate / 2**30:.2f} GiB/s) here, so a 70B trio's floor is ~{io_big / 60:.0f} min "
                  f"on this disk. The projection of six 70B layers is {flops_big / 1e12:.0f} TFLOP (C dW for every "
                  f"masked row, in the cheaper order); this machine's edit spent ~{maths_s:.0f} s above the floor on "
-                 f"{flops_main / 1e12:.2f} TFLOP ({flops_main / maths_s / 1e9:.0f} GFLOP/s effective, 2 cores), "
+                 f"{flops_main / 1e12:.2f} TFLOP ({flops_main / maths_s / 1e9:.0f} GFLOP/s effective, "
+                 f"{res['machine']['cpus']} cores), "
                  f"i.e. ~{flops_big / (flops_main / maths_s) / 60:.0f} min for 70B at that rate; a 32-core server "
                  "or one GPU does it at 1-50 TFLOP/s, i.e. under the I/O floor.")
     return lines
@@ -175,7 +178,13 @@ def render(res: dict) -> str:
            f"{m['mem_total_gb']} GiB RAM, torch {m['torch']}); page cache dropped before each edit run: "
            f"{'yes' if res['cold_cache'] else 'no'}; load average (1, 5, 15 min) {res['load_start']} at the start, "
            f"{res['load_end']} at the end; whole run {res['total_s'] / 60:.1f} min. An idle interpreter with fgsn's "
-           f"edit imports: {startup:.0f} MB RSS, {res['startup']['wall_s']:.1f} s (included in every figure)._", ""]
+           f"edit imports: {startup:.0f} MB RSS, {res['startup']['wall_s']:.1f} s (included in every figure). "
+           f"Code measured: commit {res.get('commit') or 'not recorded'}._", ""]
+    if is_legacy(res):
+        out += [f"**Stale figures: measured at commit {res.get('commit') or '(not recorded)'}, before the proposed "
+                "core fixes were merged (commit 8d0b7a0).** The `fgsn` rows are the code before the merge; that run's "
+                "`fgsn+fixes` rows (the fixes as patches) are left out. Regenerate with "
+                "`python benchmarks/run.py --out benchmarks/results.json`.", ""]
     edits = res.get("edit") or []
     if edits:
         main = max((s for s in edits if "fgsn_first_run" in s["variants"]), key=lambda s: s["params"],
@@ -203,7 +212,7 @@ def plot(res: dict, path: Path) -> None:
     edits = res.get("edit") or []
     probes = res.get("probes") or []
     fig, ax = plt.subplots(2, 2, figsize=(11, 8))
-    styles = {"fgsn": "o-", "fgsn+fixes": "s-", "naive": "x--", "floor_safetensors": "^:", "floor_bytes": "v:"}
+    styles = {"fgsn": "o-", "naive": "x--", "floor_safetensors": "^:", "floor_bytes": "v:"}
     for key, style in styles.items():
         pts = [(s["params"] / 1e9, s["variants"][key]) for s in edits if key in s["variants"]]
         if pts:
@@ -225,7 +234,9 @@ def plot(res: dict, path: Path) -> None:
         a.grid(alpha=0.3)
         if a.lines:
             a.legend(fontsize=8)
-    fig.suptitle(f"fgsn benchmarks ({res['machine']['cpus']} CPUs; {res['started']})")
+    stale = " (before the core fixes were merged)" if is_legacy(res) else ""
+    fig.suptitle(f"fgsn benchmarks ({res['machine']['cpus']} CPUs; {res['started']}; "
+                 f"commit {res.get('commit') or 'not recorded'}{stale})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

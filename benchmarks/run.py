@@ -51,6 +51,17 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def git_commit() -> str | None:
+    """The measured code: HEAD's short hash, "+dirty" when src/ has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "src") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def drop_caches() -> bool:
     subprocess.run(["sync"], check=False)
     try:
@@ -161,7 +172,6 @@ def edit_bench(shape_name: str, layer_spec: str, repeats: int, work: Path, log: 
 
     variants: dict[str, list[str]] = {
         "fgsn": proj(FGSN),
-        "fgsn+fixes": proj([PY, str(HERE / "proposed.py")]),
         "floor_safetensors": [PY, str(HERE / "floor.py"), "--mode", "safetensors", *args, "--out", str(out)],
         "floor_bytes": [PY, str(HERE / "floor.py"), "--mode", "bytes", *args, "--out", str(out)],
     }
@@ -178,31 +188,28 @@ def edit_bench(shape_name: str, layer_spec: str, repeats: int, work: Path, log: 
             shutil.rmtree(out, ignore_errors=True)
             print(f"  [{shape_name}] {name} #{r + 1}", flush=True)
             runs[name].append(measure(cmd, env, cold, log))
-            if r == 0 and name in ("fgsn", "naive", "fgsn+fixes"):
+            if r == 0 and name in ("fgsn", "naive"):
                 keep = root / f"keep-{name}"
                 shutil.rmtree(keep, ignore_errors=True)
                 out.rename(keep)
     shutil.rmtree(out, ignore_errors=True)
     if "first_run" in extras:
         # first run on new models: the sha256 of all three inputs is computed (empty hash cache)
-        for name, cli in (("fgsn_first_run", FGSN),):
-            cold_cache = root / "hash-cache-empty"
-            shutil.rmtree(cold_cache, ignore_errors=True)
-            print(f"  [{shape_name}] {name}", flush=True)
-            runs[name] = [measure(proj(cli), {"FGSN_CACHE": str(cold_cache)}, cold, log)]
-            shutil.rmtree(out, ignore_errors=True)
+        cold_cache = root / "hash-cache-empty"
+        shutil.rmtree(cold_cache, ignore_errors=True)
+        print(f"  [{shape_name}] fgsn_first_run", flush=True)
+        runs["fgsn_first_run"] = [measure(proj(FGSN), {"FGSN_CACHE": str(cold_cache)}, cold, log)]
+        shutil.rmtree(out, ignore_errors=True)
     if "all_layers" in extras:
         # the same edit with masks in every layer: does memory grow with the number of edited layers?
         all_layers = list(range(shape.layers))
         run_all = write_locate_run(trio, root / "locate-all", all_layers)
-        for name, cli in (("fgsn_all_layers", FGSN), ("fgsn+fixes_all_layers", [PY, str(HERE / "proposed.py")])):
-            print(f"  [{shape_name}] {name}", flush=True)
-            runs[name] = [measure(proj(cli, run_all), env, cold, log)]
-            shutil.rmtree(out, ignore_errors=True)
-    keeps = {n: root / f"keep-{n}" for n in ("fgsn", "naive", "fgsn+fixes")}
+        print(f"  [{shape_name}] fgsn_all_layers", flush=True)
+        runs["fgsn_all_layers"] = [measure(proj(FGSN, run_all), env, cold, log)]
+        shutil.rmtree(out, ignore_errors=True)
+    keeps = {n: root / f"keep-{n}" for n in ("fgsn", "naive")}
     if keeps["naive"].exists():
         check["naive_vs_fgsn"] = compare_outputs(keeps["fgsn"], keeps["naive"])
-    check["fixes_vs_fgsn"] = compare_outputs(keeps["fgsn"], keeps["fgsn+fixes"])
     manifest = json.loads((keeps["fgsn"] / "fgsn-manifest.json").read_text())
     for p in keeps.values():
         shutil.rmtree(p, ignore_errors=True)
@@ -251,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {
         "command": "python benchmarks/run.py" + (" --quick" if a.quick else "") + (" --big" if a.big else ""),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": git_commit(),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "cpu": next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                                  if ln.startswith("model name")), platform.processor()),

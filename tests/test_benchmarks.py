@@ -1,9 +1,12 @@
 """Fast checks of the benchmark helpers in benchmarks/: the synthetic trio and locate run are what
-`fgsn project` accepts, the naive reference edit gives fgsn's numbers, the proposed core fixes are
-bit-identical to the shipped code, the floors copy the fine-tuned weights, and the report renders."""
+`fgsn project` accepts, the naive reference edit gives fgsn's output bit for bit, the floors copy the
+fine-tuned weights, the output comparison and the report work (also on the results.json of a run
+made before the core fixes were merged), and every fgsn name the benchmarks import exists."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -17,8 +20,8 @@ sys.path.insert(0, str(BENCH))
 
 import floor  # noqa: E402
 import naive_edit  # noqa: E402
-import proposed  # noqa: E402
 import report  # noqa: E402
+import run as bench_run  # noqa: E402
 import synth  # noqa: E402
 
 
@@ -47,22 +50,15 @@ def test_shapes_match_the_real_models():
     assert 70.5e9 < synth.LlamaShape.get("llama3.1-70b").params < 70.6e9
 
 
-def project_cli(trio, run, out, *, patched: bool = False) -> None:
+def project_cli(trio, run, out) -> None:
     from fgsn.cli import main
 
     args = ["project", "--base", trio["base"], "--aligned", trio["aligned"], "--finetuned", trio["finetuned"],
             "--locate-run", run, "--out", out]
-    if patched:
-        proposed.apply()
-        try:
-            assert main([str(a) for a in args]) == 0
-        finally:
-            proposed.restore()
-    else:
-        assert main([str(a) for a in args]) == 0
+    assert main([str(a) for a in args]) == 0
 
 
-def test_synthetic_locate_run_is_accepted_and_naive_edit_equals_fgsn(tiny, tmp_path):
+def test_synthetic_locate_run_is_accepted_and_naive_edit_is_bit_identical_to_fgsn(tiny, tmp_path):
     trio, _ = tiny
     run = synth.write_locate_run(trio, tmp_path / "locate", [1, 2], density=0.2)
     project_cli(trio, run, tmp_path / "out")
@@ -75,17 +71,95 @@ def test_synthetic_locate_run_is_accepted_and_naive_edit_equals_fgsn(tiny, tmp_p
     assert set(got) == set(naive) == set(ft)
     changed = 0
     for k in got:
-        assert got[k].dtype == torch.bfloat16
+        assert got[k].dtype == naive[k].dtype == torch.bfloat16
+        assert torch.equal(got[k], naive[k]), k  # same maths, same bf16 output, bit for bit
         if k not in masks:
-            assert torch.equal(got[k], ft[k]) and torch.equal(naive[k], ft[k])
+            assert torch.equal(got[k], ft[k])
             continue
         assert torch.equal(got[k][~masks[k]], ft[k][~masks[k]])
         changed += int((got[k] != ft[k]).sum())
-        # same maths in float32; only the summation order differs before the bf16 rounding
-        diff = (got[k].float() - naive[k].float()).abs()
-        assert float(diff.max()) <= float(got[k].float().abs().max()) * 2**-7
-        assert int((diff > 0).sum()) <= 0.01 * masks[k].sum()
     assert changed > 0
+    # and the benchmark's own comparison says so
+    bench = tmp_path / "naive"
+    naive_edit.main(["--base", str(trio["base"]), "--aligned", str(trio["aligned"]), "--finetuned",
+                     str(trio["finetuned"]), "--locate-run", str(run), "--out", str(bench)])
+    check = bench_run.compare_outputs(tmp_path / "out", bench)
+    assert check["same_names"] and check["bit_identical"] and check["differing"] == 0
+    assert check["entries"] == sum(t.numel() for t in ft.values())
+
+
+def test_naive_mask_reader_agrees_with_fgsn_masks_io(tiny, tmp_path):
+    """naive_edit reads masks with numpy on purpose (independent of fgsn); it must see what
+    fgsn.edit.masks_io.PackedMasks saved and loads."""
+    from fgsn.edit.masks_io import PackedMasks, pack, unpack
+
+    trio, _ = tiny
+    run = synth.write_locate_run(trio, tmp_path / "locate", [0, 3], density=0.1)
+    ours = naive_edit.load_masks(run)
+    pm = PackedMasks.load(run / "masks.safetensors")
+    assert set(ours) == set(pm) and len(ours) == 14
+    for k, m in ours.items():
+        assert m.dtype == torch.bool and tuple(m.shape) == pm.shape(k)
+        assert torch.equal(m, pm.get(k))
+        assert torch.equal(unpack(pack(m), tuple(m.shape)), m)
+        assert 0.05 < m.float().mean() < 0.15
+
+
+def test_compare_outputs_counts_differences(tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    trio, _ = tiny
+    ft = weights(trio["finetuned"])
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    save_file(ft, str(a / "model.safetensors"))
+    k = next(n for n in ft if ft[n].dim() == 2)
+    other = dict(ft)
+    other[k] = ft[k].clone()
+    other[k][0, :3] += 1
+    save_file(other, str(b / "model.safetensors"))
+    same = bench_run.compare_outputs(a, a)
+    assert same["bit_identical"] and same["differing"] == 0
+    diff = bench_run.compare_outputs(a, b)
+    assert not diff["bit_identical"] and diff["differing"] == 3 and diff["max_diff_bf16_ulps"] > 0
+    del other[k]
+    (b / "model.safetensors").unlink()
+    save_file(other, str(b / "model.safetensors"))
+    assert bench_run.compare_outputs(a, b) == {"same_names": False}
+
+
+def test_run_helpers():
+    s = bench_run.summarize([{"wall_s": 3.0, "peak_rss_mb": 10.0}, {"wall_s": 1.0, "peak_rss_mb": 30.0},
+                             {"wall_s": 2.0, "peak_rss_mb": 20.0}])
+    assert (s["wall_s"], s["peak_rss_mb"], len(s["runs"])) == (2.0, 20.0, 3)
+    shape = synth.LlamaShape.get("tinyllama-1.1b")
+    est = bench_run.naive_estimate_mb(shape, list(range(8, 14)))
+    # a safe upper bound (used to skip the naive edit when it would not fit): three models + every dense C;
+    # the naive edit measured 4.9 GB on this shape
+    assert max(3 * shape.bytes_bf16() / 2**20, 4892) < est < 16 * 1024
+    m = bench_run.measure([sys.executable, "-c", "x = bytearray(200 * 2**20)"], cold=False)
+    assert m["peak_rss_mb"] > 200 and m["wall_s"] > 0 and m["cold_cache"] is False
+    with pytest.raises(RuntimeError):
+        bench_run.measure([sys.executable, "-c", "raise SystemExit(3)"], cold=False)
+    commit = bench_run.git_commit()
+    assert commit is None or len(commit.split("+")[0]) >= 7
+
+
+def test_benchmarks_import_only_existing_fgsn_names():
+    """Core refactors (e.g. pack/unpack and the mask file moving to fgsn.edit.masks_io) must not
+    leave a benchmark importing a name that no longer exists."""
+    seen = 0
+    for path in sorted(BENCH.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "fgsn":
+                mod = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(mod, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), \
+                        f"{path.name}: from {node.module} import {alias.name}"
+                    seen += 1
+    assert seen > 10
+    assert not (BENCH / "proposed.py").exists()
 
 
 def test_naive_edit_equals_fgsn_on_float32_models(llama_trio, tmp_path):
@@ -96,60 +170,7 @@ def test_naive_edit_equals_fgsn_on_float32_models(llama_trio, tmp_path):
     ft = weights(llama_trio["finetuned"])
     assert any(not torch.equal(got[k], ft[k]) for k in got)
     for k in got:
-        torch.testing.assert_close(got[k], naive[k], rtol=1e-5, atol=1e-7)
-
-
-def test_proposed_fixes_are_bit_identical_end_to_end(tiny, tmp_path):
-    trio, _ = tiny
-    run = synth.write_locate_run(trio, tmp_path / "locate", [0, 3], density=0.1)
-    project_cli(trio, run, tmp_path / "a")
-    project_cli(trio, run, tmp_path / "b", patched=True)
-    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "a" / "fgsn" / "masks.safetensors").read_bytes() == \
-        (tmp_path / "b" / "fgsn" / "masks.safetensors").read_bytes()
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("density", [0.0005, 0.3])
-def test_proposed_project_tensor_matches_shipped(dtype, density):
-    from fgsn.edit.projection import ProjectionSettings, project_tensor
-
-    g = torch.Generator().manual_seed(0)
-    base = torch.randn(48, 20, generator=g)
-    al = base + 0.1 * torch.randn(48, 20, generator=g)
-    ft = al + 0.05 * torch.randn(48, 20, generator=g)
-    mask = torch.rand(48, 20, generator=g) < density
-    mask[5] = True  # a fully masked row, and (at low density) many rows without any
-    parts = [("a", 16), ("b", 32)]
-    for proj in ("safelora", "svd"):
-        s = ProjectionSettings(proj, None, 0.9)
-        kw = dict(w_aligned=al.to(dtype), w_finetuned=ft.to(dtype), w_base=base.to(dtype), mask=mask, parts=parts,
-                  settings=s)
-        want, e1 = project_tensor("w", 0, "m", **kw)
-        got, e2 = proposed.project_tensor("w", 0, "m", **kw)
-        assert torch.equal(want, got)
-        assert (e1.masked, e1.changed) == (e2.masked, e2.changed)
-        assert e2.projected_norm == pytest.approx(e1.projected_norm, rel=1e-5)
-        assert e2.masked_delta_norm == pytest.approx(e1.masked_delta_norm, rel=1e-5)
-        assert torch.equal(kw["w_finetuned"], ft.to(dtype)) and torch.equal(kw["w_aligned"], al.to(dtype))
-
-
-def test_proposed_check_finite_still_catches_nan_and_inf():
-    from fgsn.edit import projection, run
-    from fgsn.errors import NumericalError
-
-    proposed.apply()
-    try:
-        for bad in (float("nan"), float("inf"), -float("inf")):
-            t = torch.zeros(10, 10, dtype=torch.bfloat16)
-            t[3, 4] = bad
-            with pytest.raises(NumericalError):
-                proposed.check_finite(t, "w", "fine-tuned")
-        proposed.check_finite(torch.full((4,), 3e38), "w", "fine-tuned")  # the sum overflows, entries are fine
-    finally:
-        proposed.restore()
-    assert run.check_finite is projection.check_finite
+        torch.testing.assert_close(got[k], naive[k], rtol=1e-5, atol=1e-7)  # float32 output: summation order shows
 
 
 @pytest.mark.parametrize("mode", ["safetensors", "bytes"])
@@ -161,41 +182,74 @@ def test_floors_write_the_finetuned_weights(tiny, tmp_path, mode):
     assert set(got) == set(ft) and all(torch.equal(got[k], ft[k]) for k in ft)
 
 
-def fake_results() -> dict:
+def fake_results(legacy: bool = False) -> dict:
+    """Results in run.py's format; `legacy`: as written before the core fixes were merged (with the
+    `fgsn+fixes` variants of benchmarks/proposed.py and their check, no commit)."""
     def v(wall, rss):
         return {"wall_s": wall, "peak_rss_mb": rss, "runs": [{"wall_s": wall, "peak_rss_mb": rss}]}
 
     def size(shape, k):
         s = synth.LlamaShape.get(shape)
-        variants = {"fgsn": v(10 * k, 900), "fgsn+fixes": v(6 * k, 700), "naive": v(30 * k, 5000 * k),
+        variants = {"fgsn": v(10 * k, 900), "naive": v(30 * k, 5000 * k),
                     "floor_safetensors": v(5 * k, 2000 * k), "floor_bytes": v(3 * k, 30)}
+        checks = {"naive_vs_fgsn": {"differing": 0, "entries": 100, "max_diff_bf16_ulps": 0.0, "bit_identical": True}}
         if k == 2:
-            variants.update(fgsn_first_run=v(14, 900), fgsn_all_layers=v(30, 1500), **{"fgsn+fixes_all_layers": v(20, 720)})
+            variants.update(fgsn_first_run=v(14, 900), fgsn_all_layers=v(30, 1500))
+        if legacy:
+            variants["fgsn+fixes"] = v(6 * k, 777)
+            if k == 2:
+                variants["fgsn+fixes_all_layers"] = v(20, 778)
+            checks["fixes_vs_fgsn"] = {"bit_identical": True, "differing": 0}
         return {"shape": shape, "params": s.params, "model_bytes": s.bytes_bf16(), "largest_tensor_mb": 100.0,
                 "largest_edited_tensor_fp32_mb": 44.0, "layers_masked": [1, 2], "mask_density": 0.05,
                 "modified_fraction": 0.01, "repeats": 2, "naive_note": None, "variants": variants,
-                "checks": {"naive_vs_fgsn": {"differing": 3, "entries": 100, "max_diff_bf16_ulps": 1.0},
-                           "fixes_vs_fgsn": {"bit_identical": True, "differing": 0}}}
+                "checks": checks}
 
     passes = {n: {"tokens": 100, "tokens_per_s": t, "vs_forward": 100 / t, "median_s": 1.0}
               for n, t in (("forward", 100), ("probe_layers", 95), ("probe_modules", 110), ("forward_to_2", 300),
                            ("probe_modules_2", 280))}
-    return {"command": "python benchmarks/run.py --quick", "started": "now",
-            "machine": {"cpus": 2, "cpu": "cpu", "mem_total_gb": 24, "torch": "2"}, "cold_cache": True,
-            "load_start": [1, 1, 1], "load_end": [1, 1, 1], "total_s": 60, "startup": v(2.0, 230),
-            "edit": [size("tiny", 1), size("small", 2)],
-            "probes": [{"model": "m", "params": 1e8, "layers": 4, "stop_layer": 2, "passes": passes,
-                        "process": {"peak_rss_mb": 500}}]}
+    res = {"command": "python benchmarks/run.py --quick", "started": "now",
+           "machine": {"cpus": 2, "cpu": "cpu", "mem_total_gb": 24, "torch": "2"}, "cold_cache": True,
+           "load_start": [1, 1, 1], "load_end": [1, 1, 1], "total_s": 60, "startup": v(2.0, 230),
+           "edit": [size("tiny", 1), size("small", 2)],
+           "probes": [{"model": "m", "params": 1e8, "layers": 4, "stop_layer": 2, "passes": passes,
+                       "process": {"peak_rss_mb": 500}}]}
+    if not legacy:
+        res["commit"] = "abc1234"
+    return res
+
+
+def render_doc(tmp_path, res: dict) -> str:
+    (tmp_path / "r.json").write_text(json.dumps(res))
+    doc = tmp_path / "docs" / "benchmarks.md"
+    doc.parent.mkdir(exist_ok=True)
+    doc.write_text(f"# B\n\nprose before\n\n{report.BEGIN}\nold\n{report.END}\n\nprose after\n")
+    report.main(["--results", str(tmp_path / "r.json"), "--doc", str(doc)])
+    return doc.read_text()
 
 
 def test_report_fills_the_marked_section_and_keeps_prose(tmp_path):
-    res = tmp_path / "r.json"
-    res.write_text(json.dumps(fake_results()))
-    doc = tmp_path / "docs" / "benchmarks.md"
-    doc.parent.mkdir()
-    doc.write_text(f"# B\n\nprose before\n\n{report.BEGIN}\nold\n{report.END}\n\nprose after\n")
-    report.main(["--results", str(res), "--doc", str(doc)])
-    text = doc.read_text()
+    text = render_doc(tmp_path, fake_results())
     assert "prose before" in text and "prose after" in text and "old" not in text
-    assert "| tiny |" in text and "bit-identical" in text and "70B" in text
+    assert "| tiny |" in text and "| small |" in text and "70B" in text
+    assert "commit abc1234" in text and "bit-identical (0 of 100 entries differ)" in text
+    assert "Stale" not in text and "fixes" not in text
+    assert "peak RSS grows by 600 MB" in text  # masks in every layer: 1500 - 900
     assert (tmp_path / "docs" / "benchmarks.png").stat().st_size > 1000
+
+
+def test_report_renders_results_from_before_the_merge_without_the_removed_variants(tmp_path):
+    res = fake_results(legacy=True)
+    assert report.is_legacy(res) and not report.is_legacy(fake_results())
+    text = render_doc(tmp_path, res)
+    assert "Stale figures" in text and "python benchmarks/run.py --out benchmarks/results.json" in text
+    assert "fgsn+fixes` rows" in text  # only in the note
+    assert "777" not in text and "778" not in text and "Check: fgsn+fixes" not in text
+    assert "| tiny |" in text and "70B" in text
+
+
+def test_report_renders_the_committed_results(tmp_path):
+    res = json.loads((BENCH / "results.json").read_text())
+    text = render_doc(tmp_path, res)
+    assert "tinyllama-1.1b" in text and "70B" in text
+    assert ("Stale figures" in text) == report.is_legacy(res)
