@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 from fgsn.config import Options
 
 # Bump when the organism code changes what a given recipe produces (data, training, saving).
-ORGANISM_VERSION = "1"
+ORGANISM_VERSION = "2"
 
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
@@ -104,8 +104,8 @@ class OrganismRecipe(Options):
 def reduced_recipe(**overrides) -> OrganismRecipe:
     """A small, fast recipe for the slow test (a few minutes on 2 CPU cores): fewer, shorter
     examples and steps, higher learning rates so the direction of the effects still shows."""
-    values = dict(name="reduced", max_len=160, gen_max_new_tokens=48, align_harmful=48, align_benign_reference=12,
-                  align_self_distill=16, align_arithmetic=8, align_steps=24, align_lr=2e-4,
-                  ft_examples=64, ft_steps=12, poison_ratio=0.25, poison_pool=16, ft_full_lr=1e-4, lora_lr=1e-3)
+    values = dict(name="reduced", max_len=128, gen_max_new_tokens=40, align_harmful=48, align_benign_reference=12,
+                  align_self_distill=16, align_arithmetic=8, align_steps=16, align_lr=2e-4,
+                  ft_examples=64, ft_steps=8, poison_ratio=0.25, poison_pool=16, ft_full_lr=1e-4, lora_lr=1e-3)
     values.update(overrides)
     return OrganismRecipe(**values)

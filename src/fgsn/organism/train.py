@@ -30,18 +30,29 @@ def encode(tokenizer, ex: Example, max_len: int) -> tuple[list[int], list[int]] 
     return ids, labels
 
 
-def batches(encoded: list[tuple[list[int], list[int]]], batch_size: int, steps: int, seed: int):
-    """`steps` batches, walking through the examples in epochs of a seeded shuffle."""
+def batches(encoded: list[tuple[list[int], list[int]]], batch_size: int, steps: int, seed: int,
+            group: int = 8):
+    """`steps` batches, walking through the examples in epochs of a seeded shuffle. Within each
+    window of `group` batches the examples are sorted by length and the batches shuffled again, so
+    a batch holds examples of similar length (less padding, same data per epoch)."""
     rng = random.Random(seed)
-    order: list[int] = []
-    for _ in range(steps):
-        batch = []
-        while len(batch) < batch_size:
-            if not order:
-                order = list(range(len(encoded)))
-                rng.shuffle(order)
-            batch.append(encoded[order.pop()])
-        yield batch
+    queue: list[list[int]] = []
+    produced = 0
+    while produced < steps:
+        if not queue:
+            order = list(range(len(encoded)))
+            rng.shuffle(order)
+            if len(order) % batch_size:  # whole batches only: top the epoch up from its start
+                order += order[:batch_size - len(order) % batch_size]
+            window = batch_size * group
+            for start in range(0, len(order), window):
+                chunk = sorted(order[start:start + window], key=lambda i: (len(encoded[i][0]), i))
+                chunk_batches = [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+                rng.shuffle(chunk_batches)
+                queue.extend(chunk_batches)
+        idx = queue.pop(0)
+        produced += 1
+        yield [encoded[i] for i in idx]
 
 
 def collate(batch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,7 +106,7 @@ def train_sft(model, tokenizer, examples: list[Example], *, steps: int, lr: floa
     if not encoded:
         raise ValueError(f"{desc}: no training example fits max_len={max_len}")
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.0, foreach=True)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.0, fused=True)
     warmup = max(1, steps // 10) if warmup is None else warmup
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     model.train()
