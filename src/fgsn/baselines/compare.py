@@ -32,15 +32,15 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from fgsn.atomic import atomic_write_json, atomic_write_text, dumps_json
-from fgsn.baselines.methods import ALL_LAYERS, Method, option_class, parse_methods, run_method
+from fgsn.baselines.methods import ALL_LAYERS, Method, option_class, parse_methods
 from fgsn.baselines.self_reminder import SUFFIX, SYSTEM, SelfReminder
+from fgsn.baselines.worker import measured_run
 from fgsn.edit.run import ProjectOptions
 from fgsn.errors import ConfigError, FgsnError, InputError
 from fgsn.evaluate.options import EvalOptions
@@ -205,18 +205,6 @@ def run_isolated(name: str, kind: str, options: dict[str, Any], stats_path: Path
     return json.loads(stats_path.read_text(encoding="utf-8"))
 
 
-def run_in_process(kind: str, options: dict[str, Any]) -> dict:
-    from fgsn.baselines.worker import current_rss_mb, peak_rss_mb
-
-    start = current_rss_mb()
-    t0 = time.perf_counter()
-    run_method(kind, options)
-    wall = time.perf_counter() - t0
-    peak = peak_rss_mb()
-    return {"wall_s": round(wall, 3), "start_rss_mb": round(start, 1), "peak_rss_mb": round(peak, 1),
-            "edit_rss_mb": round(max(0.0, peak - start), 1), "cuda_peak_mb": None, "isolated": False}
-
-
 def run_edits(opts: CompareOptions, methods: list[Method], rundir: Path, num_layers: int) -> dict[str, dict]:
     costs: dict[str, dict] = {}
     edits_dir = rundir / "edits"
@@ -233,7 +221,7 @@ def run_edits(opts: CompareOptions, methods: list[Method], rundir: Path, num_lay
             costs[m.name] = {**prev, "resumed": True}
             continue
         log.warning("running %s (%s) -> %s", m.name, m.kind, out)
-        cost = run_isolated(m.name, m.kind, options, stats_path) if opts.isolate else run_in_process(m.kind, options)
+        cost = run_isolated(m.name, m.kind, options, stats_path) if opts.isolate else measured_run(m.kind, options, isolated=False)
         cost["resumed"] = False
         atomic_write_json(stats_path, cost)
         costs[m.name] = cost

@@ -44,6 +44,7 @@ from fgsn.errors import InputError
 from fgsn.locate.layers import parse_layers
 from fgsn.locate.masks import safety_mask
 from fgsn.locate.probes import ProbeStats, run_probes
+from fgsn.locate.run import ProbeOptions
 from fgsn.locate.scores import ScoreInputs, score
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.loading import load_model
@@ -53,7 +54,7 @@ from fgsn.models.trio import Trio, open_trio
 log = logging.getLogger(__name__)
 
 
-class WandaOptions(BaselineOptions):
+class WandaOptions(BaselineOptions, ProbeOptions):
     harmful: list[str]
     q: float = Field(0.1, ge=0, le=1)
     target: Literal["update", "weight"] = "update"
@@ -63,14 +64,6 @@ class WandaOptions(BaselineOptions):
     modules: list[str] | None = None
     layers: str | None = None
     save_masks: bool = False
-    device: str = "auto"
-    dtype: str | None = None
-    batch_size: int = Field(8, ge=1)
-    max_length: int | None = Field(None, ge=8)
-    use_chat_template: bool = True
-    system: str | None = None
-    trust_remote_code: bool = False
-    cache: bool = True
 
     @field_validator("harmful", "modules", mode="before")
     @classmethod

@@ -39,7 +39,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
-def measured_run(kind: str, options: dict) -> dict:
+def measured_run(kind: str, options: dict, isolated: bool = True) -> dict:
+    """Run one method and measure it: wall time, RSS at start and peak (the process high-water mark:
+    the edit's own only in a fresh process, `isolated`), CUDA peak."""
     import torch
 
     from fgsn.baselines.methods import run_method
@@ -55,7 +57,7 @@ def measured_run(kind: str, options: dict) -> dict:
     return {"wall_s": round(wall, 3), "start_rss_mb": round(start, 1), "peak_rss_mb": round(peak, 1),
             "edit_rss_mb": round(max(0.0, peak - start), 1),
             "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
-            "isolated": True}
+            "isolated": isolated}
 
 
 def main(argv: list[str] | None = None) -> int:

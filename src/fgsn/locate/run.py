@@ -37,7 +37,21 @@ from fgsn.models.trio import Trio, open_trio
 log = logging.getLogger(__name__)
 
 
-class LocateOptions(Options):
+class ProbeOptions(Options):
+    """How prompts are run through a model for activation statistics (shared by every stage that
+    probes: locate and the Wanda baseline)."""
+
+    device: str = "auto"
+    dtype: str | None = None
+    batch_size: int = Field(8, ge=1)
+    max_length: int | None = Field(None, ge=8)
+    use_chat_template: bool = True
+    system: str | None = None
+    trust_remote_code: bool = False
+    cache: bool = True
+
+
+class LocateOptions(ProbeOptions):
     aligned: str
     finetuned: str
     base: str | None = None
@@ -56,17 +70,9 @@ class LocateOptions(Options):
     projector: Literal["safelora", "svd"] = "safelora"
     rank: int | None = Field(None, ge=1)
     energy: float = Field(0.99, gt=0, le=1)
-    device: str = "auto"
-    dtype: str | None = None
-    batch_size: int = Field(8, ge=1)
-    max_length: int | None = Field(None, ge=8)
-    use_chat_template: bool = True
-    system: str | None = None
-    trust_remote_code: bool = False
     allow_pickle: bool = False
     refusal_text: str = DEFAULT_REFUSAL
     seed: int = 0
-    cache: bool = True
     overwrite: bool = False
     out: str | None = None
 
