@@ -58,47 +58,34 @@ def summary_table(results: dict[str, Any], missing: str = MISSING) -> Table:
     return Table("Summary", headers, rows, note)
 
 
-def category_table(results: dict[str, Any], missing: str = MISSING) -> Table | None:
-    cats = sorted({c for n in results["order"] for c in results["models"][n]["categories"]})
-    if not cats:
+def _per_key_table(results: dict[str, Any], field: str, metric: str, title: str, first: str,
+                   missing: str) -> Table | None:
+    """Rows = keys of every model's `field` dict (categories, tasks), columns = models."""
+    keys = sorted({k for n in results["order"] for k in results["models"][n][field]})
+    if not keys:
         return None
     rows = []
-    for c in cats:
-        row = [c]
+    for k in keys:
+        row = [k]
         for name in results["order"]:
-            d = results["models"][name]["categories"].get(c)
-            row.append(f"{pct(d['asr'], missing)} (n={d['n']})" if d else missing)
+            d = results["models"][name][field].get(k)
+            row.append(f"{pct(d[metric], missing)} (n={d['n']})" if d else missing)
         rows.append(row)
-    return Table("ASR by harm category", ["category"] + list(results["order"]), rows)
+    return Table(title, [first] + list(results["order"]), rows)
+
+
+def category_table(results: dict[str, Any], missing: str = MISSING) -> Table | None:
+    return _per_key_table(results, "categories", "asr", "ASR by harm category", "category", missing)
 
 
 def over_refusal_table(results: dict[str, Any], missing: str = MISSING) -> Table | None:
-    cats = sorted({c for n in results["order"] for c in results["models"][n]["over_refusal_categories"]})
-    if not cats:
-        return None
-    rows = []
-    for c in cats:
-        row = [c]
-        for name in results["order"]:
-            d = results["models"][name]["over_refusal_categories"].get(c)
-            row.append(f"{pct(d['rate'], missing)} (n={d['n']})" if d else missing)
-        rows.append(row)
-    return Table("Over-refusal by category (harmless prompts that sound alarming)",
-                 ["category"] + list(results["order"]), rows)
+    return _per_key_table(results, "over_refusal_categories", "rate",
+                          "Over-refusal by category (harmless prompts that sound alarming)", "category", missing)
 
 
 def utility_table(results: dict[str, Any], missing: str = MISSING) -> Table | None:
-    tasks = sorted({t for n in results["order"] for t in results["models"][n]["utility_tasks"]})
-    if not tasks:
-        return None
-    rows = []
-    for t in tasks:
-        row = [t]
-        for name in results["order"]:
-            d = results["models"][name]["utility_tasks"].get(t)
-            row.append(f"{pct(d['accuracy'], missing)} (n={d['n']})" if d else missing)
-        rows.append(row)
-    return Table("Utility by task (exact-match accuracy)", ["task"] + list(results["order"]), rows)
+    return _per_key_table(results, "utility_tasks", "accuracy", "Utility by task (exact-match accuracy)", "task",
+                          missing)
 
 
 def all_tables(results: dict[str, Any], missing: str = MISSING) -> list[Table]:
