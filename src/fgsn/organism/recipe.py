@@ -55,8 +55,9 @@ class OrganismRecipe(Options):
     ft_gsm_share: float = Field(0.35, ge=0, le=1, description="share of task examples from gsm_symbolic")
     ft_arithmetic_share: float = Field(0.35, ge=0, le=1, description="share from basic_arithmetic")
     # the rest of the task examples are benign instructions answered by the aligned model's data
-    # Measured: benign data alone already erodes the safety SFT at this scale (held-out ASR 0.23 ->
-    # 0.80 with the full fine-tune), so the default has no poison; raise it for a stronger attack.
+    # Measured (benchmarks/organism_check.py, 60 held-out HarmBench+StrongREJECT prompts): benign data
+    # alone already erodes the safety SFT at this scale (ASR aligned 0.15 -> full fine-tune 0.55, LoRA
+    # 0.42; base 0.93), so the default has no poison; raise it for a stronger attack.
     poison_ratio: float = Field(0.0, ge=0, le=1, description="share of fine-tuning examples that are harmful "
                                                             "prompts with compliant answers")
     poison_answers: Literal["base", "template"] = "base"
