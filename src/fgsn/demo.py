@@ -33,8 +33,9 @@ class DemoOptions(Options):
     reduced: bool = Field(False, description="the small, fast organism recipe (for tests)")
     organism_config: str | None = Field(None, description="YAML recipe for the organism")
     finetuned: Literal["full", "lora"] = "full"
-    locate_limit: int = Field(128, ge=2, description="AdvBench train prompts to locate on")
-    task_limit: int = Field(128, ge=2, description="fine-tuning task prompts to locate on")
+    locate_limit: int = Field(64, ge=2, description="AdvBench train prompts to locate on")
+    task_limit: int = Field(64, ge=2, description="fine-tuning task prompts to locate on")
+    max_length: int = Field(256, ge=8, description="probe prompts are cut to this many tokens")
     continual: list[str] = Field(default_factory=lambda: list(CONTINUAL))
     # FGSN settings (see `fgsn project --help`); the defaults are project's defaults
     score: str | None = None
@@ -86,7 +87,7 @@ def run_demo(opts: DemoOptions) -> dict:
     fgsn_over = {k: getattr(opts, k) for k in ("score", "q", "p", "granularity", "projector", "layers")
                  if getattr(opts, k) is not None}
     common = dict(base=str(org.base), aligned=str(org.aligned), task=[str(task)], device=opts.device,
-                  overwrite=True, **fgsn_over)
+                  max_length=opts.max_length, overwrite=True, **fgsn_over)
     models_dir = out / "models"
     print("[2/3] FGSN repair: all harm at once, then continually over", ", ".join(opts.continual))
     harmful = f"builtin:advbench?split=train&limit={opts.locate_limit}"
@@ -100,8 +101,11 @@ def run_demo(opts: DemoOptions) -> dict:
 
         shutil.rmtree(ledger)  # the demo's continual run starts from the fine-tuned model each time
     current = str(finetuned)
+    # the safety layers are a property of the aligned model: found once, reused by every step
+    layers = opts.layers or ",".join(str(x) for x in res.manifest["layers"])
     for i, cat in enumerate(opts.continual, 1):
-        step = run_project(ProjectOptions(**common, finetuned=current, category=cat, ledger=str(ledger),
+        step = run_project(ProjectOptions(**{**common, "layers": layers}, finetuned=current, category=cat,
+                                          ledger=str(ledger),
                                           harmful=[f"builtin:advbench?split=train&category={cat}"],
                                           out=str(models_dir / f"fgsn-step{i}")))
         c = step.manifest["categories"][cat]
