@@ -50,6 +50,8 @@ class SweepOptions(Options):
     batch_size: int = Field(16, ge=1)
     utility_limit: int = Field(20, ge=1)
     device: str = "auto"
+    cache_dir: str | None = Field(None, description="completion cache (share one with an earlier eval or demo "
+                                                   "run to reuse its completions of the same models)")
     keep_checkpoints: bool = False
     out: str = "runs/sweep"
 
@@ -105,7 +107,7 @@ def run_sweep(opts: SweepOptions) -> dict:
     baselines = _baseline_points(opts, models_dir)
     models.update(baselines)
     eval_opts = EvalOptions(max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
-                            utility_limit=opts.utility_limit, device=opts.device)
+                            utility_limit=opts.utility_limit, device=opts.device, cache_dir=opts.cache_dir)
     evaluate(models, harmful=opts.eval_harmful, benign_alarming=opts.benign_alarming, utility=opts.utility or None,
              reference=opts.reference or None, options=eval_opts, out=out)
     results = json.loads((out / "results.json").read_text())["models"]
