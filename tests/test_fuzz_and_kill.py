@@ -112,3 +112,14 @@ def test_killed_run_leaves_no_partial_output(llama_trio, tmp_path, delay):
         json.loads((out / "fgsn-manifest.json").read_text())
     visible = [p.name for p in Path(tmp_path).iterdir() if not p.name.startswith(".")]
     assert set(visible) <= {"h.txt", "t.txt", "out", "cache"}
+
+
+def test_sample_is_a_fixed_subset_across_categories(tmp_path):
+    from fgsn.data.prompts import load_prompts
+
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"prompt": f"prompt number {i}", "category": f"c{i // 50}"}) + "\n"
+                         for i in range(200)))
+    a, b = load_prompts(f"{f}?sample=40"), load_prompts(f"{f}?sample=40")
+    assert a.texts == b.texts and len(a) == 40
+    assert len(a.category_counts()) == 4  # a sorted file still gives every category its share

@@ -45,10 +45,10 @@ class DemoOptions(Options):
     projector: str | None = None
     layers: str | None = None
     # evaluation
-    eval_limit: int = Field(40, ge=1, description="prompts per held-out harmful set")
-    alarming_limit: int = Field(40, ge=1)
-    utility_limit: int = Field(20, ge=1)
-    max_new_tokens: int = Field(48, ge=1)
+    eval_limit: int = Field(30, ge=1, description="prompts per held-out harmful set")
+    alarming_limit: int = Field(30, ge=1)
+    utility_limit: int = Field(10, ge=1)
+    max_new_tokens: int = Field(40, ge=1)
     batch_size: int = Field(16, ge=1)
     device: str = "auto"
 
@@ -115,9 +115,10 @@ def run_demo(opts: DemoOptions) -> dict:
     print("[3/3] evaluation on held-out prompts (HarmBench, StrongREJECT), over-refusal, utility")
     eval_opts = EvalOptions(max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
                             utility_limit=opts.utility_limit, device=opts.device)
-    result = evaluate(models, harmful=[f"builtin:harmbench?limit={opts.eval_limit}",
-                                       f"builtin:strongreject?limit={opts.eval_limit}"],
-                      benign_alarming=f"builtin:alarming?limit={opts.alarming_limit}",
+    # HarmBench standard behaviours: the contextual ones carry page-long contexts, too slow on a CPU
+    result = evaluate(models, harmful=[f"builtin:harmbench-standard?sample={opts.eval_limit}",
+                                       f"builtin:strongreject?sample={opts.eval_limit}"],
+                      benign_alarming=f"builtin:alarming?sample={opts.alarming_limit}",
                       utility=["basic_arithmetic"], reference=["builtin:pyrit-benign"], options=eval_opts,
                       out=out)
     print(f"\ndemo finished in {time.time() - t0:.0f} s")

@@ -1,7 +1,8 @@
 """PromptSet: the one in-memory form of every prompt source (user files and shipped benchmarks).
 
 A source is a path (`.jsonl`, `.csv`, `.txt`) or `builtin:NAME`, optionally followed by a query
-that filters it: `builtin:advbench?split=train&category=Physical&limit=64`,
+that filters it: `builtin:advbench?split=train&category=Physical&limit=64`, `builtin:strongreject?sample=50`
+(a fixed pseudo-random subset by text hash),
 `my.jsonl?category=fraud`. Splits are made by hashing the prompt text, so they do not depend on
 file order and never leak a prompt between `train` and `test`.
 """
@@ -23,7 +24,7 @@ from fgsn.errors import InputError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test", "all")
-QUERY_KEYS = {"split", "category", "limit", "train_fraction", "exclude_category"}
+QUERY_KEYS = {"split", "category", "limit", "sample", "train_fraction", "exclude_category"}
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,15 @@ def load_prompts(source: str | Path | PromptSet, *, name: str | None = None, min
     excl = params["exclude_category"].split(",") if params.get("exclude_category") else None
     pset = pset.filter(category=cats, split=params.get("split", "all"), train_fraction=frac, limit=limit,
                        exclude_category=excl)
+    if "sample" in params:
+        try:
+            n = int(params["sample"])
+        except ValueError as e:
+            raise InputError(f"{spec}: sample must be an integer ({e})") from e
+        # a fixed pseudo-random subset (by text hash), so that a file sorted by category still
+        # gives every category its share; the file order is kept within the subset
+        keep = set(sorted(pset.prompts, key=lambda p: p.uid)[:n])
+        pset = PromptSet(pset.name, [p for p in pset.prompts if p in keep])
     if name:
         pset = pset.with_name(name)
     return pset.require(min_count)
