@@ -121,6 +121,9 @@ def run_demo(opts: DemoOptions) -> dict:
                       benign_alarming=f"builtin:alarming?sample={opts.alarming_limit}",
                       utility=["basic_arithmetic"], reference=["builtin:pyrit-benign"], options=eval_opts,
                       out=out)
+    from fgsn.report.tables import summary_text
+
+    print(summary_text(result.results))
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
     print(f"  results: {out / 'results.json'}\n  report:  {out / 'report.html'} (and report.md)")
     print(f"  repaired checkpoint: {models['fgsn']} (manifest: fgsn-manifest.json)")
