@@ -12,7 +12,6 @@ Stages, each resumable through the cache (see `cache.py`):
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import re
@@ -272,14 +271,9 @@ class _ModelRunner:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
-        gc.collect()
-        try:
-            import torch
+        from fgsn.models.loading import free_memory
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover
-            pass
+        free_memory()
 
 
 # -- judging -------------------------------------------------------------------------------------

@@ -85,3 +85,12 @@ def load_model(path: str | Path, *, device: str = "auto", dtype: str | torch.dty
 def input_device(model) -> torch.device:
     """Where to put input ids (the embedding's device, also under a device map)."""
     return model.get_input_embeddings().weight.device
+
+
+def free_memory() -> None:
+    """Give back the memory of models just dropped (host and, where present, GPU caches)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -9,7 +9,6 @@ of the ASR's n (and logged), rather than guessed.
 
 from __future__ import annotations
 
-import gc
 import logging
 from typing import Any
 
@@ -134,11 +133,6 @@ class LocalJudge(Judge):
     def close(self) -> None:
         self._model = None
         self._tok = None
-        gc.collect()
-        try:
-            import torch
+        from fgsn.models.loading import free_memory
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover
-            pass
+        free_memory()
