@@ -51,13 +51,21 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def _is_complete(folder: Path) -> bool:
-    marker = folder / MARKER
+def read_marker(marker: Path) -> dict | None:
+    """The JSON a finished build leaves beside its output; None when absent or unreadable (then
+    the output counts as unfinished and is rebuilt)."""
     if not marker.is_file():
-        return False
+        return None
     try:
         info = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _is_complete(folder: Path) -> bool:
+    info = read_marker(folder / MARKER)
+    if info is None:
         return False
     return (info.get("conversion_version") == CONVERSION_VERSION
             and (folder / "model.safetensors").is_file() and (folder / "config.json").is_file())

@@ -32,7 +32,7 @@ import torch
 
 from fgsn.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from fgsn.errors import IntegrityError
-from fgsn.models.shipped import fgsn_cache_root, smollm2_dir
+from fgsn.models.shipped import fgsn_cache_root, read_marker, smollm2_dir
 from fgsn.organism import data as D
 from fgsn.organism.recipe import ORGANISM_VERSION, OrganismRecipe
 
@@ -73,14 +73,8 @@ class OrganismPaths:
 
 def stage_complete(folder: Path, recipe_hash: str, aligned_key: str | None = None) -> bool:
     """A finished model folder of this recipe (for `aligned`: of any recipe with the same aligned_key)."""
-    marker = folder / MARKER
-    if not marker.is_file():
-        return False
-    try:
-        info = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if info.get("organism_version") != ORGANISM_VERSION:
+    info = read_marker(folder / MARKER)
+    if info is None or info.get("organism_version") != ORGANISM_VERSION:
         return False
     if aligned_key is not None and info.get("aligned_key") == aligned_key:
         return True
