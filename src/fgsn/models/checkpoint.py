@@ -26,6 +26,14 @@ SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokeni
               "chat_template.jinja", "chat_template.json")
 
 
+def read_json_config(path: Path) -> Any:
+    """A model's or adapter's JSON config, or an InputError naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not valid JSON: {e}") from e
+
+
 class Checkpoint:
     """Lazy view of a checkpoint folder: names, shapes and dtypes from headers; data on demand."""
 
@@ -41,10 +49,7 @@ class Checkpoint:
                 raise InputError(f"{self.path} is a LoRA adapter, not a full checkpoint; pass it where an adapter "
                                  "is accepted (e.g. --finetuned ADAPTER with --aligned the model it was trained on)")
             raise InputError(f"{self.path} has no config.json; is it a Hugging Face checkpoint folder?")
-        try:
-            self.config: dict[str, Any] = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"{cfg_path} is not valid JSON: {e}") from e
+        self.config: dict[str, Any] = read_json_config(cfg_path)
         self.allow_pickle = allow_pickle
         self.is_pickle = False
         self._infos: dict[str, tuple[Path, TensorInfo]] = {}

@@ -8,7 +8,6 @@ refused with a clear message rather than silently mis-merged.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -55,10 +54,9 @@ class LoraAdapter:
                 raise InputError(f"{self.path} holds adapter_model.bin (pickle); re-save the adapter with "
                                  "safe_serialization=True to get adapter_model.safetensors")
             raise InputError(f"{self.path} has no adapter_model.safetensors")
-        try:
-            self.config = json.loads(cfg.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"{cfg} is not valid JSON: {e}") from e
+        from fgsn.models.checkpoint import read_json_config
+
+        self.config = read_json_config(cfg)
         ptype = self.config.get("peft_type", "LORA")
         if str(ptype).upper() != "LORA":
             raise InputError(f"{self.path} is a {ptype} adapter; fgsn reads LoRA adapters only")
