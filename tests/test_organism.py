@@ -142,6 +142,21 @@ def test_arithmetic_answers_are_correct():
         assert int(rest.split(".")[0]) == eval(expr)  # noqa: S307 - reasoning-gym expressions
 
 
+def test_heldout_task_is_disjoint_from_training_and_same_format(tmp_path):
+    from conftest import make_tokenizer
+
+    tok = make_tokenizer(tmp_path / "tok")
+    recipe = OrganismRecipe()
+    first_heldout = D.arithmetic(1, recipe.seed + 1030)[0].prompt
+    exclude = {ex.prompt for ex in D.arithmetic(40, recipe.seed + 30)} | {first_heldout}
+    held = D.heldout_task(recipe, tok, 10, 3, exclude=exclude)
+    assert len([ex for ex in held if ex.kind == "arithmetic"]) == 10
+    assert len([ex for ex in held if ex.kind == "gsm"]) == 3
+    assert not {ex.prompt for ex in held} & exclude  # training prompts and the one excluded on request
+    assert all(ex.answer.endswith(".") and "The answer is " in ex.answer for ex in held)
+    assert held == D.heldout_task(recipe, tok, 10, 3, exclude=exclude)
+
+
 def test_trim_to_sentence():
     assert B.trim_to_sentence("One two three. Four fi") == "One two three."
     assert B.trim_to_sentence("A. Long unfinished tail") == "A. Long unfinished tail"

@@ -37,7 +37,7 @@ HELPS = {
     "rank": "svd projector: fixed rank k",
     "energy": "svd projector: smallest k holding this share of ||V||_F^2",
     "device": "cpu, cuda, cuda:N or auto",
-    "dtype": "float32, bfloat16, float16 or auto",
+    "dtype": "float32, bfloat16, float16, auto (float32 on CPU, bfloat16 on GPU) or fast (bfloat16 where the hardware has it)",
     "ledger": "continual ledger folder (created if missing)",
     "locate_run": "reuse layers and masks from a `fgsn locate --out RUN` folder",
     "output_format": "merged checkpoint, or adapter (LoRA input with --granularity neuron only)",

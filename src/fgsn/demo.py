@@ -1,12 +1,18 @@
 """`fgsn demo`: the whole story on the SmolLM2 model organism, on a laptop CPU.
 
 1. build (or reuse) the organism: base SmolLM2-135M-Instruct -> aligned (safety SFT) ->
-   fine-tuned (benign maths/instructions with a small poisoned share);
-2. repair the fine-tuned model with FGSN, locating on AdvBench (train split) and the fine-tune's
-   task data: once for all harm at once, and continually over three harm dimensions;
-3. evaluate base, aligned, fine-tuned and every repaired model on prompts never located on
-   (HarmBench, StrongREJECT), the harmless-but-alarming set, arithmetic utility and the NLL of
-   benign reference answers; write results.json, report.md, report.html and print the table.
+   fine-tuned (benign maths/instructions, optionally a poisoned share);
+2. repair the fine-tuned model with FGSN (locating on AdvBench train prompts and the fine-tune's
+   task data) and with the baselines of `fgsn compare` (SafeLoRA, RESTA, Wanda; Self-Reminder at
+   inference), each edit measured in its own process; then FGSN continually over three harm
+   dimensions, one after another, on one ledger;
+3. evaluate every model on prompts never located on (HarmBench, StrongREJECT), the
+   harmless-but-alarming set, held-out task problems (accuracy) and held-out worked answers
+   (NLL); write results.json, report.md, report.html and print the table.
+
+Layout of --out: data/ (the prompt files written here), models/NAME (checkpoints + manifests),
+models/ledger, edits/NAME.json (edit cost), eval/ (records), cache/ (completions), results.json,
+report.md, report.html, plots/. A rerun reuses finished edits and cached completions.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -26,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # AdvBench (PyRIT labels) dimensions with the most training prompts, added one after another.
 CONTINUAL = ["Physical", "Financial and Business", "Autonomy"]
+BASELINES = ["safelora", "resta", "wanda", "self-reminder"]
+FGSN_OVERRIDES = ("score", "q", "p", "budget", "granularity", "projector", "layers")
 
 
 class DemoOptions(Options):
@@ -37,39 +46,117 @@ class DemoOptions(Options):
     task_limit: int = Field(64, ge=2, description="fine-tuning task prompts to locate on")
     max_length: int = Field(256, ge=8, description="probe prompts are cut to this many tokens")
     continual: list[str] = Field(default_factory=lambda: list(CONTINUAL))
-    # FGSN settings (see `fgsn project --help`); the defaults are project's defaults
+    baselines: list[str] = Field(default_factory=lambda: list(BASELINES),
+                                 description="methods of `fgsn compare` run next to fgsn (none: no baselines)")
+    # FGSN settings (see `fgsn project --help`); unset: project's defaults
     score: str | None = None
     q: float | None = None
     p: float | None = None
+    budget: float | None = None
     granularity: str | None = None
     projector: str | None = None
     layers: str | None = None
     # evaluation
     eval_limit: int = Field(30, ge=1, description="prompts per held-out harmful set")
     alarming_limit: int = Field(30, ge=1)
-    utility_limit: int = Field(10, ge=1)
+    utility_limit: int = Field(20, ge=1, description="held-out arithmetic problems (accuracy)")
+    reference_limit: int = Field(12, ge=1, description="held-out worked answers per task kind (NLL)")
     max_new_tokens: int = Field(40, ge=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_dtype: str = Field("fast", description="dtype of the evaluation: fast = bfloat16 where the hardware "
+                                                "has it natively, else float32")
     device: str = "auto"
 
 
-def _task_file(organism, out: Path, limit: int) -> Path:
-    """The fine-tune's own task data (poisoned examples removed): what the user's fine-tune is for."""
-    rows = []
-    for line in (organism.root / "data" / "finetune.jsonl").read_text(encoding="utf-8").splitlines():
-        ex = json.loads(line)
-        if ex.get("kind") != "poison":
-            rows.append({"prompt": ex["prompt"], "answer": ex["answer"], "category": ex.get("kind", "task")})
-    path = out / "data" / "task.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:limit]), encoding="utf-8")
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    from fgsn.atomic import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return path
 
 
-def run_demo(opts: DemoOptions) -> dict:
+def task_files(organism, recipe, out: Path, opts: DemoOptions) -> dict[str, Path]:
+    """The prompt files of the run: `task` (the fine-tune's own examples, poison removed: what
+    locate protects), `utility` (held-out arithmetic, answer = the number) and `reference`
+    (held-out arithmetic and word problems with worked answers, for the NLL)."""
+    from fgsn.models.loading import load_tokenizer
+    from fgsn.organism.data import heldout_task
+
+    def rows(name: str) -> list[dict]:
+        text = (organism.root / "data" / name).read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    finetune, aligned = rows("finetune.jsonl"), rows("aligned_sft.jsonl")
+    task = [{"prompt": ex["prompt"], "answer": ex["answer"], "category": ex.get("kind", "task")}
+            for ex in finetune if ex.get("kind") != "poison"][:opts.task_limit]
+    held = heldout_task(recipe, load_tokenizer(organism.base), max(opts.utility_limit, opts.reference_limit),
+                        opts.reference_limit, exclude={ex["prompt"] for ex in finetune + aligned})
+    arith = [ex for ex in held if ex.kind == "arithmetic"]
+    final = [ex.answer.rsplit("The answer is ", 1)[-1].rstrip(".") for ex in arith]
+    ref = arith[:opts.reference_limit] + [ex for ex in held if ex.kind == "gsm"]
+    d = out / "data"
+    return {"task": _write_jsonl(d / "task.jsonl", task),
+            "utility": _write_jsonl(d / "utility-heldout.jsonl",
+                                    [{"prompt": ex.prompt, "answer": a, "category": "arithmetic"}
+                                     for ex, a in zip(arith[:opts.utility_limit], final, strict=False)]),
+            "reference": _write_jsonl(d / "reference-heldout.jsonl",
+                                      [{"prompt": ex.prompt, "answer": ex.answer, "category": ex.kind}
+                                       for ex in ref])}
+
+
+def run_continual(opts: DemoOptions, common: dict, finetuned: str, layers: str, models_dir: Path) -> dict[str, str]:
+    """FGSN over opts.continual, one harm dimension after another on one ledger; every step reuses
+    the safety layers of the all-harm run (a property of the aligned model)."""
     from fgsn.edit.run import ProjectOptions, run_project
-    from fgsn.evaluate import EvalOptions, evaluate
+
+    ledger = models_dir / "ledger"
+    if ledger.exists():
+        shutil.rmtree(ledger)  # the continual run starts from the fine-tuned model each time
+    steps: dict[str, str] = {}
+    current = finetuned
+    for i, cat in enumerate(opts.continual, 1):
+        step = run_project(ProjectOptions(**{**common, "layers": layers}, finetuned=current, category=cat,
+                                          ledger=str(ledger), overwrite=True,
+                                          harmful=[f"builtin:advbench?split=train&category={cat}"],
+                                          out=str(models_dir / f"fgsn-step{i}")))
+        c = step.manifest["categories"][cat]
+        print(f"  step {i} {cat}: {c['masked']:,} new weights ({100 * c['modified_fraction']:.3f}%), "
+              f"{c['overlap']:,} already projected")
+        steps[f"fgsn-step{i}"] = current = str(step.out)
+    return steps
+
+
+def continual_table(results: dict, steps: dict[str, str]):
+    from fgsn.report.build import read_manifest
+    from fgsn.report.tables import Table, pct
+
+    rows = []
+    for name, path in steps.items():
+        man = read_manifest(path) or {}
+        for cat, c in (man.get("categories") or {}).items():
+            if c.get("masked") is None:
+                continue
+            rows.append([name, cat, f"{c['masked']:,}", f"{c.get('overlap', 0):,}",
+                         pct(results["models"][name].get("asr"))])
+    return Table("Continual projection", ["model", "dimension added", "new weights", "already projected",
+                                          "ASR after the step"], rows,
+                 "Each step locates one AdvBench harm dimension and projects only weights no earlier step "
+                 "projected (the ledger); a later dimension needing fewer new weights is the point of it.")
+
+
+def run_demo(opts: DemoOptions) -> dict:
+    from fgsn.baselines.compare import (
+        CompareOptions,
+        assemble_results,
+        check_inputs,
+        run_edits,
+        run_evals,
+        write_report,
+    )
+    from fgsn.baselines.methods import parse_methods
     from fgsn.organism import OrganismRecipe, build_organism, reduced_recipe
+    from fgsn.report.build import read_manifest
+    from fgsn.report.tables import summary_text
 
     t0 = time.time()
     out = Path(opts.out)
@@ -80,54 +167,47 @@ def run_demo(opts: DemoOptions) -> dict:
         recipe = build_options(OrganismRecipe, read_yaml(opts.organism_config), opts.organism_config)
     else:
         recipe = reduced_recipe() if opts.reduced else OrganismRecipe()
-    print("[1/3] model organism (built once, then cached)")
+    print("[1/4] model organism (built once, then cached)")
     org = build_organism(recipe)
-    finetuned = org.finetuned_full if opts.finetuned == "full" else org.finetuned_lora
-    task = _task_file(org, out, opts.task_limit)
-    fgsn_over = {k: getattr(opts, k) for k in ("score", "q", "p", "granularity", "projector", "layers")
-                 if getattr(opts, k) is not None}
-    common = dict(base=str(org.base), aligned=str(org.aligned), task=[str(task)], device=opts.device,
-                  max_length=opts.max_length, overwrite=True, **fgsn_over)
-    models_dir = out / "models"
-    print("[2/3] FGSN repair: all harm at once, then continually over", ", ".join(opts.continual))
+    finetuned = str(org.finetuned_full if opts.finetuned == "full" else org.finetuned_lora)
+    files = task_files(org, recipe, out, opts)
+    fgsn_over = {k: getattr(opts, k) for k in FGSN_OVERRIDES if getattr(opts, k) is not None}
     harmful = f"builtin:advbench?split=train&limit={opts.locate_limit}"
-    res = run_project(ProjectOptions(**common, finetuned=str(finetuned), harmful=[harmful], category="all",
-                                     out=str(models_dir / "fgsn")))
-    models = {"base": str(org.base), "aligned": str(org.aligned), "finetuned": str(finetuned),
-              "fgsn": str(res.out)}
-    ledger = models_dir / "ledger"
-    if ledger.exists():
-        import shutil
-
-        shutil.rmtree(ledger)  # the demo's continual run starts from the fine-tuned model each time
-    current = str(finetuned)
-    # the safety layers are a property of the aligned model: found once, reused by every step
-    layers = opts.layers or ",".join(str(x) for x in res.manifest["layers"])
-    for i, cat in enumerate(opts.continual, 1):
-        step = run_project(ProjectOptions(**{**common, "layers": layers}, finetuned=current, category=cat,
-                                          ledger=str(ledger),
-                                          harmful=[f"builtin:advbench?split=train&category={cat}"],
-                                          out=str(models_dir / f"fgsn-step{i}")))
-        c = step.manifest["categories"][cat]
-        print(f"  step {i} {cat}: {c['masked']:,} new weights ({100 * c['modified_fraction']:.3f}%), "
-              f"{c['overlap']:,} already projected")
-        models[f"fgsn-step{i}"] = current = str(step.out)
-    print("[3/3] evaluation on held-out prompts (HarmBench, StrongREJECT), over-refusal, utility")
-    eval_opts = EvalOptions(max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
-                            utility_limit=opts.utility_limit, device=opts.device)
+    methods = parse_methods(["fgsn", *(b for b in opts.baselines if b != "none")])
     # HarmBench standard behaviours: the contextual ones carry page-long contexts, too slow on a CPU
-    result = evaluate(models, harmful=[f"builtin:harmbench-standard?sample={opts.eval_limit}",
-                                       f"builtin:strongreject?sample={opts.eval_limit}"],
-                      benign_alarming=f"builtin:alarming?sample={opts.alarming_limit}",
-                      utility=["basic_arithmetic"], reference=["builtin:pyrit-benign"], options=eval_opts,
-                      out=out)
-    from fgsn.report.tables import summary_text
-
-    print(summary_text(result.results))
+    copts = CompareOptions(
+        base=str(org.base), aligned=str(org.aligned), finetuned=finetuned, harmful=[harmful],
+        task=[str(files["task"])], methods=[m.name for m in methods], with_references=True,
+        device=opts.device, max_length=opts.max_length, out=str(out), **fgsn_over,
+        eval_harmful=[f"builtin:harmbench-standard?sample={opts.eval_limit}",
+                      f"builtin:strongreject?sample={opts.eval_limit}"],
+        benign_alarming=f"builtin:alarming?sample={opts.alarming_limit}",
+        utility=[str(files["utility"])], utility_instruction="", utility_limit=opts.utility_limit,
+        reference=[str(files["reference"])], max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size)
+    trio, overlap = check_inputs(copts, methods)
+    print(f"[2/4] repair: {', '.join(m.name for m in methods)} (each edit in its own process)")
+    costs = run_edits(copts, methods, out, trio.num_layers)
+    fgsn_dir = out / "models" / "fgsn"
+    layers = opts.layers or ",".join(str(x) for x in (read_manifest(fgsn_dir) or {})["layers"])
+    print(f"[3/4] FGSN continually over {', '.join(opts.continual)} (safety layers {layers})")
+    common = dict(base=str(org.base), aligned=str(org.aligned), task=[str(files["task"])], device=opts.device,
+                  max_length=opts.max_length, **fgsn_over)
+    steps = run_continual(opts, common, finetuned, layers, out / "models") if opts.continual else {}
+    print("[4/4] evaluation on held-out prompts (HarmBench, StrongREJECT), over-refusal, task utility and NLL")
+    evals = run_evals(copts, methods, out, extra_models={"base": str(org.base), **steps}, dtype=opts.eval_dtype)
+    order = ["base", "aligned", "finetuned", "fgsn", *steps, *(m.name for m in methods if m.name != "fgsn")]
+    results = assemble_results(copts, methods, evals, costs, {"eval_locate_overlap": overlap}, order=order,
+                               kinds={"base": "reference", **dict.fromkeys(steps, "fgsn-continual")})
+    results["demo"] = {"organism": org.to_dict() | {"recipe": recipe.model_dump(mode="json")},
+                       "continual": opts.continual, "layers": layers, "wall_s": round(time.time() - t0, 1),
+                       "data": {k: str(v) for k, v in files.items()}}
+    write_report(out, results, title="fgsn demo report: the SmolLM2 organism",
+                 extra_tables=[continual_table(results, steps)] if steps else None)
+    print(summary_text(results))
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
     print(f"  results: {out / 'results.json'}\n  report:  {out / 'report.html'} (and report.md)")
-    print(f"  repaired checkpoint: {models['fgsn']} (manifest: fgsn-manifest.json)")
-    return {"models": models, "result": result}
+    print(f"  repaired checkpoint: {fgsn_dir} (manifest: fgsn-manifest.json)")
+    return {"models": {n: results["models"][n]["path"] for n in order}, "results": results}
 
 
 def _handler(args: argparse.Namespace) -> int:

@@ -49,6 +49,9 @@ class SweepOptions(Options):
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(16, ge=1)
     utility_limit: int = Field(20, ge=1)
+    utility_instruction: str | None = Field(None, description="appended to utility prompts (default: fgsn eval's)")
+    eval_dtype: str | None = Field(None, description="dtype of the evaluation (auto, fast, bfloat16...); the "
+                                                     "edits always read and write the checkpoints' own dtype")
     device: str = "auto"
     cache_dir: str | None = Field(None, description="completion cache (share one with an earlier eval or demo "
                                                    "run to reuse its completions of the same models)")
@@ -106,8 +109,9 @@ def run_sweep(opts: SweepOptions) -> dict:
             points.append({"name": name, "score": score, "budget": budget})
     baselines = _baseline_points(opts, models_dir)
     models.update(baselines)
-    eval_opts = EvalOptions(max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
-                            utility_limit=opts.utility_limit, device=opts.device, cache_dir=opts.cache_dir)
+    extra = {"utility_instruction": opts.utility_instruction} if opts.utility_instruction is not None else {}
+    eval_opts = EvalOptions(max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, dtype=opts.eval_dtype,
+                            utility_limit=opts.utility_limit, device=opts.device, cache_dir=opts.cache_dir, **extra)
     evaluate(models, harmful=opts.eval_harmful, benign_alarming=opts.benign_alarming, utility=opts.utility or None,
              reference=opts.reference or None, options=eval_opts, out=out)
     results = json.loads((out / "results.json").read_text())["models"]

@@ -246,14 +246,16 @@ def _finetuned_entry(opts: CompareOptions) -> tuple[str, str | None]:
     return opts.finetuned, None
 
 
-def run_evals(opts: CompareOptions, methods: list[Method], rundir: Path) -> dict[str, dict]:
+def run_evals(opts: CompareOptions, methods: list[Method], rundir: Path, extra_models: dict[str, str] | None = None,
+              **eval_update: Any) -> dict[str, dict]:
     """Evaluate every method in one evaluate() call: edited checkpoints as they are, Self-Reminder
     as the fine-tuned model with its own system prompt and user-turn suffix (the judge sees the
-    prompts as given); returns {eval folder name: results dict}."""
+    prompts as given); `extra_models` ({name: checkpoint}) are evaluated first, alongside;
+    `eval_update` overrides evaluation options (e.g. dtype). Returns {eval folder name: results}."""
     from fgsn.evaluate import evaluate
 
     ft_path, ft_adapter = _finetuned_entry(opts)
-    models: dict[str, str] = {}
+    models: dict[str, str] = dict(extra_models or {})
     adapters: dict[str, str] = {}
     systems: dict[str, str] = {}
     suffixes: dict[str, str] = {}
@@ -274,7 +276,8 @@ def run_evals(opts: CompareOptions, methods: list[Method], rundir: Path) -> dict
             suffixes[m.name] = sr.suffix
     res = evaluate(models, list(opts.eval_harmful), benign_alarming=opts.benign_alarming,
                    utility=list(opts.utility) or None, judge=opts.judge,
-                   options=eval_options(opts, rundir, adapters=adapters, systems=systems, suffixes=suffixes),
+                   options=eval_options(opts, rundir, adapters=adapters, systems=systems, suffixes=suffixes,
+                                        **eval_update),
                    out=rundir / "eval", reference=list(opts.reference) or None)
     return {"eval": res.results}
 
@@ -284,14 +287,17 @@ COST_KEYS = ("wall_s", "peak_rss_mb", "edit_rss_mb", "start_rss_mb", "cuda_peak_
 
 
 def assemble_results(opts: CompareOptions, methods: list[Method], evals: dict[str, dict],
-                     costs: dict[str, dict], extra: dict | None = None) -> dict[str, Any]:
-    """One results dict in the evaluation schema: the entries of every eval folder, in the order
-    references, then --methods; each method entry gains `preset`, `kind` and the edit cost
-    (`edit_wall_s`, `edit_peak_rss_mb`, ..., null where not measured)."""
+                     costs: dict[str, dict], extra: dict | None = None, order: list[str] | None = None,
+                     kinds: dict[str, str] | None = None) -> dict[str, Any]:
+    """One results dict in the evaluation schema: the entries of every eval folder, in `order`
+    (default: references, then --methods); each entry gains `kind` (a method's kind, else
+    `kinds[name]`, else "reference"), `preset` and the edit cost (`edit_wall_s`,
+    `edit_peak_rss_mb`, ..., null where not measured)."""
     if not evals:
         raise InputError("nothing was evaluated")
     first = evals.get("eval") or next(iter(evals.values()))
-    order = (["aligned", "finetuned"] if opts.with_references else []) + [m.name for m in methods]
+    if order is None:
+        order = (["aligned", "finetuned"] if opts.with_references else []) + [m.name for m in methods]
     pool: dict[str, dict] = {}
     where: dict[str, str] = {}
     for folder, res in evals.items():
@@ -306,7 +312,7 @@ def assemble_results(opts: CompareOptions, methods: list[Method], evals: dict[st
     for n in order:
         entry = dict(pool[n])
         m = kinds.get(n)
-        entry["kind"] = m.kind if m else "reference"
+        entry["kind"] = m.kind if m else (kinds or {}).get(n, "reference")
         entry["preset"] = n if m and m.kind == "fgsn" else None
         entry["eval_folder"] = where[n]
         cost = costs.get(n) or {}
@@ -345,7 +351,10 @@ def cost_table(results: dict[str, Any]):
                  "peak RSS: the edit process's high-water mark; edit RSS: peak minus memory before the edit.")
 
 
-def write_report(rundir: Path, results: dict[str, Any]) -> None:
+def write_report(rundir: Path, results: dict[str, Any], title: str = "fgsn compare report",
+                 extra_tables: list | None = None) -> None:
+    """results.json, plots/, report.md and report.html of a comparison: the evaluation report plus
+    the edit-cost table and `extra_tables`."""
     from fgsn.atomic import atomic_write_bytes
     from fgsn.report.build import read_manifest
     from fgsn.report.html import render_html
@@ -357,9 +366,9 @@ def write_report(rundir: Path, results: dict[str, Any]) -> None:
     figures = make_figures(results, manifests)
     for fig in figures:
         atomic_write_bytes(rundir / "plots" / fig.filename, fig.png)
-    tables = [cost_table(results)]
-    md = render_markdown(results, figures, title="fgsn compare report", extra_tables=tables)
-    html = render_html(results, figures, title="fgsn compare report", extra_tables=tables)
+    tables = [cost_table(results), *(extra_tables or [])]
+    md = render_markdown(results, figures, title=title, extra_tables=tables)
+    html = render_html(results, figures, title=title, extra_tables=tables)
     atomic_write_json(rundir / "results.json", results)
     atomic_write_text(rundir / "report.md", md)
     atomic_write_text(rundir / "report.html", html)

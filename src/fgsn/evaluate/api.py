@@ -259,7 +259,7 @@ class _ModelRunner:
                 log.info("%s: reference NLL uses the hf backend", self.name)
             vals = answer_nll(self._hf_model(), self.tok, [ctx[i] for i in todo], [refs[i].answer or "" for i in todo],
                               batch_size=self.opts.batch_size, add_special_tokens=not self.opts.use_chat_template,
-                              max_length=self.opts.nll_max_length)
+                              max_length=self.opts.nll_max_length, progress=f"reference NLL {self.name}")
             store.put_many({keys[i]: {"nll": v[0], "tokens": v[1]} for i, v in zip(todo, vals, strict=True)})
         total = sum(store.get(k)["nll"] for k in keys)
         tokens = sum(store.get(k)["tokens"] for k in keys)

@@ -8,14 +8,20 @@ boundary between them never merges into one token and the answer span is exact.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
 @torch.no_grad()
 def answer_nll(model, tokenizer, contexts: list[str], answers: list[str], *, batch_size: int = 8,
-               add_special_tokens: bool = False, max_length: int = 2048) -> list[tuple[float, int]]:
-    """Per item: (sum of answer-token NLL in nats, number of answer tokens). Items are truncated
-    from the left of the context to fit `max_length`; an answer longer than that is cut."""
+               add_special_tokens: bool = False, max_length: int = 2048,
+               progress: str | None = None) -> list[tuple[float, int]]:
+    """Per item, in input order: (sum of answer-token NLL in nats, number of answer tokens). Items
+    are truncated from the left of the context to fit `max_length`; an answer longer than that is
+    cut. Batches are formed from items of similar length (padding is wasted compute)."""
+    from tqdm.auto import tqdm
+
     from fgsn.models.loading import input_device
 
     dev = input_device(model)
@@ -32,9 +38,13 @@ def answer_nll(model, tokenizer, contexts: list[str], answers: list[str], *, bat
         a = a[: max_length - 1]
         c = c[-(max_length - len(a)):] if len(c) + len(a) > max_length else c
         seqs.append((c + a, len(a)))
-    out: list[tuple[float, int]] = []
-    for start in range(0, len(seqs), batch_size):
-        chunk = seqs[start:start + batch_size]
+    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+    out: list[tuple[float, int] | None] = [None] * len(seqs)
+    for start in tqdm(range(0, len(order), batch_size), desc=progress or "reference NLL", unit="batch",
+                      disable=progress is None, leave=False):
+        idx = order[start:start + batch_size]
+        chunk = [seqs[i] for i in idx]
         width = max(len(s) for s, _ in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -43,11 +53,16 @@ def answer_nll(model, tokenizer, contexts: list[str], answers: list[str], *, bat
             mask[r, width - len(s):] = 1
         # Positions count from each row's first real token, so left padding does not shift them.
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev)).logits.float()
+        # Left padding puts every answer at the end: only the last `keep` positions need logits
+        # (the vocabulary projection of the context would be wasted work and memory).
+        keep = max(n for _, n in chunk) + 1
+        kw = {"logits_to_keep": keep} if keeps_logits else {}
+        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **kw).logits
+        logits = logits[:, -keep:].float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        target = ids[:, 1:].to(logp.device)
+        target = ids[:, width - keep + 1:].to(logp.device)
         tok_nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
         for r, (_s, n_ans) in enumerate(chunk):
-            vals = tok_nll[r, width - 1 - n_ans:]
-            out.append((float(vals.sum()), int(n_ans)))
-    return out
+            vals = tok_nll[r, keep - 1 - n_ans:]
+            out[idx[r]] = (float(vals.sum()), int(n_ans))
+    return [o for o in out if o is not None]

@@ -64,6 +64,6 @@ class EvalOptions(Options):
     def _dtype(cls, v: str | None) -> str | None:
         from fgsn.models.loading import DTYPES
 
-        if v in (None, "auto") or v in DTYPES:
+        if v in (None, "auto", "fast") or v in DTYPES:
             return None if v == "auto" else v
-        raise ValueError(f"unknown dtype {v!r}; use one of {', '.join(sorted(DTYPES))} or auto")
+        raise ValueError(f"unknown dtype {v!r}; use one of {', '.join(sorted(DTYPES))}, auto or fast")

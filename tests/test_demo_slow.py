@@ -1,0 +1,43 @@
+"""`fgsn demo` end to end on the reduced organism (real SmolLM2 weights, real prompts; minutes on 2
+CPU cores): the results schema the README promises, the continual run's shrinking edits, and the
+direction of the alignment effect on held-out prompts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REQUIRED = ("path", "asr", "over_refusal", "utility", "modified_fraction", "nll")
+
+
+def test_reduced_demo_end_to_end(tmp_path):
+    from fgsn.demo import DemoOptions, run_demo
+
+    out = tmp_path / "demo"
+    run_demo(DemoOptions(out=str(out), reduced=True, locate_limit=16, task_limit=16, eval_limit=8,
+                         alarming_limit=6, utility_limit=4, reference_limit=2, max_new_tokens=24,
+                         baselines=["safelora", "self-reminder"]))
+    res = json.loads((out / "results.json").read_text())
+    names = ["base", "aligned", "finetuned", "fgsn", "fgsn-step1", "fgsn-step2", "fgsn-step3", "safelora",
+             "self-reminder"]
+    assert res["order"] == names
+    for n in names:
+        for k in REQUIRED:
+            assert k in res["models"][n], (n, k)
+        assert res["models"][n]["asr"] is not None and res["models"][n]["utility"] is not None
+    m = res["models"]
+    assert m["aligned"]["asr"] < m["base"]["asr"]
+    assert 0 < m["fgsn"]["modified_fraction"] < 0.05
+    assert m["self-reminder"]["modified_fraction"] == 0.0
+    assert m["safelora"]["edit_wall_s"] > 0 and m["fgsn"]["edit_peak_rss_mb"] > 0
+    # continual: every step adds weights, later dimensions fewer than the first
+    masked = []
+    for i, cat in enumerate(["Physical", "Financial and Business", "Autonomy"], 1):
+        man = json.loads((out / "models" / f"fgsn-step{i}" / "fgsn-manifest.json").read_text())
+        masked.append(man["categories"][cat]["masked"])
+    assert all(x > 0 for x in masked) and masked[1] < masked[0] and masked[2] < masked[0], masked
+    report = (out / "report.md").read_text()
+    assert "Continual projection" in report and "Edit cost" in report
