@@ -1,7 +1,7 @@
 """fgsn's performance benchmarks in one command: the streamed three-model edit against the naive
 way and the hardware floor, the probes against a plain forward pass, and both against model size.
 
-    python benchmarks/run.py --out benchmarks/results.json            # full (~20 min on 2 cores)
+    python benchmarks/run.py --out benchmarks/results.json            # full (~9 min on 2 quiet cores)
     python benchmarks/run.py --out /tmp/quick.json --quick --no-docs  # small version (~2 min)
 
 Writes the JSON, then (unless --no-docs) the tables in docs/benchmarks.md (between the
