@@ -25,8 +25,8 @@ def reference(model, tok, ctx: str, ans: str) -> tuple[float, int]:
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-@pytest.mark.parametrize("batch_size", [1, 2, 5])
-def test_each_item_equals_an_unpadded_forward(tmp_path, arch, batch_size):
+@pytest.mark.parametrize(("batch_size", "max_batch_tokens"), [(1, 4096), (2, 4096), (5, 4096), (5, 20)])
+def test_each_item_equals_an_unpadded_forward(tmp_path, arch, batch_size, max_batch_tokens):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fgsn.evaluate.nll import answer_nll
@@ -35,7 +35,7 @@ def test_each_item_equals_an_unpadded_forward(tmp_path, arch, batch_size):
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(path).eval()
-    got = answer_nll(model, tok, CONTEXTS, ANSWERS, batch_size=batch_size)
+    got = answer_nll(model, tok, CONTEXTS, ANSWERS, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
     assert len(got) == len(CONTEXTS)
     for (g, n), ctx, ans in zip(got, CONTEXTS, ANSWERS, strict=True):
         want, n_want = reference(model, tok, ctx, ans)

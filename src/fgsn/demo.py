@@ -59,9 +59,9 @@ class DemoOptions(Options):
     # evaluation
     eval_limit: int = Field(30, ge=1, description="prompts per held-out harmful set")
     alarming_limit: int = Field(30, ge=1)
-    utility_limit: int = Field(20, ge=1, description="held-out arithmetic problems (accuracy)")
-    reference_limit: int = Field(12, ge=1, description="held-out worked answers per task kind (NLL)")
-    max_new_tokens: int = Field(40, ge=1)
+    utility_limit: int = Field(10, ge=1, description="held-out arithmetic problems (accuracy)")
+    reference_limit: int = Field(8, ge=1, description="held-out worked answers per task kind (NLL)")
+    max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(32, ge=1)
     eval_dtype: str = Field("fast", description="dtype of the evaluation: fast = bfloat16 where the hardware "
                                                 "has it natively, else float32")
@@ -167,7 +167,11 @@ def run_demo(opts: DemoOptions) -> dict:
         recipe = build_options(OrganismRecipe, read_yaml(opts.organism_config), opts.organism_config)
     else:
         recipe = reduced_recipe() if opts.reduced else OrganismRecipe()
-    print("[1/4] model organism (built once, then cached)")
+
+    def stage(text: str) -> None:
+        print(f"[{time.time() - t0:5.0f} s] {text}", flush=True)
+
+    stage("[1/4] model organism (built once, then cached)")
     org = build_organism(recipe)
     finetuned = str(org.finetuned_full if opts.finetuned == "full" else org.finetuned_lora)
     files = task_files(org, recipe, out, opts)
@@ -184,16 +188,17 @@ def run_demo(opts: DemoOptions) -> dict:
         benign_alarming=f"builtin:alarming?sample={opts.alarming_limit}",
         utility=[str(files["utility"])], utility_instruction="", utility_limit=opts.utility_limit,
         reference=[str(files["reference"])], max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size)
+    stage("held-out task files written; checking the inputs")
     trio, overlap = check_inputs(copts, methods)
-    print(f"[2/4] repair: {', '.join(m.name for m in methods)} (each edit in its own process)")
+    stage(f"[2/4] repair: {', '.join(m.name for m in methods)} (each edit in its own process)")
     costs = run_edits(copts, methods, out, trio.num_layers)
     fgsn_dir = out / "models" / "fgsn"
     layers = opts.layers or ",".join(str(x) for x in (read_manifest(fgsn_dir) or {})["layers"])
-    print(f"[3/4] FGSN continually over {', '.join(opts.continual)} (safety layers {layers})")
+    stage(f"[3/4] FGSN continually over {', '.join(opts.continual)} (safety layers {layers})")
     common = dict(base=str(org.base), aligned=str(org.aligned), task=[str(files["task"])], device=opts.device,
-                  max_length=opts.max_length, **fgsn_over)
+                  max_length=opts.max_length, batch_size=opts.batch_size, **fgsn_over)
     steps = run_continual(opts, common, finetuned, layers, out / "models") if opts.continual else {}
-    print("[4/4] evaluation on held-out prompts (HarmBench, StrongREJECT), over-refusal, task utility and NLL")
+    stage("[4/4] evaluation on held-out prompts (HarmBench, StrongREJECT), over-refusal, task utility and NLL")
     evals = run_evals(copts, methods, out, extra_models={"base": str(org.base), **steps}, dtype=opts.eval_dtype)
     order = ["base", "aligned", "finetuned", "fgsn", *steps, *(m.name for m in methods if m.name != "fgsn")]
     results = assemble_results(copts, methods, evals, costs, {"eval_locate_overlap": overlap}, order=order,
@@ -203,6 +208,7 @@ def run_demo(opts: DemoOptions) -> dict:
                        "data": {k: str(v) for k, v in files.items()}}
     write_report(out, results, title="fgsn demo report: the SmolLM2 organism",
                  extra_tables=[continual_table(results, steps)] if steps else None)
+    stage("report written")
     print(summary_text(results))
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
     print(f"  results: {out / 'results.json'}\n  report:  {out / 'report.html'} (and report.md)")

@@ -16,10 +16,11 @@ import torch
 @torch.no_grad()
 def answer_nll(model, tokenizer, contexts: list[str], answers: list[str], *, batch_size: int = 8,
                add_special_tokens: bool = False, max_length: int = 2048,
-               progress: str | None = None) -> list[tuple[float, int]]:
+               progress: str | None = None, max_batch_tokens: int = 4096) -> list[tuple[float, int]]:
     """Per item, in input order: (sum of answer-token NLL in nats, number of answer tokens). Items
     are truncated from the left of the context to fit `max_length`; an answer longer than that is
-    cut. Batches are formed from items of similar length (padding is wasted compute)."""
+    cut. Batches hold items of similar length, at most `batch_size` of them and (beyond the first)
+    at most `max_batch_tokens` padded tokens: padding is wasted compute."""
     from tqdm.auto import tqdm
 
     from fgsn.models.loading import input_device
@@ -40,10 +41,16 @@ def answer_nll(model, tokenizer, contexts: list[str], answers: list[str], *, bat
         seqs.append((c + a, len(a)))
     keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+    batches: list[list[int]] = []
+    for i in order:  # longest first: a batch's first item sets its width
+        b = batches[-1] if batches else None
+        if b is None or len(b) >= batch_size or len(seqs[b[0]][0]) * (len(b) + 1) > max_batch_tokens:
+            batches.append([i])
+        else:
+            b.append(i)
     out: list[tuple[float, int] | None] = [None] * len(seqs)
-    for start in tqdm(range(0, len(order), batch_size), desc=progress or "reference NLL", unit="batch",
-                      disable=progress is None, leave=False):
-        idx = order[start:start + batch_size]
+    for idx in tqdm(batches, desc=progress or "reference NLL", unit="batch", disable=progress is None,
+                    leave=False):
         chunk = [seqs[i] for i in idx]
         width = max(len(s) for s, _ in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
