@@ -232,7 +232,8 @@ class _ModelRunner:
                 if self.adapter:
                     raise InputError(f"model {self.name}: --backend vllm does not take --adapter; merge the adapter "
                                      "into a checkpoint first, or use --backend hf")
-                self._engine = VLLMGenerator(str(self.path), settings, self.opts.trust_remote_code)
+                self._engine = VLLMGenerator(str(self.path), settings, self.opts.trust_remote_code,
+                                             self.opts.tensor_parallel)
                 self._engine.generate(missing, on_batch=save)
             else:
                 from fgsn.evaluate.generation import HFGenerator

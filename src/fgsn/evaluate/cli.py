@@ -83,6 +83,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     gen = p.add_argument_group("generation")
     gen.add_argument("--backend", choices=["hf", "vllm"], default=S, help="hf (default) or vllm (pip install "
                      "'fgsn[vllm]', GPU)")
+    gen.add_argument("--tensor-parallel", type=int, default=S, help="vllm: GPUs per model (default: every "
+                     "visible GPU; a 70B model in bf16 needs at least 2 x 80 GB)")
     gen.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:N")
     gen.add_argument("--dtype", default=S, help="auto (default: float32 on CPU, bfloat16 on GPU), fast (bfloat16 where the hardware computes it natively, e.g. AVX512-BF16 CPUs: ~2x on CPU), float16, ...")
     gen.add_argument("--batch-size", type=int, default=S)

@@ -126,7 +126,8 @@ class VLLMGenerator:
 
     CHUNK = 256  # prompts per vLLM call, so the cache checkpoints long runs
 
-    def __init__(self, path: str, settings: GenSettings, trust_remote_code: bool = False):
+    def __init__(self, path: str, settings: GenSettings, trust_remote_code: bool = False,
+                 tensor_parallel: int | None = None):
         try:
             import vllm
         except ImportError:
@@ -134,8 +135,12 @@ class VLLMGenerator:
                              "(Linux with a CUDA GPU), or use the default --backend hf") from None
         self._vllm = vllm
         self.settings = settings
+        if tensor_parallel is None:  # a 70B model needs several GPUs: use every visible one
+            import torch
+
+            tensor_parallel = max(1, torch.cuda.device_count())
         self.llm = vllm.LLM(model=str(path), dtype=settings.dtype, seed=settings.seed,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code, tensor_parallel_size=tensor_parallel)
 
     def generate(self, texts: list[str], on_batch: OnBatch | None = None) -> list[str]:
         params = self._vllm.SamplingParams(temperature=self.settings.temperature,

@@ -21,6 +21,7 @@ class EvalOptions(Options):
 
     # generation
     backend: Literal["hf", "vllm"] = "hf"
+    tensor_parallel: int | None = Field(None, ge=1)  # vLLM: GPUs per model; None = every visible GPU
     device: str = "auto"
     dtype: str | None = None
     batch_size: int = Field(8, ge=1)
