@@ -32,6 +32,7 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert m["aligned"]["asr"] < m["base"]["asr"]
     assert 0 < m["fgsn"]["modified_fraction"] < 0.05
     assert m["self-reminder"]["modified_fraction"] == 0.0
+    assert m["fgsn-step1"]["kind"] == "fgsn-continual" and m["base"]["kind"] == "reference"
     assert m["safelora"]["edit_wall_s"] > 0 and m["fgsn"]["edit_peak_rss_mb"] > 0
     # continual: every step adds weights, later dimensions fewer than the first
     masked = []

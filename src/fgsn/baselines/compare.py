@@ -307,11 +307,11 @@ def assemble_results(opts: CompareOptions, methods: list[Method], evals: dict[st
     missing = [n for n in order if n not in pool]
     if missing:
         raise InputError(f"no evaluation results for {missing}")
-    kinds = {m.name: m for m in methods}
+    by_name = {m.name: m for m in methods}
     models: dict[str, dict] = {}
     for n in order:
         entry = dict(pool[n])
-        m = kinds.get(n)
+        m = by_name.get(n)
         entry["kind"] = m.kind if m else (kinds or {}).get(n, "reference")
         entry["preset"] = n if m and m.kind == "fgsn" else None
         entry["eval_folder"] = where[n]
