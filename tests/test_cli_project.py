@@ -179,6 +179,22 @@ def test_every_score_runs_end_to_end(llama_trio, prompts, tmp_path, score, gran)
     assert m["options"]["score"] == score and m["masked"] > 0
 
 
+def test_presets_fill_unset_options_and_flags_win(llama_trio, prompts, tmp_path):
+    from fgsn.locate.run import LocateOptions
+
+    base = dict(aligned="A", finetuned="F", harmful=["h"], task=["t"])
+    assert LocateOptions(**base, preset="paper").model_dump(exclude={"preset"}) == \
+        LocateOptions(**base).model_dump(exclude={"preset"})  # paper = the defaults
+    fr = LocateOptions(**base, preset="frontier", p=0.05)
+    assert (fr.score, fr.budget, fr.layers, fr.p) == ("snip-signed", 0.1, "all", 0.05)
+    assert project(llama_trio, prompts, tmp_path / "o", "--preset", "frontier", "--budget", "0.2") == 0
+    m = json.loads((tmp_path / "o/fgsn-manifest.json").read_text())
+    assert m["options"]["score"] == "snip-signed" and m["options"]["budget"] == 0.2
+    assert m["layers"] == [0, 1, 2, 3]  # all layers of the tiny model, no search
+    edited = {x["layer"] for x in m["modules"] if x.get("masked")}
+    assert edited and edited <= {0, 1, 2, 3}
+
+
 def test_contrast_needs_neuron_granularity(llama_trio, prompts, tmp_path, capsys):
     assert project(llama_trio, prompts, tmp_path / "o", "--score", "contrast") == 2
     assert "--granularity neuron" in capsys.readouterr().err

@@ -24,7 +24,10 @@ HELPS = {
     "benign": "benign prompts for the layer search (default: the task prompts)",
     "category": "safety dimension name for this run (continual ledger); filters --harmful to it when it "
                 "matches prompt categories",
-    "layers": "safety layers as A-B (0-based, inclusive) or a list; default: found by the cosine-gap search",
+    "preset": "named settings for the options not given: paper (the published recipe, = the defaults) or "
+              "frontier (snip-signed over all layers at a 10%% budget: the best fine-grained setting measured on "
+              "the SmolLM2 organism; needs a backward pass)",
+    "layers": "safety layers as A-B (0-based, inclusive), a list, or all; default: found by the cosine-gap search",
     "layer_eps": "relative rise that counts in the layer search",
     "modules": "target modules (e.g. q_proj); default: every linear module of the layer",
     "q": "share of weights kept as harmful-important (top-q)",

@@ -92,7 +92,7 @@ class CompareOptions(ProjectOptions, EvalOptions):
 
 
 HELPS = {
-    "methods": "comma list of methods: fgsn, fgsn-layers-only, fgsn-neurons-only, fgsn-svd, fgsn-safelora, "
+    "methods": "comma list of methods: fgsn, fgsn-frontier, fgsn-layers-only, fgsn-neurons-only, fgsn-svd, fgsn-safelora, "
                "fgsn-neuron, fgsn-weight, fgsn-no-task, safelora, resta, wanda, self-reminder",
     "with_references": "also evaluate the aligned and fine-tuned models (entries `aligned`, `finetuned`)",
     "eval_harmful": "harmful prompts for ASR (separate from the locate --harmful)",

@@ -11,6 +11,7 @@ the same code path as `fgsn project`:
     fgsn-neuron        granularity = neuron (whole output rows)
     fgsn-weight        granularity = weight (single weights)
     fgsn-no-task       p = 0: no task exclusion
+    fgsn-frontier      --preset frontier: snip-signed scores, all layers, 10% of each edited module
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ FGSN_PRESETS: dict[str, dict[str, Any]] = {
     "fgsn-neuron": {"granularity": "neuron"},
     "fgsn-weight": {"granularity": "weight"},
     "fgsn-no-task": {"p": 0.0},
+    "fgsn-frontier": {"score": "snip-signed", "budget": 0.1, "layers": ALL_LAYERS},
 }
 BASELINES = ("safelora", "resta", "wanda")
 INFERENCE = ("self-reminder",)

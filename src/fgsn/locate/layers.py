@@ -80,9 +80,11 @@ def search_layers(benign: ProbeStats, harmful: ProbeStats, eps_rel: float = 0.05
 
 
 def parse_layers(spec: str | list[int] | None, num_layers: int) -> list[int] | None:
-    """`10-15`, `3,5,7`, `10-15,20` or a list of ints; validated against the model's depth."""
+    """`10-15`, `3,5,7`, `10-15,20`, `all` or a list of ints; validated against the model's depth."""
     if spec is None or spec == "":
         return None
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return list(range(num_layers))
     if isinstance(spec, list | tuple):
         layers = [int(x) for x in spec]
     else:
@@ -98,7 +100,7 @@ def parse_layers(spec: str | list[int] | None, num_layers: int) -> list[int] | N
                 else:
                     layers.append(int(part))
             except ValueError:
-                raise InputError(f"--layers {spec!r}: use A-B (inclusive, 0-based), a comma list, or both") from None
+                raise InputError(f"--layers {spec!r}: use A-B (inclusive, 0-based), a comma list, both, or all") from None
     bad = [x for x in layers if not 0 <= x < num_layers]
     if bad:
         raise InputError(f"--layers {spec!r}: layers {bad} out of range; the model has layers 0-{num_layers - 1}")

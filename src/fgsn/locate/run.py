@@ -51,7 +51,21 @@ class ProbeOptions(Options):
     cache: bool = True
 
 
+# Named settings (`--preset`): fill every option of the set that is not given explicitly.
+#   paper:    the published recipe (= the defaults): gap-searched layers, Wanda scores, q = p = 0.1
+#   frontier: the best fine-grained setting of the repair frontier on the SmolLM2 organism
+#             (README): snip-signed scores over all layers, 10% of each edited module. It needs
+#             a backward pass over the target modules (gradient memory = their size in float32).
+PRESETS: dict[str, dict] = {
+    "paper": {"score": "wanda", "q": 0.1, "p": 0.1, "budget": None, "layers": None, "granularity": "weight",
+              "projector": "safelora"},
+    "frontier": {"score": "snip-signed", "p": 0.1, "budget": 0.1, "layers": "all", "granularity": "weight",
+                 "projector": "safelora"},
+}
+
+
 class LocateOptions(ProbeOptions):
+    preset: Literal["paper", "frontier"] | None = None
     aligned: str
     finetuned: str
     base: str | None = None
@@ -75,6 +89,14 @@ class LocateOptions(ProbeOptions):
     seed: int = 0
     overwrite: bool = False
     out: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        if isinstance(data, dict) and data.get("preset") in PRESETS:
+            given = {k.replace("-", "_") for k in data}
+            data = {**{k: v for k, v in PRESETS[data["preset"]].items() if k not in given}, **data}
+        return data
 
     @model_validator(mode="after")
     def _contrast_is_neuron_level(self):
