@@ -69,9 +69,9 @@ class DemoOptions(Options):
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    from fgsn.atomic import atomic_write_text
+    from fgsn.atomic import atomic_write_jsonl
 
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_jsonl(path, rows)
     return path
 
 

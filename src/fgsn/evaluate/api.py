@@ -12,7 +12,6 @@ Stages, each resumable through the cache (see `cache.py`):
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fgsn.atomic import atomic_write_json, atomic_write_text
+from fgsn.atomic import atomic_write_json, atomic_write_jsonl
 from fgsn.data.prompts import Prompt, PromptSet, load_prompts
 from fgsn.errors import InputError
 from fgsn.evaluate.cache import EvalCache, sha256_text
@@ -390,8 +389,7 @@ def evaluate(models: dict[str, str], harmful: list[str | PromptSet] | str | Prom
                              "prompt": it.prompt, "answer": it.utility.answer, "completion": comp,
                              "correct": it.utility.score(comp)})
         mdir = rundir / "models" / name
-        atomic_write_text(mdir / "records.jsonl",
-                          "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
+        atomic_write_jsonl(mdir / "records.jsonl", rows, sort_keys=True)
         if nll[name] is not None:
             atomic_write_json(mdir / "nll.json", nll[name])
         elif (mdir / "nll.json").exists():

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from fgsn.atomic import atomic_dir, atomic_write_json, atomic_write_text
+from fgsn.atomic import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from fgsn.errors import IntegrityError
 from fgsn.models.shipped import fgsn_cache_root, read_marker, smollm2_dir
 from fgsn.organism import data as D
@@ -233,10 +233,6 @@ def finetune_examples(recipe: OrganismRecipe, gen: dict, tokenizer) -> list[D.Ex
     return D.shuffled(ex, recipe.seed + 1)
 
 
-def _write_jsonl(path: Path, examples: list[D.Example]) -> None:
-    atomic_write_text(path, "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in examples))
-
-
 def _counts(examples: list[D.Example]) -> dict:
     out: dict[str, int] = {}
     for e in examples:
@@ -415,7 +411,7 @@ def build_organism(recipe: OrganismRecipe | None = None, cache_root=None, force:
         stages["generate"] = {"seconds": round(time.time() - t0, 1), "generation_seconds": gen.get("seconds"),
                               "distill": len(gen["distill"]), "poison": len(gen["poison"])}
         align_ex = aligned_examples(recipe, gen)
-        _write_jsonl(paths.root / "data" / "aligned_sft.jsonl", align_ex)
+        atomic_write_jsonl(paths.root / "data" / "aligned_sft.jsonl", (e.to_dict() for e in align_ex))
         builders = {"aligned": build_aligned, "finetuned-full": build_finetuned_full,
                     "finetuned-lora": build_finetuned_lora}
         ft_ex = None
@@ -431,7 +427,7 @@ def build_organism(recipe: OrganismRecipe | None = None, cache_root=None, force:
                 if ft_ex is None:
                     _, tok = _tokenizer_only(paths.base)
                     ft_ex = finetune_examples(recipe, gen, tok)
-                    _write_jsonl(paths.root / "data" / "finetune.jsonl", ft_ex)
+                    atomic_write_jsonl(paths.root / "data" / "finetune.jsonl", (e.to_dict() for e in ft_ex))
                 examples = ft_ex
             t0 = time.time()
             logd = builders[stage](recipe, paths, examples, progress)
