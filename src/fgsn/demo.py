@@ -79,6 +79,7 @@ def task_files(organism, recipe, out: Path, opts: DemoOptions) -> dict[str, Path
     """The prompt files of the run: `task` (the fine-tune's own examples, poison removed: what
     locate protects), `utility` (held-out arithmetic, answer = the number) and `reference`
     (held-out arithmetic and word problems with worked answers, for the NLL)."""
+    from fgsn.evaluate.utility import extract_answer
     from fgsn.models.loading import load_tokenizer
     from fgsn.organism.data import heldout_task
 
@@ -92,7 +93,7 @@ def task_files(organism, recipe, out: Path, opts: DemoOptions) -> dict[str, Path
     held = heldout_task(recipe, load_tokenizer(organism.base), max(opts.utility_limit, opts.reference_limit),
                         opts.reference_limit, exclude={ex["prompt"] for ex in finetune + aligned})
     arith = [ex for ex in held if ex.kind == "arithmetic"]
-    final = [ex.answer.rsplit("The answer is ", 1)[-1].rstrip(".") for ex in arith]
+    final = [extract_answer(ex.answer, numeric=True) for ex in arith]
     ref = arith[:opts.reference_limit] + [ex for ex in held if ex.kind == "gsm"]
     d = out / "data"
     return {"task": _write_jsonl(d / "task.jsonl", task),

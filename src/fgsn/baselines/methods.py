@@ -22,6 +22,7 @@ from typing import Any
 
 from fgsn.config import build_options
 from fgsn.errors import InputError
+from fgsn.locate.run import PRESETS
 
 ALL_LAYERS = "all"
 
@@ -34,7 +35,7 @@ FGSN_PRESETS: dict[str, dict[str, Any]] = {
     "fgsn-neuron": {"granularity": "neuron"},
     "fgsn-weight": {"granularity": "weight"},
     "fgsn-no-task": {"p": 0.0},
-    "fgsn-frontier": {"score": "snip-signed", "budget": 0.1, "layers": ALL_LAYERS},
+    "fgsn-frontier": dict(PRESETS["frontier"]),
 }
 BASELINES = ("safelora", "resta", "wanda")
 INFERENCE = ("self-reminder",)
