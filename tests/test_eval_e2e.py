@@ -149,6 +149,31 @@ def test_rerun_with_one_more_model_generates_only_the_new_one(env, monkeypatch):
     assert res2.generated["again"] == 0
 
 
+def test_parallel_model_workers_give_the_same_records(env, monkeypatch):
+    """--model-workers 2: spawned processes, fresh cache, records identical to the sequential run."""
+    monkeypatch.setenv("FGSN_CACHE", str(env["root"] / "hash-cache"))
+    run = env["root"] / "parallel"
+    res = evaluate(env["models"], [str(env["harmful"])], options=EvalOptions(**OPTS, model_workers=2), out=run,
+                   **env["kw"])
+    assert res.generated["aligned"] > 0  # a fresh cache: the workers generated, not the parent's earlier run
+    for name in env["models"]:
+        assert records(run, name) == records(env["res"].rundir, name)
+        got, want = res.results["models"][name], env["res"].results["models"][name]
+        assert (got["asr"], got["over_refusal"], got["utility"]) == (want["asr"], want["over_refusal"], want["utility"])
+        assert got["nll"] == pytest.approx(want["nll"], rel=1e-5)
+    assert res.results["order"] == list(env["models"])
+
+
+def test_a_failing_parallel_worker_raises_its_error(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("FGSN_CACHE", str(env["root"] / "hash-cache"))
+    bad = tmp_path / "bad"
+    shutil.copytree(env["models"]["aligned"], bad)
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="bad"):
+        evaluate({"aligned": env["models"]["aligned"], "bad": str(bad)}, [str(env["harmful"])],
+                 options=EvalOptions(**OPTS, model_workers=2, cache_dir=str(tmp_path / "c")), out=tmp_path / "run")
+
+
 def test_changed_settings_miss_the_cache(env, monkeypatch):
     monkeypatch.setenv("FGSN_CACHE", str(env["root"] / "hash-cache"))
     cache = env["res"].rundir / "cache"

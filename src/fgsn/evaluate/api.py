@@ -276,6 +276,18 @@ class _ModelRunner:
         free_memory()
 
 
+def run_model(name: str, path: Path, opts: EvalOptions, cache_root: Path, prompts: list[str], refs: list[Prompt]
+              ) -> tuple[str, dict[str, str], int, int, dict[str, Any] | None]:
+    """One model's completions and reference NLL (module level: parallel workers run it too):
+    (content hash, completions by prompt, generated now, found in cache, NLL or None)."""
+    runner = _ModelRunner(name, path, opts, EvalCache(cache_root))
+    try:
+        completions, generated, cached = runner.generate(prompts)
+        return runner.hash, completions, generated, cached, (runner.reference_nll(refs) if refs else None)
+    finally:
+        runner.close()
+
+
 # -- judging -------------------------------------------------------------------------------------
 def judge_cached(judge: Judge, items: list[JudgeItem], cache: EvalCache | None) -> list[Verdict]:
     """Verdicts for `items`, judging only what the cache lacks (cacheable judges) and each
@@ -346,14 +358,18 @@ def evaluate(models: dict[str, str], harmful: list[str | PromptSet] | str | Prom
     nll: dict[str, dict[str, Any] | None] = {}
     generated: dict[str, int] = {}
     cached: dict[str, int] = {}
-    for name, path in paths.items():
-        runner = _ModelRunner(name, path, opts, cache)
-        try:
-            hashes[name] = runner.hash
-            completions[name], generated[name], cached[name] = runner.generate(prompts)
-            nll[name] = runner.reference_nll(refs) if refs else None
-        finally:
-            runner.close()
+    jobs = {name: (name, path, opts, cache.root, prompts, refs) for name, path in paths.items()}
+    if opts.model_workers > 1 and len(jobs) > 1:
+        from fgsn.evaluate.parallel import run_parallel
+        from fgsn.models.loading import resolve_device
+
+        # one GPU per worker unless the user pinned a device (cuda:N: they all share it)
+        spread = opts.device in ("auto", "cuda") and resolve_device(opts.device) == "cuda"
+        outputs = run_parallel(run_model, jobs, opts.model_workers, uses_gpu=spread)
+    else:
+        outputs = {name: run_model(*args) for name, args in jobs.items()}
+    for name in paths:
+        hashes[name], completions[name], generated[name], cached[name], nll[name] = outputs[name]
 
     harmful_items = [it for it in items if it.kind == "harmful"]
     pairs = {name: [JudgeItem(it.prompt, completions[name][it.prompt]) for it in harmful_items] for name in paths}

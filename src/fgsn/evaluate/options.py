@@ -39,6 +39,8 @@ class EvalOptions(Options):
     systems: dict[str, str] = Field(default_factory=dict)
     suffixes: dict[str, str] = Field(default_factory=dict)
     cache_dir: str | None = None  # default: RUNDIR/cache
+    # models evaluated at once, each in its own process (one GPU each, or a share of the CPU threads)
+    model_workers: int = Field(1, ge=1)
     # judges
     keyword_list: str = "fgsn-v1"
     keyword_min_words: int | None = Field(None, ge=0)  # None: the list's own rule
