@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -280,10 +281,14 @@ def run_model(name: str, path: Path, opts: EvalOptions, cache_root: Path, prompt
               ) -> tuple[str, dict[str, str], int, int, dict[str, Any] | None]:
     """One model's completions and reference NLL (module level: parallel workers run it too):
     (content hash, completions by prompt, generated now, found in cache, NLL or None)."""
+    t0 = time.monotonic()
     runner = _ModelRunner(name, path, opts, EvalCache(cache_root))
     try:
         completions, generated, cached = runner.generate(prompts)
-        return runner.hash, completions, generated, cached, (runner.reference_nll(refs) if refs else None)
+        t1 = time.monotonic()
+        nll = runner.reference_nll(refs) if refs else None
+        log.info("%s: completions %.1f s, reference NLL %.1f s", name, t1 - t0, time.monotonic() - t1)
+        return runner.hash, completions, generated, cached, nll
     finally:
         runner.close()
 

@@ -12,6 +12,10 @@ import inspect
 
 import torch
 
+# An item shorter than this share of its batch's longest starts a new batch: padding it would cost
+# more than the smaller batch does (16 mixed arithmetic/GSM answers: 7.7 s in one batch, 4.7 s in two).
+MIN_FILL = 0.6
+
 
 @torch.no_grad()
 def answer_nll(model, tokenizer, contexts: list[str], answers: list[str], *, batch_size: int = 8,
@@ -19,8 +23,9 @@ def answer_nll(model, tokenizer, contexts: list[str], answers: list[str], *, bat
                progress: str | None = None, max_batch_tokens: int = 4096) -> list[tuple[float, int]]:
     """Per item, in input order: (sum of answer-token NLL in nats, number of answer tokens). Items
     are truncated from the left of the context to fit `max_length`; an answer longer than that is
-    cut. Batches hold items of similar length, at most `batch_size` of them and (beyond the first)
-    at most `max_batch_tokens` padded tokens: padding is wasted compute."""
+    cut. Batches hold items of similar length (at least MIN_FILL of the longest), at most
+    `batch_size` of them and (beyond the first) at most `max_batch_tokens` padded tokens: padding
+    is wasted compute."""
     from tqdm.auto import tqdm
 
     from fgsn.models.loading import input_device
@@ -44,7 +49,9 @@ def answer_nll(model, tokenizer, contexts: list[str], answers: list[str], *, bat
     batches: list[list[int]] = []
     for i in order:  # longest first: a batch's first item sets its width
         b = batches[-1] if batches else None
-        if b is None or len(b) >= batch_size or len(seqs[b[0]][0]) * (len(b) + 1) > max_batch_tokens:
+        width = len(seqs[b[0]][0]) if b else 0
+        if (b is None or len(b) >= batch_size or width * (len(b) + 1) > max_batch_tokens
+                or len(seqs[i][0]) < MIN_FILL * width):
             batches.append([i])
         else:
             b.append(i)

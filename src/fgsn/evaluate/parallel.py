@@ -19,8 +19,11 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
+
+from fgsn.errors import FgsnError
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +76,22 @@ def run_parallel(fn: Callable[..., Any], jobs: dict[str, tuple], workers: int, u
         futures = {pool.submit(fn, *args): name for name, args in jobs.items()}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
                 name = futures[f]
                 results[name] = f.result()  # re-raises a worker's exception
                 bar.update(1)
                 log.info("%s evaluated (%.0f s since the start)", name, time.monotonic() - start)
-    except BaseException:
+    except BaseException as e:
         # Do not wait for the models still running: their finished batches are in the cache.
         for proc in list((getattr(pool, "_processes", None) or {}).values()):
             proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(e, BrokenProcessPool):
+            raise FgsnError(
+                "an evaluation worker process died before finishing its model: out of memory (lower --model-workers "
+                "or --batch-size), killed, or, from a Python script, evaluate(model_workers>1) called without the "
+                "`if __name__ == \"__main__\":` guard that spawned processes need") from e
         raise
     finally:
         bar.close()
