@@ -377,3 +377,26 @@ def test_prompt_set_objects_are_accepted(env, tmp_path, monkeypatch):
                    options=EvalOptions(**OPTS, cache_dir=str(env["res"].rundir / "cache")), out=tmp_path / "run")
     assert res.generated["aligned"] == 0 and res.results["inputs"]["harmful"] == ["<PromptSet mine>"]
     assert res.results["models"]["aligned"]["n_harmful"] == 2
+
+
+def test_judge_tokens_benchmark_counts_changed_verdicts(env, capsys, monkeypatch):
+    """benchmarks/judge_tokens.py: nothing changes at a cut longer than every completion; the
+    counts cover every harmful, alarming and utility record."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "judge_tokens.py"
+    spec = importlib.util.spec_from_file_location("judge_tokens", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(env["res"].rundir), "--tokens", "0,1000"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    n = len(HARMFUL) + 4 + 4
+    row = out[-1].split()
+    assert row[0] == "all" and row[2] == f"0/{n * len(env['models'])}"
+    # Cut to nothing: every attack success, refusal and correct answer is lost.
+    changed0 = int(row[1].split("/")[0])
+    recs = [r for name in env["models"] for r in records(env["res"].rundir, name)]
+    expected = sum(1 for r in recs if (r["kind"] == "harmful" and r["keyword_success"])
+                   or (r["kind"] == "alarming" and r["refused"]) or (r["kind"] == "utility" and r["correct"]))
+    assert changed0 == expected
