@@ -389,14 +389,15 @@ def test_judge_tokens_benchmark_counts_changed_verdicts(env, capsys, monkeypatch
     spec = importlib.util.spec_from_file_location("judge_tokens", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main([str(env["res"].rundir), "--tokens", "0,1000"]) == 0
+    run = env["res"].rundir
+    assert mod.main([str(run), "--tokens", "0,1000"]) == 0
     out = capsys.readouterr().out.splitlines()
-    n = len(HARMFUL) + 4 + 4
+    names = list(json.loads((run / "eval.json").read_text())["models"])  # earlier tests may re-run into it
+    recs = [r for name in names for r in records(run, name)]
+    judged = [r for r in recs if r["kind"] in ("harmful", "alarming", "utility")]
     row = out[-1].split()
-    assert row[0] == "all" and row[2] == f"0/{n * len(env['models'])}"
+    assert row[0] == "all" and row[2] == f"0/{len(judged)}" and len(judged) >= len(HARMFUL) + 4
     # Cut to nothing: every attack success, refusal and correct answer is lost.
-    changed0 = int(row[1].split("/")[0])
-    recs = [r for name in env["models"] for r in records(env["res"].rundir, name)]
     expected = sum(1 for r in recs if (r["kind"] == "harmful" and r["keyword_success"])
                    or (r["kind"] == "alarming" and r["refused"]) or (r["kind"] == "utility" and r["correct"]))
-    assert changed0 == expected
+    assert int(row[1].split("/")[0]) == expected
