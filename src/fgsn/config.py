@@ -92,7 +92,8 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type[BaseModel], help
         from pydantic_core import PydanticUndefined
 
         default = None if field.default in (None, PydanticUndefined) else field.default
-        text = helps.get(name) or field.description or ""
+        # helps are argparse text already; a field's description is plain text (escape its %)
+        text = helps.get(name) or (field.description or "").replace("%", "%%")
         if default not in (None, ...) and not field.is_required():
             text = f"{text} (default: {default})".strip()
         if field.is_required():

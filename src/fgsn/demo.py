@@ -67,10 +67,10 @@ class DemoOptions(Options):
     batch_size: int = Field(32, ge=1, description="prompts per forward pass when locating")
     eval_batch_size: int = Field(64, ge=1, description="prompts per generation batch")
     eval_workers: int | None = Field(None, ge=1, description="models evaluated at once (default: one per GPU; "
-                                                             "on CPU 2, ~20%% faster for this small model)")
+                                                             "on CPU 2, ~20% faster for this small model)")
     locate_dtype: str = Field("fast", description="dtype of the probes of FGSN and Wanda (statistics are summed in "
                                                   "float64 either way; the projection is float32): fast = bfloat16 "
-                                                  "where native, 2x faster here, 92%% of the float32 mask")
+                                                  "where native, 2x faster here, 92% of the float32 mask")
     eval_dtype: str = Field("fast", description="dtype of the evaluation: fast = bfloat16 where the hardware "
                                                 "has it natively, else float32")
     device: str = "auto"
@@ -153,20 +153,6 @@ def continual_table(results: dict, steps: dict[str, str]):
                  "projected (the ledger); a later dimension needing fewer new weights is the point of it.")
 
 
-def default_eval_workers(device: str) -> int:
-    """One evaluation process per GPU; on CPU two (a 135M model's decoding steps leave cores idle)."""
-    import os
-
-    from fgsn.models.loading import resolve_device
-
-    if resolve_device(device).startswith("cuda"):
-        import torch
-
-        return max(1, torch.cuda.device_count()) if device in ("auto", "cuda") else 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(2, cores)
-
-
 def run_demo(opts: DemoOptions) -> dict:
     from fgsn.baselines.compare import (
         CompareOptions,
@@ -177,6 +163,7 @@ def run_demo(opts: DemoOptions) -> dict:
         write_report,
     )
     from fgsn.baselines.methods import parse_methods
+    from fgsn.evaluate.parallel import default_model_workers
     from fgsn.organism import OrganismRecipe, build_organism, reduced_recipe
     from fgsn.report.build import read_manifest
     from fgsn.report.tables import summary_text
@@ -224,7 +211,7 @@ def run_demo(opts: DemoOptions) -> dict:
     steps = run_continual(opts, common, finetuned, layers, out / "models") if opts.continual else {}
     stage("[4/4] evaluation on held-out prompts (HarmBench, StrongREJECT), over-refusal, task utility and NLL")
     evals = run_evals(copts, methods, out, extra_models={"base": str(org.base), **steps}, dtype=opts.eval_dtype,
-                      batch_size=opts.eval_batch_size, model_workers=opts.eval_workers or default_eval_workers(opts.device))
+                      batch_size=opts.eval_batch_size, model_workers=opts.eval_workers or default_model_workers(opts.device))
     order = ["base", "aligned", "finetuned", "fgsn", *steps, *(m.name for m in methods if m.name != "fgsn")]
     results = assemble_results(copts, methods, evals, costs, {"eval_locate_overlap": overlap}, order=order,
                                kinds={"base": "reference", **dict.fromkeys(steps, "fgsn-continual")})

@@ -365,12 +365,9 @@ def evaluate(models: dict[str, str], harmful: list[str | PromptSet] | str | Prom
     cached: dict[str, int] = {}
     jobs = {name: (name, path, opts, cache.root, prompts, refs) for name, path in paths.items()}
     if opts.model_workers > 1 and len(jobs) > 1:
-        from fgsn.evaluate.parallel import run_parallel
-        from fgsn.models.loading import resolve_device
+        from fgsn.evaluate.parallel import run_parallel, spreads_over_gpus
 
-        # one GPU per worker unless the user pinned a device (cuda:N: they all share it)
-        spread = opts.device in ("auto", "cuda") and resolve_device(opts.device) == "cuda"
-        outputs = run_parallel(run_model, jobs, opts.model_workers, uses_gpu=spread)
+        outputs = run_parallel(run_model, jobs, opts.model_workers, uses_gpu=spreads_over_gpus(opts.device))
     else:
         outputs = {name: run_model(*args) for name, args in jobs.items()}
     for name in paths:

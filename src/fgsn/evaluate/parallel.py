@@ -28,6 +28,26 @@ from fgsn.errors import FgsnError
 log = logging.getLogger(__name__)
 
 
+def spreads_over_gpus(device: str) -> bool:
+    """Workers take one GPU each, unless the user pinned a device (cuda:N: they all share it)."""
+    from fgsn.models.loading import resolve_device
+
+    return device in ("auto", "cuda") and resolve_device(device) == "cuda"
+
+
+def default_model_workers(device: str) -> int:
+    """A good --model-workers for small models: one per GPU, or two on a CPU with two cores or more
+    (a 135M model's decoding steps leave cores idle; see the module doc)."""
+    if spreads_over_gpus(device):
+        return max(1, len(_visible_gpus()))
+    from fgsn.models.loading import resolve_device
+
+    if resolve_device(device) != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(2, cores)
+
+
 def _visible_gpus() -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
