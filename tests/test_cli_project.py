@@ -228,3 +228,52 @@ def test_inputs_are_never_modified(llama_trio, prompts, tmp_path):
     before = snapshot()
     assert project(llama_trio, prompts, tmp_path / "o", "--ledger", tmp_path / "led", "--score", "snip") == 0
     assert snapshot() == before
+
+
+def test_snip_gradient_sums_are_reused_across_budgets(llama_trio, prompts, tmp_path, monkeypatch):
+    """A sweep locates the same model on the same prompts once per budget: one backward pass per
+    side, and the reused sums give the same checkpoint as fresh ones."""
+    from safetensors.torch import load_file
+
+    from fgsn.locate import run as locate_run
+    from fgsn.locate.cache import GRADIENT_MEMO
+
+    GRADIENT_MEMO.clear()
+    calls = []
+    real = locate_run.gradient_sums
+
+    def counting(*a, **k):
+        calls.append(k["desc"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(locate_run, "gradient_sums", counting)
+    args = ("--score", "snip", "--layers", "1-2")
+    assert project(llama_trio, prompts, tmp_path / "a", *args, "--budget", "0.1", "--cache") == 0
+    assert project(llama_trio, prompts, tmp_path / "b", *args, "--budget", "0.2", "--cache") == 0
+    assert calls == ["gradients harmful", "gradients task"]
+    assert project(llama_trio, prompts, tmp_path / "c", *args, "--budget", "0.2", "--no-cache") == 0
+    assert len(calls) == 4
+    for f in (tmp_path / "b").glob("*.safetensors"):
+        b, c = load_file(f), load_file(tmp_path / "c" / f.name)
+        assert b.keys() == c.keys() and all(torch.equal(b[k], c[k]) for k in b)
+    GRADIENT_MEMO.clear()
+
+
+def test_memory_memo_evicts_the_oldest_beyond_its_bound():
+    from fgsn.locate.cache import MemoryMemo
+
+    memo = MemoryMemo(max_bytes=3 * 400)  # three 100-float32 entries
+    made = []
+
+    def make(i):
+        made.append(i)
+        return {"t": torch.full((100,), float(i))}
+
+    for i in range(4):
+        memo.get_or_compute(f"k{i}", lambda i=i: make(i))
+    assert memo.get_or_compute("k3", lambda: make(99))["t"][0] == 3  # hit
+    memo.get_or_compute("k0", lambda: make(0))  # evicted: recomputed
+    assert made == [0, 1, 2, 3, 0]
+    big = memo.get_or_compute("big", lambda: {"t": torch.zeros(1000)})  # larger than the bound: not kept
+    assert big["t"].numel() == 1000 and memo.get_or_compute(None, lambda: make(7))["t"][0] == 7
+    assert made[-1] == 7

@@ -56,3 +56,41 @@ def cached_probe(key: str | None, compute) -> ProbeStats:
     if key is not None:
         save_probe(key, stats)
     return stats
+
+
+class MemoryMemo:
+    """A small in-process cache of large tensor dicts, bounded in bytes (oldest evicted first).
+
+    Why: gradient sums (the snip scores) are as large as the target weights, too big to write to
+    disk on every locate, but `fgsn sweep` locates the same model on the same prompts once per
+    budget; keeping the last few in memory turns N backward passes into one.
+    """
+
+    def __init__(self, max_bytes: int):
+        from collections import OrderedDict
+
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, tuple[dict, int]] = OrderedDict()
+
+    @staticmethod
+    def _size(value: dict) -> int:
+        return sum(t.numel() * t.element_size() for t in value.values())
+
+    def get_or_compute(self, key: str | None, compute):
+        if key is not None and key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key][0]
+        value = compute()
+        size = self._size(value)
+        if key is not None and size <= self.max_bytes:
+            self._items[key] = (value, size)
+            while sum(s for _, s in self._items.values()) > self.max_bytes:
+                self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+# Two sides (harmful, task) of a 135M-parameter model's gradient sums fit with room to spare.
+GRADIENT_MEMO = MemoryMemo(max_bytes=2 << 30)

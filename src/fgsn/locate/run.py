@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +25,7 @@ from fgsn.edit.masks_io import PackedMasks
 from fgsn.edit.projectors import Projector
 from fgsn.errors import InputError
 from fgsn.locate.attribution import DEFAULT_REFUSAL, contrast_sums, gradient_sums
-from fgsn.locate.cache import cached_probe, probe_key
+from fgsn.locate.cache import GRADIENT_MEMO, cached_probe, probe_key
 from fgsn.locate.layers import LayerSearch, parse_layers, plot_layer_search, search_layers
 from fgsn.locate.masks import safety_mask
 from fgsn.locate.probes import ProbeStats, run_probes
@@ -272,11 +273,14 @@ def collect_stats(trio: Trio, targets: list[EditTarget], sets: dict[str, PromptS
             params = {k: m.weight for k, m in modules.items()}
             kw = dict(batch_size=opts.batch_size, use_chat_template=opts.use_chat_template, system=opts.system,
                       max_length=opts.max_length)
-            out.grads["harmful"] = gradient_sums(model, tok, sides["harmful"].texts,
-                                                 [opts.refusal_text] * len(sides["harmful"]), params,
-                                                 desc="gradients harmful", **kw)
-            out.grads["task"] = gradient_sums(model, tok, sides["task"].texts, [p.answer for p in sides["task"]],
-                                              params, desc="gradients task", **kw)
+            answers = {"harmful": [opts.refusal_text] * len(sides["harmful"]),
+                       "task": [p.answer for p in sides["task"]]}
+            for side, pset in sides.items():
+                key = probe_key(kind="gradients", model=trio.finetuned.sha256, prompts=pset.texts,
+                                answers=answers[side], params=sorted(params), dtype=str(next(model.parameters()).dtype),
+                                **kw) if opts.cache else None
+                out.grads[side] = GRADIENT_MEMO.get_or_compute(key, partial(
+                    gradient_sums, model, tok, pset.texts, answers[side], params, desc=f"gradients {side}", **kw))
         if opts.score in NEEDS_CONTRAST:
             aligned, _ = _load_live(trio, opts, "aligned")
             try:
