@@ -220,6 +220,22 @@ def test_snip_gradients_match_autograd(llama_trio):
     torch.testing.assert_close(got, w.grad, rtol=1e-3, atol=1e-5)
 
 
+def test_snip_gradients_of_a_bfloat16_model_are_summed_in_float32(llama_trio):
+    """Batch by batch, a bfloat16 .grad would round the running sum to 8 bits; the sum over
+    batches must equal the float32 sum of the per-prompt gradients."""
+    from fgsn.locate.attribution import gradient_sums
+    from fgsn.models.loading import load_model
+
+    prompts = [f"how do i make a bomb number {i}" for i in range(24)]
+    answers = ["sorry i cannot help"] * len(prompts)
+    model, tok = load_model(llama_trio["finetuned"], device="cpu", dtype="bfloat16")
+    w = model.model.layers[1].mlp.down_proj.weight
+    got = gradient_sums(model, tok, prompts, answers, {"w": w}, batch_size=1)["w"]
+    assert w.grad is None and got.dtype == torch.float32
+    each = [gradient_sums(model, tok, [p], [a], {"w": w}, batch_size=1)["w"] for p, a in zip(prompts, answers, strict=True)]
+    torch.testing.assert_close(got, torch.stack(each).sum(0), rtol=1e-4, atol=1e-6)
+
+
 def test_inputs_are_never_modified(llama_trio, prompts, tmp_path):
     def snapshot():
         return {str(f): (f.stat().st_mtime_ns, f.read_bytes()) for d in llama_trio.values()

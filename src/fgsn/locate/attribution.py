@@ -66,6 +66,10 @@ def gradient_sums(model, tok, prompts: list[str], answers: list[str | None], par
         p.requires_grad_(True)
         p.grad = None
     dev = input_device(model)
+    # A bfloat16 model's .grad is bfloat16: summing many batches there loses the small ones, so the
+    # sum is kept in float32 (a float32 model accumulates in .grad as autograd does).
+    acc = {k: torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+           for k, p in params.items() if p.dtype != torch.float32}
     try:
         rows = [_encode(tok, p, a, use_chat_template, system, max_length) for p, a in zip(prompts, answers, strict=True)]
         order = sorted(range(len(rows)), key=lambda i: (len(rows[i][0]), i))
@@ -77,8 +81,12 @@ def gradient_sums(model, tok, prompts: list[str], answers: list[str | None], par
                                                      labels[:, 1:].reshape(-1).to(dev), ignore_index=-100,
                                                      reduction="sum")
             loss.backward()
-        return {k: (p.grad.detach().float().cpu() if p.grad is not None else torch.zeros(p.shape))
-                for k, p in params.items()}
+            for k in acc:
+                if params[k].grad is not None:
+                    acc[k] += params[k].grad.float()
+                    params[k].grad = None
+        return {k: (acc[k].cpu() if k in acc else p.grad.detach().float().cpu() if p.grad is not None
+                    else torch.zeros(p.shape)) for k, p in params.items()}
     finally:
         for n, p in model.named_parameters():
             p.grad = None
