@@ -12,9 +12,7 @@ import inspect
 
 import torch
 
-# An item shorter than this share of its batch's longest starts a new batch: padding it would cost
-# more than the smaller batch does (16 mixed arithmetic/GSM answers: 7.7 s in one batch, 4.7 s in two).
-MIN_FILL = 0.6
+from fgsn.data.batching import length_batches
 
 
 @torch.no_grad()
@@ -23,7 +21,7 @@ def answer_nll(model, tokenizer, contexts: list[str], answers: list[str], *, bat
                progress: str | None = None, max_batch_tokens: int = 4096) -> list[tuple[float, int]]:
     """Per item, in input order: (sum of answer-token NLL in nats, number of answer tokens). Items
     are truncated from the left of the context to fit `max_length`; an answer longer than that is
-    cut. Batches hold items of similar length (at least MIN_FILL of the longest), at most
+    cut. Batches hold items of similar length (see fgsn.data.batching), at most
     `batch_size` of them and (beyond the first) at most `max_batch_tokens` padded tokens: padding
     is wasted compute."""
     from tqdm.auto import tqdm
@@ -45,16 +43,7 @@ def answer_nll(model, tokenizer, contexts: list[str], answers: list[str], *, bat
         c = c[-(max_length - len(a)):] if len(c) + len(a) > max_length else c
         seqs.append((c + a, len(a)))
     keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
-    batches: list[list[int]] = []
-    for i in order:  # longest first: a batch's first item sets its width
-        b = batches[-1] if batches else None
-        width = len(seqs[b[0]][0]) if b else 0
-        if (b is None or len(b) >= batch_size or width * (len(b) + 1) > max_batch_tokens
-                or len(seqs[i][0]) < MIN_FILL * width):
-            batches.append([i])
-        else:
-            b.append(i)
+    batches = length_batches([len(s) for s, _ in seqs], batch_size, max_batch_tokens)
     out: list[tuple[float, int] | None] = [None] * len(seqs)
     for idx in tqdm(batches, desc=progress or "reference NLL", unit="batch", disable=progress is None,
                     leave=False):

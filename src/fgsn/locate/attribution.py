@@ -11,9 +11,12 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from tqdm.auto import tqdm
 
+from fgsn.data.batching import length_batches
 from fgsn.data.chat import render_chat
 from fgsn.locate.probes import position_ids
 from fgsn.models.loading import input_device
@@ -57,8 +60,14 @@ def _left_pad(rows: list[tuple[list[int], list[int]]], pad_id: int):
 
 def gradient_sums(model, tok, prompts: list[str], answers: list[str | None], params: dict[str, torch.nn.Parameter],
                   *, batch_size: int = 8, use_chat_template: bool = True, system: str | None = None,
-                  max_length: int | None = None, desc: str = "gradients") -> dict[str, torch.Tensor]:
-    """Sum over the set of d(answer NLL)/dW for each parameter in `params` (stored layout)."""
+                  max_length: int | None = None, desc: str = "gradients", max_batch_tokens: int = 2048
+                  ) -> dict[str, torch.Tensor]:
+    """Sum over the set of d(answer NLL)/dW for each parameter in `params` (stored layout).
+
+    The sum is linear, so batches are formed for memory, not meaning: at most `batch_size`
+    sequences and `max_batch_tokens` padded tokens (activations kept for the backward pass and
+    full-vocabulary logits grow with batch x width: 32 x 256-token answers took 16 GB), and
+    logits are computed only from the first labelled position on."""
     saved = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -72,14 +81,20 @@ def gradient_sums(model, tok, prompts: list[str], answers: list[str | None], par
            for k, p in params.items() if p.dtype != torch.float32}
     try:
         rows = [_encode(tok, p, a, use_chat_template, system, max_length) for p, a in zip(prompts, answers, strict=True)]
-        order = sorted(range(len(rows)), key=lambda i: (len(rows[i][0]), i))
-        for idx in tqdm(list(_batches(len(order), batch_size)), desc=desc, unit="batch", leave=False):
-            ids, labels, mask = _left_pad([rows[order[i]] for i in idx], tok.pad_token_id)
+        keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        for idx in tqdm(length_batches([len(r[0]) for r in rows], batch_size, max_batch_tokens), desc=desc,
+                        unit="batch", leave=False):
+            ids, labels, mask = _left_pad([rows[i] for i in idx], tok.pad_token_id)
+            width = ids.shape[1]
+            labelled = (labels != -100).any(0).nonzero()
+            # logits at positions first_label-1 .. width-1 predict every label (left padding: answers last)
+            keep = min(width, width - int(labelled[0]) + 1) if len(labelled) and keeps_logits else width
+            kw = {"logits_to_keep": keep} if keeps_logits else {}
             logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                           position_ids=position_ids(mask).to(dev), use_cache=False).logits
+                           position_ids=position_ids(mask).to(dev), use_cache=False, **kw).logits[:, -keep:]
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                                     labels[:, 1:].reshape(-1).to(dev), ignore_index=-100,
-                                                     reduction="sum")
+                                                     labels[:, width - keep + 1:].reshape(-1).to(dev),
+                                                     ignore_index=-100, reduction="sum")
             loss.backward()
             for k in acc:
                 if params[k].grad is not None:
