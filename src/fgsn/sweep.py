@@ -53,6 +53,8 @@ class SweepOptions(Options):
     eval_dtype: str | None = Field(None, description="dtype of the evaluation (auto, fast, bfloat16...); the "
                                                      "edits always read and write the checkpoints' own dtype")
     device: str = "auto"
+    model_workers: int = Field(1, ge=1, description="models evaluated at once, each in its own process (one GPU "
+                                                    "each; on CPU 2 is ~20% faster for small models)")
     cache_dir: str | None = Field(None, description="completion cache (share one with an earlier eval or demo "
                                                    "run to reuse its completions of the same models)")
     keep_checkpoints: bool = False
@@ -111,7 +113,8 @@ def run_sweep(opts: SweepOptions) -> dict:
     models.update(baselines)
     extra = {"utility_instruction": opts.utility_instruction} if opts.utility_instruction is not None else {}
     eval_opts = EvalOptions(max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, dtype=opts.eval_dtype,
-                            utility_limit=opts.utility_limit, device=opts.device, cache_dir=opts.cache_dir, **extra)
+                            utility_limit=opts.utility_limit, device=opts.device, cache_dir=opts.cache_dir,
+                            model_workers=opts.model_workers, **extra)
     evaluate(models, harmful=opts.eval_harmful, benign_alarming=opts.benign_alarming, utility=opts.utility or None,
              reference=opts.reference or None, options=eval_opts, out=out)
     results = json.loads((out / "results.json").read_text())["models"]
