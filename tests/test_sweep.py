@@ -4,6 +4,9 @@ side, the frontier data and chart written, budgets respected."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from fgsn.cli import main
 
@@ -29,3 +32,12 @@ def test_sweep_end_to_end(llama_trio, tmp_path):
     assert doc["baselines"]["resta"]["modified_fraction"] > 0.5
     assert (out / "frontier.png").stat().st_size > 1000
     assert not (out / "models" / "wanda_0.05").exists()  # checkpoints removed unless --keep-checkpoints
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples").glob("sweep-*.yaml")))
+def test_example_sweep_configs_are_valid(path):
+    from fgsn.config import build_options, read_yaml
+    from fgsn.sweep import SweepOptions
+
+    opts = build_options(SweepOptions, read_yaml(str(path)), str(path))
+    assert opts.scores and opts.budgets and opts.eval_harmful
