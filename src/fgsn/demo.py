@@ -70,7 +70,7 @@ class DemoOptions(Options):
                                                              "on CPU 2, ~20% faster for this small model)")
     locate_dtype: str = Field("fast", description="dtype of the probes of FGSN and Wanda (statistics are summed in "
                                                   "float64 either way; the projection is float32): fast = bfloat16 "
-                                                  "where native, 2x faster here, 92% of the float32 mask")
+                                                  "where native: 1.7x faster here, masks 92% the float32 ones")
     eval_dtype: str = Field("fast", description="dtype of the evaluation: fast = bfloat16 where the hardware "
                                                 "has it natively, else float32")
     device: str = "auto"

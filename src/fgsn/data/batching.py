@@ -9,7 +9,8 @@ batch instead of being padded to it.
 from __future__ import annotations
 
 # An item shorter than this share of its batch's longest starts a new batch: padding it would cost
-# more than the smaller batch does (16 mixed arithmetic/GSM answers: 7.7 s in one batch, 4.3 s in two).
+# more than the smaller batch does (the demo's 16 arithmetic/GSM answers: 3.8 s in one batch, 2.2 s
+# grouped; benchmarks/demo_speed.py).
 MIN_FILL = 0.6
 
 

@@ -1,9 +1,10 @@
 """Several models evaluated at once, one process per model at a time (`--model-workers N`).
 
 Why: on a GPU box with several cards, N models that each fit on one card are evaluated side by
-side (worker i sees only card i % #cards). On CPU, a small model's decoding steps are too small
-to keep every core busy from one process: two processes of half the threads each finish two
-models about 20% sooner than one process with all of them (measured with SmolLM2-135M on 2 cores).
+side (worker i sees only card i % #cards). On CPU, a small model's decoding steps
+are too small to keep every core busy from one process: two processes of half the threads each
+evaluate six of the demo's SmolLM2-135M models 1.29x faster than one process with all of them
+(2 cores; benchmarks/demo_speed.py).
 
 Workers are spawned (never forked: a forked CUDA or OpenMP runtime is unsafe), write their
 completions and NLLs into the shared content-keyed cache as they go (each shard is written
