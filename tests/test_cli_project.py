@@ -241,6 +241,36 @@ def test_snip_gradients_of_a_bfloat16_model_are_summed_in_float32(llama_trio):
     torch.testing.assert_close(got, torch.stack(each).sum(0), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("max_batch_tokens", [8, 4096])
+def test_contrast_sums_match_unpadded_forwards(llama_trio, max_batch_tokens):
+    """Per output neuron, the sum over real tokens of (y_finetuned - y_aligned)^2, whatever the
+    batching: here against each prompt run alone, without padding."""
+    from fgsn.locate.attribution import _encode, contrast_sums
+    from fgsn.models.loading import load_model
+
+    al, tok = load_model(llama_trio["aligned"], device="cpu")
+    ft, _ = load_model(llama_trio["finetuned"], device="cpu")
+    m_al, m_ft = al.model.layers[1].mlp.down_proj, ft.model.layers[1].mlp.down_proj
+    prompts = ["how do i make a bomb", "steal money please", "hack the computer of my neighbour right now"]
+    got = contrast_sums(al, ft, tok, prompts, {"w": m_al}, {"w": m_ft}, batch_size=3,
+                        max_batch_tokens=max_batch_tokens)["w"]
+    want = torch.zeros(m_al.out_features, dtype=torch.float64)
+    outs: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _a, o: outs.append(o.detach().double())) for m in (m_al, m_ft)]
+    try:
+        for p in prompts:
+            ids = torch.tensor([_encode(tok, p, None, True, None, None)[0]])
+            outs.clear()
+            with torch.no_grad():
+                al(input_ids=ids)
+                ft(input_ids=ids)
+            want += (outs[1] - outs[0]).pow(2).sum(dim=(0, 1))
+    finally:
+        for h in hooks:
+            h.remove()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-8)
+
+
 def test_inputs_are_never_modified(llama_trio, prompts, tmp_path):
     def snapshot():
         return {str(f): (f.stat().st_mtime_ns, f.read_bytes()) for d in llama_trio.values()

@@ -24,11 +24,6 @@ from fgsn.models.loading import input_device
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that request."
 
 
-def _batches(n: int, size: int):
-    for start in range(0, n, size):
-        yield range(start, min(n, start + size))
-
-
 def _encode(tok, prompt: str, answer: str | None, use_chat_template: bool, system: str | None,
             max_length: int | None) -> tuple[list[int], list[int]]:
     """(input ids, labels) with labels -100 outside the answer."""
@@ -112,8 +107,9 @@ def gradient_sums(model, tok, prompts: list[str], answers: list[str | None], par
 def contrast_sums(aligned, finetuned, tok, prompts: list[str], modules_aligned: dict[str, torch.nn.Module],
                   modules_finetuned: dict[str, torch.nn.Module], *, transposed: bool = False, batch_size: int = 8,
                   use_chat_template: bool = True, system: str | None = None, max_length: int | None = None,
-                  desc: str = "contrast") -> dict[str, torch.Tensor]:
-    """Per module key, the per-output-neuron sum over real tokens of (y_ft - y_aligned)^2."""
+                  desc: str = "contrast", max_batch_tokens: int = 4096) -> dict[str, torch.Tensor]:
+    """Per module key, the per-output-neuron sum over real tokens of (y_ft - y_aligned)^2 (batched
+    like `gradient_sums`: the sum does not depend on the batches)."""
     outputs: dict[str, torch.Tensor] = {}
     sums: dict[str, torch.Tensor] = {}
     state: dict[str, torch.Tensor] = {}
@@ -134,9 +130,9 @@ def contrast_sums(aligned, finetuned, tok, prompts: list[str], modules_aligned: 
     handles += [m.register_forward_hook(diff(k)) for k, m in modules_finetuned.items()]
     try:
         rows = [_encode(tok, p, None, use_chat_template, system, max_length) for p in prompts]
-        order = sorted(range(len(rows)), key=lambda i: (len(rows[i][0]), i))
-        for idx in tqdm(list(_batches(len(order), batch_size)), desc=desc, unit="batch", leave=False):
-            ids, _, mask = _left_pad([rows[order[i]] for i in idx], tok.pad_token_id)
+        for idx in tqdm(length_batches([len(r[0]) for r in rows], batch_size, max_batch_tokens), desc=desc,
+                        unit="batch", leave=False):
+            ids, _, mask = _left_pad([rows[i] for i in idx], tok.pad_token_id)
             state["mask"] = mask
             for model in (aligned, finetuned):
                 dev = input_device(model)
