@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from fgsn.config import Options, add_option_flags, options_from_args
+from fgsn.evaluate.options import MODEL_WORKERS_HELP
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,7 @@ class SweepOptions(Options):
     eval_dtype: str | None = Field(None, description="dtype of the evaluation (auto, fast, bfloat16...); the "
                                                      "edits always read and write the checkpoints' own dtype")
     device: str = "auto"
-    model_workers: int = Field(1, ge=1, description="models evaluated at once, each in its own process (one GPU "
-                                                    "each; on CPU 2 is ~20% faster for small models)")
+    model_workers: int = Field(1, ge=1, description=MODEL_WORKERS_HELP)
     cache_dir: str | None = Field(None, description="completion cache (share one with an earlier eval or demo "
                                                    "run to reuse its completions of the same models)")
     keep_checkpoints: bool = False

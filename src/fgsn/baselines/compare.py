@@ -100,8 +100,6 @@ HELPS = {
     "utility": "utility tasks or prompt/answer files (see fgsn eval --utility)",
     "reference": "prompt/answer sets whose answers' NLL is measured",
     "judge": "primary ASR judge: keyword, openai or local",
-    "model_workers": "models evaluated at once, each in its own process (one GPU each; on CPU 2 is ~20%% faster "
-                     "for small models)",
     "layers": "FGSN safety layers as A-B (default: the cosine-gap search); the baselines use every layer",
     "modules": "target modules of FGSN, SafeLoRA and Wanda (default: every linear module)",
     "isolate": "run each edit in its own process, so that its peak memory is its own",

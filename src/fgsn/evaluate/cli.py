@@ -20,7 +20,7 @@ from pydantic import Field
 
 from fgsn.config import options_from_args
 from fgsn.errors import InputError
-from fgsn.evaluate.options import EvalOptions
+from fgsn.evaluate.options import MODEL_WORKERS_HELP, EvalOptions
 
 S = argparse.SUPPRESS
 
@@ -88,8 +88,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     gen.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:N")
     gen.add_argument("--dtype", default=S, help="auto (default: float32 on CPU, bfloat16 on GPU), fast (bfloat16 where the hardware computes it natively, e.g. AVX512-BF16 CPUs: ~2x on CPU), float16, ...")
     gen.add_argument("--batch-size", type=int, default=S)
-    gen.add_argument("--model-workers", type=int, default=S, help="models evaluated at once, each in its own "
-                     "process: one GPU each on a multi-GPU box; on CPU, 2 is ~20%% faster for small models")
+    gen.add_argument("--model-workers", type=int, default=S, help=MODEL_WORKERS_HELP)
     gen.add_argument("--max-new-tokens", type=int, default=S, help="default 256")
     gen.add_argument("--temperature", type=float, default=S, help="0 (default) = greedy")
     gen.add_argument("--top-p", type=float, default=S)

@@ -8,6 +8,8 @@ from pydantic import Field, field_validator
 
 from fgsn.config import Options
 
+MODEL_WORKERS_HELP = ("models evaluated at once, each in its own process: one GPU each on a multi-GPU box, or "
+                      "a share of the CPU threads (2 on 2 cores: 1.3x for small models, benchmarks/demo_speed.py)")
 DEFAULT_UTILITY_INSTRUCTION = "\nGive the final answer alone on the last line, as: Answer: <answer>"
 
 
@@ -39,8 +41,7 @@ class EvalOptions(Options):
     systems: dict[str, str] = Field(default_factory=dict)
     suffixes: dict[str, str] = Field(default_factory=dict)
     cache_dir: str | None = None  # default: RUNDIR/cache
-    # models evaluated at once, each in its own process (one GPU each, or a share of the CPU threads)
-    model_workers: int = Field(1, ge=1)
+    model_workers: int = Field(1, ge=1, description=MODEL_WORKERS_HELP)
     # judges
     keyword_list: str = "fgsn-v1"
     keyword_min_words: int | None = Field(None, ge=0)  # None: the list's own rule
