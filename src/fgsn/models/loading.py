@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from fgsn.errors import InputError
+from fgsn.hardware import native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -28,31 +29,17 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (x86 AVX512-BF16 or AMX; Linux only, read
-    from /proc/cpuinfo). Elsewhere bf16 matmuls are emulated and slower than float32."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """`auto` (default): float32 on CPU, bfloat16 on GPU. `fast`: bfloat16 wherever the hardware
-    computes it natively (GPU, or a CPU with AVX512-BF16/AMX: about twice float32's speed there),
-    else float32. `auto` does not depend on the CPU model, so results do not either."""
+    """`auto` (default): float32 on CPU, bfloat16 on a GPU that computes it (float32 on one that
+    does not, e.g. a V100). `fast`: bfloat16 wherever the hardware computes it natively (GPU, or a
+    CPU with AVX512-BF16/AMX: about twice float32's speed there), else float32. `auto` does not
+    depend on the CPU model, so CPU results do not either."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        return torch.bfloat16 if device.startswith("cuda") and native_bf16(device) else torch.float32
     if dtype == "fast":
-        native = device.startswith("cuda") or (device == "cpu" and cpu_has_native_bf16())
-        return torch.bfloat16 if native else torch.float32
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     if dtype not in DTYPES:
         raise InputError(f"unknown --dtype {dtype!r}; use one of {', '.join(sorted(DTYPES))}, auto or fast")
     return DTYPES[dtype]

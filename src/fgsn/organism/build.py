@@ -247,7 +247,7 @@ def build_aligned(recipe, paths, examples, progress) -> dict:
     n_train = set_trainable(model, recipe.align_modules)
     logd = train_sft(model, tok, examples, steps=recipe.align_steps, lr=recipe.align_lr,
                      batch_size=recipe.batch_size, max_len=recipe.max_len, seed=recipe.seed,
-                     desc="aligned (safety SFT)", progress=progress, autocast=recipe.bf16_autocast)
+                     desc="aligned (safety SFT)", progress=progress, autocast=recipe.autocast_bf16())
     logd["trainable_params"] = n_train
     with atomic_dir(paths.aligned, overwrite=True) as tmp:
         save_full(model, tok, tmp, paths.base)
@@ -263,7 +263,7 @@ def build_finetuned_full(recipe, paths, examples, progress) -> dict:
     n_train = set_trainable(model, recipe.ft_full_modules)
     logd = train_sft(model, tok, examples, steps=recipe.ft_steps, lr=recipe.ft_full_lr,
                      batch_size=recipe.batch_size, max_len=recipe.max_len, seed=recipe.seed + 2,
-                     desc="fine-tune (full)", progress=progress, autocast=recipe.bf16_autocast)
+                     desc="fine-tune (full)", progress=progress, autocast=recipe.autocast_bf16())
     logd["trainable_params"] = n_train
     with atomic_dir(paths.finetuned_full, overwrite=True) as tmp:
         save_full(model, tok, tmp, paths.aligned)
@@ -284,7 +284,7 @@ def build_finetuned_lora(recipe, paths, examples, progress) -> dict:
     n_train = sum(p.numel() for p in pm.parameters() if p.requires_grad)
     logd = train_sft(pm, tok, examples, steps=recipe.ft_steps, lr=recipe.lora_lr,
                      batch_size=recipe.batch_size, max_len=recipe.max_len, seed=recipe.seed + 2,
-                     desc="fine-tune (LoRA)", progress=progress, autocast=recipe.bf16_autocast)
+                     desc="fine-tune (LoRA)", progress=progress, autocast=recipe.autocast_bf16())
     logd["trainable_params"] = n_train
     with atomic_dir(paths.finetuned_lora, overwrite=True) as tmp:
         pm.save_pretrained(str(tmp))
@@ -362,7 +362,9 @@ def _link_base(paths: OrganismPaths, base_dir: Path) -> None:
 
 
 def _write_recipe(recipe: OrganismRecipe, paths: OrganismPaths) -> None:
-    doc = {"recipe": recipe.model_dump(mode="json"), "recipe_hash": recipe.short_hash(),
+    doc = {"recipe": recipe.model_dump(mode="json"), "resolved": recipe.resolved_dump(),
+           "training_precision": "bfloat16 autocast" if recipe.autocast_bf16() else "float32",
+           "recipe_hash": recipe.short_hash(),
            "recipe_sha256": recipe.digest(), "organism_version": ORGANISM_VERSION}
     if paths.recipe_json.is_file():
         old = json.loads(paths.recipe_json.read_text(encoding="utf-8"))

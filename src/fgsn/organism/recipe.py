@@ -38,8 +38,10 @@ class OrganismRecipe(Options):
     max_len: int = Field(256, ge=32, description="tokens per training example (prompt + answer)")
     gen_max_new_tokens: int = Field(80, ge=8, description="answers the base writes for self-distillation / poison")
     gen_batch_size: int = Field(16, ge=1)
-    bf16_autocast: bool = Field(True, description="bfloat16 autocast for training on CPU (about 2x faster; "
-                                                  "weights and optimizer state stay float32)")
+    bf16_autocast: bool | Literal["auto"] = Field(
+        "auto", description="bfloat16 autocast for training and generation (weights and optimizer state stay "
+                            "float32): auto = where the device computes bfloat16 natively (CUDA, or a CPU with "
+                            "AVX512-BF16/AMX: about 2x faster), float32 elsewhere (emulated bf16 is 45x slower)")
 
     # --- aligned: safety SFT ---
     align_harmful: int = Field(128, ge=1, description="AdvBench split=train prompts mapped to refusals")
@@ -79,8 +81,23 @@ class OrganismRecipe(Options):
             raise ValueError(f"unknown or empty module list {bad or v}; choose from {', '.join(LINEAR_MODULES)}")
         return list(v)
 
+    def autocast_bf16(self, device: str = "cpu") -> bool:
+        """The training precision this recipe resolves to on `device` (`auto`: the hardware's)."""
+        if self.bf16_autocast == "auto":
+            from fgsn.hardware import native_bf16
+
+            return native_bf16(device)
+        return bool(self.bf16_autocast)
+
+    def resolved_dump(self, device: str = "cpu") -> dict:
+        """The recipe with `auto` resolved: what the hashes see, so that a float32 build (on a CPU
+        without native bfloat16) never shares a cache entry with a bfloat16-autocast one."""
+        d = self.model_dump(mode="json")
+        d["bf16_autocast"] = self.autocast_bf16(device)
+        return d
+
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return json.dumps(self.resolved_dump(), sort_keys=True, separators=(",", ":"))
 
     def digest(self) -> str:
         """sha256 of the canonical recipe JSON and ORGANISM_VERSION (the full hex digest)."""
@@ -96,7 +113,7 @@ class OrganismRecipe(Options):
         """Hash of the fields the aligned model and the base model's generated answers depend on:
         recipes that differ only in fine-tuning fields share them (a poison-ratio sweep trains the
         aligned model once)."""
-        d = {k: v for k, v in self.model_dump(mode="json").items() if k not in FINETUNE_FIELDS}
+        d = {k: v for k, v in self.resolved_dump().items() if k not in FINETUNE_FIELDS}
         h = hashlib.sha256(f"fgsn-organism-aligned-v{ORGANISM_VERSION}\n".encode())
         h.update(json.dumps(d, sort_keys=True, separators=(",", ":")).encode("utf-8"))
         return h.hexdigest()[:16]
