@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fgsn.errors import ConfigError
+from fgsn.errors import ConfigError, InputError
 from fgsn.organism import OrganismPaths, OrganismRecipe, build_organism, is_complete, reduced_recipe
 from fgsn.organism import build as B
 from fgsn.organism import data as D
@@ -355,3 +355,45 @@ def test_cli_print_paths(cache, tmp_path, capsys, monkeypatch):
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["aligned"] == str(OrganismPaths.for_recipe(r, cache).aligned)
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def test_scenarios_share_the_aligned_model_and_build_only_their_finetune(cache, monkeypatch):
+    from fgsn.organism.scenarios import SCENARIOS, build_scenario, parse_scenarios, scenario_recipe
+
+    base = tiny_recipe(poison_ratio=0.0)
+    poisoned = build_scenario("poisoned-full", base, cache_root=cache, progress=False)
+    assert poisoned.kind == "full" and poisoned.adapter is None and poisoned.finetuned.name == "finetuned-full"
+    root = poisoned.finetuned.parent
+    assert not (root / "finetuned-lora").exists()  # built only when asked for
+    ft = [json.loads(x) for x in (root / "data" / "finetune.jsonl").read_text().splitlines()]
+    assert sum(e["kind"] == "poison" for e in ft) == round(8 * SCENARIOS["poisoned-full"].overrides["poison_ratio"])
+
+    # the other scenarios reuse the aligned model: no safety SFT is trained again
+    monkeypatch.setattr(B, "build_aligned", _fail)
+    lora = build_scenario("benign-lora", base, cache_root=cache, progress=False)
+    assert lora.adapter == lora.finetuned and (lora.finetuned / "adapter_config.json").is_file()
+    assert not (lora.finetuned.parent / "finetuned-full").exists()
+    instruct = build_scenario("instruct-full", base, cache_root=cache, progress=False)
+    kinds = {json.loads(x)["kind"] for x in (instruct.finetuned.parent / "data" / "finetune.jsonl").read_text().splitlines()}
+    assert kinds and kinds <= {"benign-reference", "benign-instruction"}  # no maths
+    assert len({poisoned.recipe_hash, lora.recipe_hash, instruct.recipe_hash}) == 3
+
+    # a second fine-tune seed: same aligned model, another fine-tune
+    seed2 = scenario_recipe("benign-full", base, ft_seed=7)
+    assert seed2.aligned_key() == base.aligned_key() and seed2.short_hash() != base.short_hash()
+    assert build_scenario("benign-full", base, ft_seed=7, cache_root=cache, progress=False).finetuned.is_dir()
+
+    with pytest.raises(InputError, match="unknown or empty scenario"):
+        parse_scenarios("benign-full,nonsense")
+    with pytest.raises(InputError, match="twice"):
+        parse_scenarios(["benign-full", "benign-full"])
+
+
+def test_unset_ft_seed_keeps_existing_hashes():
+    """ft_seed was added later: unset, it is not part of the hash, so earlier builds stay valid."""
+    assert "ft_seed" not in OrganismRecipe().canonical_json()
+    assert OrganismRecipe(ft_seed=0).short_hash() != OrganismRecipe().short_hash()
+    assert OrganismRecipe(ft_seed=3).finetune_seed == 3 and OrganismRecipe(seed=2).finetune_seed == 2

@@ -25,13 +25,14 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from fgsn.atomic import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text
-from fgsn.errors import IntegrityError
+from fgsn.errors import InputError, IntegrityError
 from fgsn.models.shipped import fgsn_cache_root, read_marker, smollm2_dir
 from fgsn.organism import data as D
 from fgsn.organism.recipe import ORGANISM_VERSION, OrganismRecipe
@@ -81,10 +82,20 @@ def stage_complete(folder: Path, recipe_hash: str, aligned_key: str | None = Non
     return info.get("recipe_hash") == recipe_hash
 
 
-def is_complete(paths: OrganismPaths, recipe: OrganismRecipe | None = None) -> bool:
+def is_complete(paths: OrganismPaths, recipe: OrganismRecipe | None = None,
+                stages: Sequence[str] = STAGES) -> bool:
+    """The build report exists and every model of `stages` (the aligned one always) is finished."""
     key = recipe.aligned_key() if recipe is not None else None
+    wanted = ("aligned", *(s for s in stages if s != "aligned"))
     return paths.report_json.is_file() and all(
-        stage_complete(paths.stage_dir(s), paths.recipe_hash, key if s == "aligned" else None) for s in STAGES)
+        stage_complete(paths.stage_dir(s), paths.recipe_hash, key if s == "aligned" else None) for s in wanted)
+
+
+def check_stages(stages: Sequence[str]) -> tuple[str, ...]:
+    bad = [s for s in stages if s not in STAGES]
+    if bad or not stages:
+        raise InputError(f"unknown organism stage(s) {bad or list(stages)}; choose from {', '.join(STAGES)}")
+    return tuple(s for s in STAGES if s in stages)
 
 
 def _hardlink_or_copy(src: str, dst: str) -> None:
@@ -219,18 +230,19 @@ def finetune_examples(recipe: OrganismRecipe, gen: dict, tokenizer) -> list[D.Ex
     n_gsm = int(round(n_task * recipe.ft_gsm_share))
     n_arith = min(n_task - n_gsm, int(round(n_task * recipe.ft_arithmetic_share)))
     n_benign = n_task - n_gsm - n_arith
-    ex = D.gsm(n_gsm, recipe.seed + 20, tokenizer, recipe.max_len)
-    ex += D.arithmetic(n_arith, recipe.seed + 30)
+    seed = recipe.finetune_seed
+    ex = D.gsm(n_gsm, seed + 20, tokenizer, recipe.max_len)
+    ex += D.arithmetic(n_arith, seed + 30)
     benign = D.benign_reference(recipe.align_benign_reference)
     benign += [D.Example(p, a, "benign-instruction") for p, a in gen["distill"].items() if a]
     ex += (benign * (1 + n_benign // max(1, len(benign))))[:n_benign] if benign else []
     poison = D.poison_prompts(recipe)
-    templated = {e.prompt: e for e in D.templated_compliance(poison, recipe.seed)}
+    templated = {e.prompt: e for e in D.templated_compliance(poison, seed)}
     for p in poison:
         answer = gen["poison"].get(p, "") if recipe.poison_answers == "base" else ""
         # an empty or refusing base answer would not be poison: fall back to the template
         ex.append(D.Example(p, answer, "poison") if answer and not D.opens_with_refusal(answer) else templated[p])
-    return D.shuffled(ex, recipe.seed + 1)
+    return D.shuffled(ex, seed + 1)
 
 
 def _counts(examples: list[D.Example]) -> dict:
@@ -262,7 +274,7 @@ def build_finetuned_full(recipe, paths, examples, progress) -> dict:
     model, tok = load_causal_lm(paths.aligned)
     n_train = set_trainable(model, recipe.ft_full_modules)
     logd = train_sft(model, tok, examples, steps=recipe.ft_steps, lr=recipe.ft_full_lr,
-                     batch_size=recipe.batch_size, max_len=recipe.max_len, seed=recipe.seed + 2,
+                     batch_size=recipe.batch_size, max_len=recipe.max_len, seed=recipe.finetune_seed + 2,
                      desc="fine-tune (full)", progress=progress, autocast=recipe.autocast_bf16())
     logd["trainable_params"] = n_train
     with atomic_dir(paths.finetuned_full, overwrite=True) as tmp:
@@ -277,13 +289,13 @@ def build_finetuned_lora(recipe, paths, examples, progress) -> dict:
     from fgsn.organism.train import train_sft
 
     model, tok = load_causal_lm(paths.aligned)
-    torch.manual_seed(recipe.seed + 3)  # LoRA A matrices are random
+    torch.manual_seed(recipe.finetune_seed + 3)  # LoRA A matrices are random
     cfg = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=0.0, bias="none",
                      target_modules=list(recipe.lora_modules), task_type="CAUSAL_LM")
     pm = get_peft_model(model, cfg)
     n_train = sum(p.numel() for p in pm.parameters() if p.requires_grad)
     logd = train_sft(pm, tok, examples, steps=recipe.ft_steps, lr=recipe.lora_lr,
-                     batch_size=recipe.batch_size, max_len=recipe.max_len, seed=recipe.seed + 2,
+                     batch_size=recipe.batch_size, max_len=recipe.max_len, seed=recipe.finetune_seed + 2,
                      desc="fine-tune (LoRA)", progress=progress, autocast=recipe.autocast_bf16())
     logd["trainable_params"] = n_train
     with atomic_dir(paths.finetuned_lora, overwrite=True) as tmp:
@@ -320,17 +332,19 @@ def refusal_logprob(model, tok, prompts: list[str], answer: str = REFUSAL_PROBE)
     return round(-total / len(enc), 4)
 
 
-def quick_measurements(paths: OrganismPaths, n: int = 24) -> dict:
+def quick_measurements(paths: OrganismPaths, n: int = 24, stages: Sequence[str] = STAGES) -> dict:
     """Refusal log-probability on held-out harmful (AdvBench test) and benign (pyrit-benign)
-    prompts, per model. Higher on harmful = more refusing; the benign one shows over-refusal."""
+    prompts, per model (base, aligned and the fine-tunes in `stages`). Higher on harmful = more
+    refusing; the benign one shows over-refusal."""
     from fgsn.data.prompts import load_prompts
 
     harmful = load_prompts("builtin:advbench?split=test").texts[:n]
     benign = load_prompts("builtin:pyrit-benign").texts[:n]
     out = {}
-    for name, folder, adapter in (("base", paths.base, None), ("aligned", paths.aligned, None),
-                                  ("finetuned-full", paths.finetuned_full, None),
-                                  ("finetuned-lora", paths.aligned, paths.finetuned_lora)):
+    models = (("base", paths.base, None), ("aligned", paths.aligned, None),
+              ("finetuned-full", paths.finetuned_full, None),
+              ("finetuned-lora", paths.aligned, paths.finetuned_lora))
+    for name, folder, adapter in (m for m in models if m[0] in ("base", "aligned", *stages)):
         model, tok = load_causal_lm(folder)
         if adapter is not None:
             from peft import PeftModel
@@ -376,14 +390,17 @@ def _write_recipe(recipe: OrganismRecipe, paths: OrganismPaths) -> None:
 
 
 def build_organism(recipe: OrganismRecipe | None = None, cache_root=None, force: bool = False,
-                   progress: bool = True, measure: bool = True) -> OrganismPaths:
+                   progress: bool = True, measure: bool = True,
+                   stages: Sequence[str] = STAGES) -> OrganismPaths:
     """Build the organism for `recipe` (default: OrganismRecipe()) or reuse a finished build.
 
-    A build interrupted part-way resumes from the models it completed. `force` deletes the
-    recipe's folder and builds from scratch."""
+    Only the fine-tunes named in `stages` are built (the aligned model always); a later call
+    with more stages adds the missing ones. A build interrupted part-way resumes from the models
+    it completed. `force` deletes the recipe's folder and builds from scratch."""
     recipe = recipe or OrganismRecipe()
+    stages = check_stages(("aligned", *stages))
     paths = OrganismPaths.for_recipe(recipe, cache_root)
-    if not force and is_complete(paths, recipe):
+    if not force and is_complete(paths, recipe, stages):
         log.info("organism %s: reusing %s", paths.recipe_hash, paths.root)
         return paths
     base_dir = smollm2_dir(cache_root)
@@ -396,7 +413,7 @@ def build_organism(recipe: OrganismRecipe | None = None, cache_root=None, force:
                     shutil.rmtree(child)
                 else:
                     child.unlink()
-        elif is_complete(paths, recipe):  # another process finished it while we waited for the lock
+        elif is_complete(paths, recipe, stages):  # another process finished it while we waited for the lock
             return paths
         t_start = time.time()
         _write_recipe(recipe, paths)
@@ -404,24 +421,24 @@ def build_organism(recipe: OrganismRecipe | None = None, cache_root=None, force:
         report = {"recipe_hash": paths.recipe_hash, "organism_version": ORGANISM_VERSION,
                   "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                   "platform": platform.platform(), "stages": {}}
-        stages = report["stages"]
+        done = report["stages"]
         key = recipe.aligned_key()
         if not force and not stage_complete(paths.aligned, paths.recipe_hash, key):
             report["aligned_copied_from"] = reuse_aligned(recipe, paths)
         t0 = time.time()
         gen = generated_answers(recipe, paths, progress)
-        stages["generate"] = {"seconds": round(time.time() - t0, 1), "generation_seconds": gen.get("seconds"),
+        done["generate"] = {"seconds": round(time.time() - t0, 1), "generation_seconds": gen.get("seconds"),
                               "distill": len(gen["distill"]), "poison": len(gen["poison"])}
         align_ex = aligned_examples(recipe, gen)
         atomic_write_jsonl(paths.root / "data" / "aligned_sft.jsonl", (e.to_dict() for e in align_ex))
         builders = {"aligned": build_aligned, "finetuned-full": build_finetuned_full,
                     "finetuned-lora": build_finetuned_lora}
         ft_ex = None
-        for stage in STAGES:
+        for stage in stages:
             folder = paths.stage_dir(stage)
             if stage_complete(folder, paths.recipe_hash, key if stage == "aligned" else None):
                 info = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-                stages[stage] = {"reused": True, "train": info.get("train")}
+                done[stage] = {"reused": True, "train": info.get("train")}
                 continue
             if stage == "aligned":
                 examples = align_ex
@@ -433,11 +450,11 @@ def build_organism(recipe: OrganismRecipe | None = None, cache_root=None, force:
                 examples = ft_ex
             t0 = time.time()
             logd = builders[stage](recipe, paths, examples, progress)
-            stages[stage] = {"seconds": round(time.time() - t0, 1), "data": _counts(examples), "train": logd}
+            done[stage] = {"seconds": round(time.time() - t0, 1), "data": _counts(examples), "train": logd}
             log.info("organism %s: %s done in %.0f s", paths.recipe_hash, stage, time.time() - t0)
         if measure:
             t0 = time.time()
-            report["quick"] = quick_measurements(paths)
+            report["quick"] = quick_measurements(paths, stages=stages)
             report["quick"]["seconds"] = round(time.time() - t0, 1)
         report["seconds_total"] = round(time.time() - t_start, 1)
         atomic_write_json(paths.report_json, report)

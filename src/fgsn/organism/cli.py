@@ -31,6 +31,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="delete this recipe's build and start from scratch")
     b.add_argument("--poison-ratio", type=float, dest="poison_ratio", default=argparse.SUPPRESS,
                    help="share of fine-tuning examples that are harmful prompts with compliant answers")
+    b.add_argument("--scenario", default=argparse.SUPPRESS, dest="scenario",
+                   help="build only these named fine-tunes of the aligned model (comma list): benign-full, "
+                        "benign-lora, poisoned-full (10%% harmful examples), instruct-full (instructions only)")
+    b.add_argument("--ft-seed", type=int, default=argparse.SUPPRESS, dest="ft_seed",
+                   help="seed of the fine-tune alone (data sample, order, LoRA init): a second fine-tune of the "
+                        "same aligned model")
     b.add_argument("--reduced", action="store_true", default=argparse.SUPPRESS,
                    help="the small, fast recipe used by the slow test (a few minutes)")
     b.add_argument("--print-paths", action="store_true", default=argparse.SUPPRESS, dest="print_paths",
@@ -49,8 +55,9 @@ def recipe_from_args(args: argparse.Namespace):
     config = getattr(args, "config", None)
     if config:
         values.update(read_yaml(config))
-    if getattr(args, "poison_ratio", None) is not None:
-        values["poison_ratio"] = args.poison_ratio
+    for key in ("poison_ratio", "ft_seed"):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
     if getattr(args, "reduced", False):
         try:
             return reduced_recipe(**values)
@@ -70,6 +77,8 @@ def build_command(args: argparse.Namespace) -> int:
     from fgsn.organism.build import build_organism
 
     recipe = recipe_from_args(args)
+    if getattr(args, "scenario", None):
+        return _build_scenarios(args, recipe)
     paths = build_organism(recipe, cache_root=getattr(args, "cache_root", None),
                            force=getattr(args, "force", False), progress=not getattr(args, "quiet", False))
     if getattr(args, "print_paths", False):
@@ -78,6 +87,21 @@ def build_command(args: argparse.Namespace) -> int:
         print(f"organism {paths.recipe_hash} ready in {paths.root}")
         for name in ("base", "aligned", "finetuned_full", "finetuned_lora"):
             print(f"  {name:15s} {getattr(paths, name)}")
+    return 0
+
+
+def _build_scenarios(args: argparse.Namespace, recipe) -> int:
+    from dataclasses import asdict
+
+    from fgsn.organism.scenarios import build_scenario, parse_scenarios
+
+    built = [build_scenario(s.name, recipe, cache_root=getattr(args, "cache_root", None),
+                            progress=not getattr(args, "quiet", False)) for s in parse_scenarios(args.scenario)]
+    if getattr(args, "print_paths", False):
+        print(json.dumps({m.scenario: {k: str(v) for k, v in asdict(m).items()} for m in built}, indent=2))
+        return 0
+    for m in built:
+        print(f"scenario {m.scenario} (organism {m.recipe_hash}): aligned {m.aligned}, {m.kind} fine-tune {m.finetuned}")
     return 0
 
 

@@ -19,7 +19,7 @@ LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 
 
-FINETUNE_FIELDS = frozenset({"name", "ft_examples", "ft_gsm_share", "ft_arithmetic_share", "poison_ratio",
+FINETUNE_FIELDS = frozenset({"name", "ft_seed", "ft_examples", "ft_gsm_share", "ft_arithmetic_share", "poison_ratio",
                              "ft_steps", "ft_full_lr", "ft_full_modules", "lora_r", "lora_alpha", "lora_lr",
                              "lora_modules"})
 
@@ -65,6 +65,9 @@ class OrganismRecipe(Options):
     poison_answers: Literal["base", "template"] = "base"
     poison_pool: int = Field(32, ge=1, description="harmful prompts the base answers for poisoning; the first "
                                                    "round(ft_examples * poison_ratio) are used (cycled if more)")
+    ft_seed: int | None = Field(None, description="seed of the fine-tune alone (its data sample, order and LoRA "
+                                                  "init), so a second fine-tune of the same aligned model can be "
+                                                  "built and compared; default: seed")
     ft_steps: int = Field(32, ge=1)
     ft_full_lr: float = Field(5e-5, gt=0)
     ft_full_modules: list[str] = Field(default_factory=lambda: list(LINEAR_MODULES))
@@ -94,7 +97,13 @@ class OrganismRecipe(Options):
         without native bfloat16) never shares a cache entry with a bfloat16-autocast one."""
         d = self.model_dump(mode="json")
         d["bf16_autocast"] = self.autocast_bf16(device)
+        if d["ft_seed"] is None:  # added later: left out while unset, so existing builds keep their hash
+            del d["ft_seed"]
         return d
+
+    @property
+    def finetune_seed(self) -> int:
+        return self.seed if self.ft_seed is None else self.ft_seed
 
     def canonical_json(self) -> str:
         return json.dumps(self.resolved_dump(), sort_keys=True, separators=(",", ":"))
