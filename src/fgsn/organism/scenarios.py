@@ -52,6 +52,7 @@ class ScenarioModels:
 
     scenario: str
     recipe_hash: str
+    root: Path
     base: Path
     aligned: Path
     finetuned: Path
@@ -92,4 +93,5 @@ def build_scenario(name: str, recipe: OrganismRecipe | None = None, *, ft_seed: 
     r = scenario_recipe(name, recipe, ft_seed)
     paths = build_organism(r, cache_root=cache_root, progress=progress, stages=(scenario.stage,))
     finetuned = paths.finetuned_full if scenario.kind == "full" else paths.finetuned_lora
-    return ScenarioModels(scenario.name, paths.recipe_hash, paths.base, paths.aligned, finetuned, scenario.kind)
+    return ScenarioModels(scenario.name, paths.recipe_hash, paths.root, paths.base, paths.aligned, finetuned,
+                          scenario.kind)

@@ -39,12 +39,17 @@ def html_figure(f: Figure) -> str:
             f"<figcaption>{escape(f.title)}: {escape(f.caption)}</figcaption></figure>")
 
 
-def render_html(results: dict[str, Any], figures: list[Figure], title: str = "fgsn evaluation report",
-                extra_tables: Sequence[Table] = ()) -> str:
-    facts = "".join(f"<li>{escape(x)}</li>" for x in run_facts(results))
-    tables = "\n".join(html_table(t) for t in [*all_tables(results), *extra_tables])
+def render_page(title: str, facts: Sequence[str], tables: Sequence[Table], figures: Sequence[Figure]) -> str:
+    """One self-contained HTML page: a list of facts, the tables, then the figures."""
+    items = "".join(f"<li>{escape(x)}</li>" for x in facts)
+    body = "\n".join(html_table(t) for t in tables)
     figs = ("<h2>Figures</h2>\n" + "\n".join(html_figure(f) for f in figures)) if figures else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{escape(title)}</title>\n"
-            f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{escape(title)}</h1>\n<ul>{facts}</ul>\n"
-            f"{tables}\n{figs}\n</body>\n</html>\n")
+            f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{escape(title)}</h1>\n<ul>{items}</ul>\n"
+            f"{body}\n{figs}\n</body>\n</html>\n")
+
+
+def render_html(results: dict[str, Any], figures: list[Figure], title: str = "fgsn evaluation report",
+                extra_tables: Sequence[Table] = ()) -> str:
+    return render_page(title, run_facts(results), [*all_tables(results), *extra_tables], figures)

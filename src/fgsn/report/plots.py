@@ -198,6 +198,34 @@ def continual(results: dict[str, Any]) -> Figure | None:
                   _png(fig), "Models ordered by their manifest's ledger_step; a rising line is forgetting.")
 
 
+def bench_frontier(summary: dict[str, Any], scenarios: list[str]) -> Figure | None:
+    """One panel per scenario: task NLL (x) against ASR (y) of every model; lower-left is better."""
+    panels = [s for s in scenarios if any(s in m["scenarios"] for m in summary.values())]
+    if not panels:
+        return None
+    cols = min(2, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig = _canvas(5.2 * cols, 3.9 * rows)
+    markers = "osD^vP*Xhp<>"
+    for k, sc in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        for j, (name, m) in enumerate(summary.items()):
+            r = m["scenarios"].get(sc)
+            if not r or r.get("asr") is None or r.get("nll") is None:
+                continue
+            ref = name in ("aligned", "finetuned", "base")
+            ax.scatter([r["nll"]], [100 * r["asr"]], marker=markers[j % len(markers)], s=60 if ref else 42,
+                       color="black" if ref else None, label=name, zorder=3)
+        ax.set_title(sc, fontsize=10)
+        ax.set_xlabel("held-out task NLL (lower: task kept)")
+        ax.set_ylabel("held-out ASR (%)")
+        ax.grid(alpha=0.3)
+        if k == 0:
+            ax.legend(fontsize=7, ncol=2)
+    return Figure("bench-frontier", "Safety / task trade-off per scenario", "bench_frontier.png", _png(fig),
+                  "Every model of every scenario: lower-left is better; the references are black.")
+
+
 def make_figures(results: dict[str, Any], manifests: dict[str, dict[str, Any] | None]) -> list[Figure]:
     figs: list[Figure | None] = [category_asr(results), continual(results)]
     seen_searches: set[str] = set()
