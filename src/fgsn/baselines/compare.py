@@ -205,27 +205,28 @@ def run_isolated(name: str, kind: str, options: dict[str, Any], stats_path: Path
     return json.loads(stats_path.read_text(encoding="utf-8"))
 
 
-def run_edits(opts: CompareOptions, methods: list[Method], rundir: Path, num_layers: int) -> dict[str, dict]:
-    costs: dict[str, dict] = {}
-    edits_dir = rundir / "edits"
+def run_edit(name: str, kind: str, options: dict[str, Any], edits_dir: Path, overwrite: bool = False,
+             isolate: bool = True) -> dict:
+    """Run one edit into options["out"] unless a complete output made with the same options is
+    there (then it is reused, `resumed: true`); returns its measured cost (edits_dir/NAME.json)."""
     edits_dir.mkdir(parents=True, exist_ok=True)
-    for m in methods:
-        if not m.edits_weights:
-            continue
-        options = method_options(opts, m, rundir, num_layers)
-        out = Path(options["out"])
-        stats_path = edits_dir / f"{m.name}.json"
-        if not opts.overwrite and is_complete(out, m.kind, options):
-            log.warning("%s: complete output in %s; not re-run", m.name, out)
-            prev = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.is_file() else {}
-            costs[m.name] = {**prev, "resumed": True}
-            continue
-        log.warning("running %s (%s) -> %s", m.name, m.kind, out)
-        cost = run_isolated(m.name, m.kind, options, stats_path) if opts.isolate else measured_run(m.kind, options, isolated=False)
-        cost["resumed"] = False
-        atomic_write_json(stats_path, cost)
-        costs[m.name] = cost
-    return costs
+    out = Path(options["out"])
+    stats_path = edits_dir / f"{name}.json"
+    if not overwrite and is_complete(out, kind, options):
+        log.warning("%s: complete output in %s; not re-run", name, out)
+        prev = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.is_file() else {}
+        return {**prev, "resumed": True}
+    log.warning("running %s (%s) -> %s", name, kind, out)
+    cost = run_isolated(name, kind, options, stats_path) if isolate else measured_run(kind, options, isolated=False)
+    cost["resumed"] = False
+    atomic_write_json(stats_path, cost)
+    return cost
+
+
+def run_edits(opts: CompareOptions, methods: list[Method], rundir: Path, num_layers: int) -> dict[str, dict]:
+    return {m.name: run_edit(m.name, m.kind, method_options(opts, m, rundir, num_layers), rundir / "edits",
+                             opts.overwrite, opts.isolate)
+            for m in methods if m.edits_weights}
 
 
 # -- evaluation -------------------------------------------------------------------------------------
