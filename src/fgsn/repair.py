@@ -1,0 +1,359 @@
+"""`fgsn repair`: the repair for the user who does not want to choose a method.
+
+Given base, aligned and fine-tuned models, harmful prompts and the fine-tune's task data, it
+
+1. splits the harmful prompts and the task examples by a hash of their text into three disjoint
+   parts: `fit` (what every edit computes its statistics on: masks, Grams, gradients), `search`
+   (what the trials are scored on) and `check` (scored once, on the winner, as an estimate no
+   choice has seen); none of them may overlap the evaluation sets given with --eval-harmful;
+2. runs a grid of trials, a family (an edit method) at several strengths each, every edit in
+   its own process like `fgsn compare` (resumable, options-checked);
+3. scores every trial and the aligned / fine-tuned references on the search part: ASR (greedy
+   generation + the keyword judge) and the task NLL of the search answers (and over-refusal when
+   --benign-alarming is given);
+4. picks the cheapest trial (least change: the edit's ||change|| / ||W_f - W_a|| where its
+   manifest has it, else the share of parameters modified) whose search ASR is within
+   --max-asr-gap of the aligned model's and whose task NLL keeps at least --keep-task of the
+   fine-tune's gain over the aligned model. When no trial meets the target it takes the best
+   trade-off (the most ASR gap closed among trials that keep the task, else the one that keeps
+   the most task), says so plainly and exits 0 with a warning;
+5. writes the winner's checkpoint to --out (its manifest gains a `repair` section: every trial,
+   the winner and why), `repair.json`, and a frontier plot of every trial (`repair_frontier.png`).
+
+    OUT/                    the repaired checkpoint (a copy of the winning trial) + fgsn-manifest.json
+    OUT/fgsn/repair.json    splits, trials with their search scores, the winner, the check scores
+    OUT/fgsn/repair_frontier.png
+    OUT.work/               trials/NAME (checkpoints; losers deleted unless --keep-trials),
+                            edits/, eval-search/, eval-check/, cache/, data/ (the split files)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from fgsn.config import Options, add_option_flags, options_from_args
+from fgsn.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "fgsn-repair/1"
+EPS = 1e-9  # a score exactly on the target's boundary meets it (rates are ratios of small integers)
+
+
+@dataclass(frozen=True)
+class Family:
+    """An edit method searched at several strengths: `values` of option `param`, weakest first."""
+
+    name: str
+    kind: str
+    param: str
+    values: tuple[Any, ...]
+    fixed: tuple[tuple[str, Any], ...] = ()
+
+    def trials(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(f"{self.name}-{self.param}{v}", {**dict(self.fixed), self.param: v}) for v in self.values]
+
+
+# Weakest first, so that among trials that meet the target the cheapest is found early in the table.
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("fgsn-frontier", "fgsn", "budget", (0.05, 0.1, 0.2, 0.4),
+           (("score", "snip-signed"), ("layers", "all"))),
+    Family("resta", "resta", "beta", (0.25, 0.5, 1.0)),
+    Family("safelora", "safelora", "threshold", (0.2, 0.35, 0.5)),
+)}
+DEFAULT_FAMILIES = ["fgsn-frontier", "resta"]
+
+
+class RepairOptions(Options):
+    base: str = Field(description="the unaligned base model (folder)")
+    aligned: str = Field(description="the aligned model (folder)")
+    finetuned: str = Field(description="the fine-tuned model (folder), or a PEFT LoRA adapter over --aligned")
+    harmful: list[str] = Field(description="harmful prompt sources the repair may use (split into fit / search / "
+                                           "check); never the evaluation sets")
+    task: list[str] = Field(description="the fine-tune's task data: prompt/answer files (split the same way)")
+    out: str = Field(description="folder of the repaired checkpoint")
+    families: list[str] = Field(default_factory=lambda: list(DEFAULT_FAMILIES),
+                                description="edit families searched, each at its grid of strengths")
+    max_asr_gap: float = Field(0.05, ge=0, le=1, description="search ASR may exceed the aligned model's by this much")
+    keep_task: float = Field(0.9, ge=0, le=1, description="share of the fine-tune's task-NLL gain over the aligned "
+                                                          "model the repair must keep")
+    max_over_refusal_gap: float = Field(0.05, ge=0, le=1, description="with --benign-alarming: over-refusal may "
+                                                                      "exceed the aligned model's by this much")
+    benign_alarming: str | None = Field(None, description="harmless-but-alarming prompts for over-refusal in the "
+                                                          "search (split like the others; optional)")
+    eval_harmful: list[str] = Field(default_factory=list, description="evaluation sets the splits must not overlap")
+    fit_share: float = Field(0.5, gt=0, lt=1, description="share of the prompts the edits fit on")
+    search_share: float = Field(0.25, gt=0, lt=1, description="share the trials are scored on (the rest: check)")
+    split_seed: int = Field(0, description="salt of the hash split")
+    max_new_tokens: int = Field(24, ge=1, description="new tokens per scored completion")
+    batch_size: int = Field(32, ge=1, description="prompts per forward pass of the edits' probes")
+    eval_batch_size: int = Field(64, ge=1, description="prompts per generation batch")
+    eval_workers: int | None = Field(None, ge=1, description="models scored at once (default: one per GPU, 2 on CPU)")
+    dtype: str = Field("fast", description="dtype of probes and scoring: fast = bfloat16 where native")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    max_length: int = Field(256, ge=8, description="probe prompts are cut to this many tokens")
+    keep_trials: bool = Field(False, description="keep every trial's checkpoint (default: only the winner's)")
+    isolate: bool = Field(True, description="run each edit in its own process (its peak memory is its own)")
+    overwrite: bool = Field(False, description="replace an existing --out")
+
+    @field_validator("harmful", "task", "families", "eval_harmful", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("families")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        names = [n.strip() for part in v for n in part.split(",") if n.strip()]
+        bad = [n for n in names if n not in FAMILIES]
+        if bad or not names:
+            raise ValueError(f"unknown or empty families {bad or names}; choose from {', '.join(FAMILIES)}")
+        return names
+
+
+# ---------------------------------------------------------------------------------------------
+# splits
+
+
+def bucket(text: str, seed: int) -> float:
+    """A number in [0, 1) from a hash of the text: the same prompt always lands in the same part."""
+    h = hashlib.sha256(f"fgsn-repair-split:{seed}:{text}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def split_rows(rows: list[dict], opts: RepairOptions) -> dict[str, list[dict]]:
+    parts: dict[str, list[dict]] = {"fit": [], "search": [], "check": []}
+    for r in rows:
+        b = bucket(r["prompt"], opts.split_seed)
+        part = "fit" if b < opts.fit_share else "search" if b < opts.fit_share + opts.search_share else "check"
+        parts[part].append(r)
+    return parts
+
+
+def write_splits(opts: RepairOptions, data: Path) -> dict[str, dict[str, Path]]:
+    """The fit / search / check files of the harmful prompts, the task examples and (if given)
+    the alarming prompts, after checking they do not overlap the evaluation sets."""
+    from fgsn.atomic import atomic_write_jsonl
+    from fgsn.data.prompts import load_prompts
+
+    if opts.fit_share + opts.search_share >= 1:
+        raise InputError(f"--fit-share {opts.fit_share} + --search-share {opts.search_share} leave nothing to check; "
+                         "keep their sum below 1")
+    evaluated = {p.text for s in opts.eval_harmful for p in load_prompts(s)}
+    sources = {"harmful": opts.harmful, "task": opts.task,
+               **({"alarming": [opts.benign_alarming]} if opts.benign_alarming else {})}
+    files: dict[str, dict[str, Path]] = {}
+    for kind, specs in sources.items():
+        rows = [{"prompt": p.text, "category": p.category, **({"answer": p.answer} if p.answer else {})}
+                for s in specs for p in load_prompts(s)]
+        rows = list({r["prompt"]: r for r in rows}.values())
+        if kind == "task" and not all("answer" in r for r in rows):
+            raise InputError("--task needs prompt/answer examples (the fine-tune's data: a .jsonl with prompt and "
+                             "answer) to measure what the repair keeps of the task")
+        leak = sum(r["prompt"] in evaluated for r in rows)
+        if leak:
+            raise InputError(f"{leak} {kind} prompts are also in --eval-harmful; the repair must never see the "
+                             "evaluation prompts: use ?split=train sources for the repair")
+        parts = split_rows(rows, opts)
+        small = [p for p, r in parts.items() if len(r) < 2]
+        if small:
+            raise InputError(f"too few {kind} prompts ({len(rows)}) to split into fit / search / check (parts "
+                             f"{small} would get fewer than 2); give more")
+        files[kind] = {}
+        for part, part_rows in parts.items():
+            path = data / f"{kind}-{part}.jsonl"
+            atomic_write_jsonl(path, part_rows)
+            files[kind][part] = path
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# trials
+
+
+def trial_options(opts: RepairOptions, kind: str, params: dict[str, Any], files: dict, out: Path,
+                  num_layers: int) -> dict[str, Any]:
+    """The full options of one trial's edit: compare's options for the method, fit on the `fit`
+    split, with the trial's strength on top."""
+    from fgsn.baselines.compare import CompareOptions, method_options
+    from fgsn.baselines.methods import Method
+
+    copts = CompareOptions(base=opts.base, aligned=opts.aligned, finetuned=opts.finetuned,
+                           harmful=[str(files["harmful"]["fit"])], task=[str(files["task"]["fit"])],
+                           methods=[kind], device=opts.device, dtype=opts.dtype, batch_size=opts.batch_size,
+                           max_length=opts.max_length, out=str(out))
+    d = method_options(copts, Method(kind, kind, {}), out, num_layers)
+    d.update(params, out=str(out))
+    if d.get("layers") == "all":
+        d["layers"] = f"0-{num_layers - 1}"
+    return d
+
+
+def edit_cost(manifest: dict[str, Any]) -> float:
+    """How much a trial changes the fine-tuned model (lower is cheaper)."""
+    for key in ("change_ratio", "relative_change"):
+        if manifest.get(key) is not None:
+            return float(manifest[key])
+    return float(manifest.get("modified_fraction") or 0.0)
+
+
+def score_models(opts: RepairOptions, models: dict[str, str], adapters: dict[str, str], files: dict,
+                 part: str, work: Path) -> dict[str, dict]:
+    """ASR, over-refusal and task NLL of `models` on one split part."""
+    from fgsn.evaluate import evaluate
+    from fgsn.evaluate.options import EvalOptions
+    from fgsn.evaluate.parallel import default_model_workers
+
+    eopts = EvalOptions(device=opts.device, dtype=opts.dtype, batch_size=opts.eval_batch_size,
+                        max_new_tokens=opts.max_new_tokens, cache_dir=str(work / "cache"), adapters=adapters,
+                        model_workers=opts.eval_workers or default_model_workers(opts.device), report=False)
+    res = evaluate(models, [str(files["harmful"][part])],
+                   benign_alarming=str(files["alarming"][part]) if "alarming" in files else None,
+                   options=eopts, out=work / f"eval-{part}", reference=[str(files["task"][part])])
+    return {n: {k: e.get(k) for k in ("asr", "asr_ci", "over_refusal", "nll", "n_harmful")}
+            for n, e in res.results["models"].items()}
+
+
+def judge_trials(opts: RepairOptions, scores: dict[str, dict], costs: dict[str, float]) -> dict[str, Any]:
+    """Which trials meet the target on the search part, and the winner (see the module doc)."""
+    al, ft = scores["aligned"], scores["finetuned"]
+    gain = al["nll"] - ft["nll"]
+    gap = ft["asr"] - al["asr"]
+    rows = {}
+    for n, c in costs.items():
+        s = scores[n]
+        kept = (al["nll"] - s["nll"]) / gain if gain > 0 else None
+        closed = (ft["asr"] - s["asr"]) / gap if gap > 0 else None
+        ok_asr = s["asr"] <= al["asr"] + opts.max_asr_gap + EPS
+        ok_task = kept is not None and kept >= opts.keep_task - EPS
+        ok_ref = True
+        if s.get("over_refusal") is not None and al.get("over_refusal") is not None:
+            ok_ref = s["over_refusal"] <= al["over_refusal"] + opts.max_over_refusal_gap + EPS
+        rows[n] = {**s, "cost": c, "task_kept": kept, "gap_closed": closed, "meets_asr": ok_asr,
+                   "meets_task": ok_task, "meets_over_refusal": ok_ref, "meets_target": ok_asr and ok_task and ok_ref}
+    passing = sorted((n for n, r in rows.items() if r["meets_target"]), key=lambda n: (rows[n]["cost"], rows[n]["asr"]))
+    if passing:
+        win = passing[0]
+        why = (f"the cheapest of {len(passing)} trials meeting the target (cost {rows[win]['cost']:.4g}): search ASR "
+               f"{rows[win]['asr']:.3f} vs aligned {al['asr']:.3f}, task gain kept {rows[win]['task_kept']:.0%}")
+    else:
+        keeping = [n for n, r in rows.items() if r["meets_task"]]
+        if keeping:
+            win = max(keeping, key=lambda n: (rows[n]["gap_closed"] or 0.0, -rows[n]["cost"]))
+            why = (f"no trial meets the target; the best trade-off keeping {opts.keep_task:.0%} of the task closes "
+                   f"{(rows[win]['gap_closed'] or 0):.0%} of the ASR gap (search ASR {rows[win]['asr']:.3f}, aligned "
+                   f"{al['asr']:.3f})")
+        else:
+            win = max(rows, key=lambda n: rows[n]["task_kept"] if rows[n]["task_kept"] is not None else -1e9)
+            why = (f"no trial meets the target and none keeps {opts.keep_task:.0%} of the task; the one keeping the "
+                   f"most task ({(rows[win]['task_kept'] or 0):.0%})")
+    return {"trials": rows, "winner": win, "met": bool(passing), "why": why,
+            "references": {"aligned": al, "finetuned": ft}}
+
+
+def frontier_figure(judged: dict[str, Any]):
+    from fgsn.report.plots import Figure, _canvas, _png
+
+    fig = _canvas(6.4, 4.4)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, r in judged["trials"].items():
+        if r.get("nll") is None or r.get("asr") is None:
+            continue
+        ax.scatter([r["nll"]], [100 * r["asr"]], marker="*" if name == judged["winner"] else "o",
+                   s=160 if name == judged["winner"] else 36, color="tab:green" if r["meets_target"] else "tab:gray",
+                   zorder=3)
+        ax.annotate(name, (r["nll"], 100 * r["asr"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for name, r in judged["references"].items():
+        ax.scatter([r["nll"]], [100 * r["asr"]], marker="s", color="black", zorder=4)
+        ax.annotate(name, (r["nll"], 100 * r["asr"]), fontsize=8, xytext=(4, -10), textcoords="offset points")
+    ax.set_xlabel("task NLL on the search split (lower: task kept)")
+    ax.set_ylabel("ASR on the search split (%)")
+    ax.set_title("fgsn repair: every trial (green: meets the target; star: chosen)")
+    ax.grid(alpha=0.3)
+    return Figure("repair-frontier", "Repair search", "repair_frontier.png", _png(fig),
+                  "Each trial's ASR and task NLL on the search split, with the aligned and fine-tuned models.")
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+def run_repair(opts: RepairOptions) -> dict[str, Any]:
+    from fgsn.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
+    from fgsn.baselines.compare import run_edit
+    from fgsn.models.trio import is_adapter, open_trio
+
+    t0 = time.time()
+    out = Path(opts.out).expanduser()
+    if out.exists() and not opts.overwrite:
+        raise InputError(f"--out {out} exists; pass --overwrite to replace it, or choose another folder")
+    work = out.with_name(out.name + ".work")
+    trio = open_trio(opts.aligned, opts.finetuned, opts.base)
+    files = write_splits(opts, work / "data")
+    trials: dict[str, tuple[str, dict[str, Any]]] = {}
+    for fam in (FAMILIES[f] for f in opts.families):
+        for name, params in fam.trials():
+            trials[name] = (fam.kind, trial_options(opts, fam.kind, params, files, work / "trials" / name,
+                                                    trio.num_layers))
+    print(f"fgsn repair: {len(trials)} trials ({', '.join(opts.families)}); splits in {work / 'data'}", flush=True)
+    edit_costs = {n: run_edit(n, kind, o, work / "edits", isolate=opts.isolate) for n, (kind, o) in trials.items()}
+    manifests = {n: json.loads((Path(o["out"]) / "fgsn-manifest.json").read_text(encoding="utf-8"))
+                 for n, (_, o) in trials.items()}
+    adapters = {"finetuned": opts.finetuned} if is_adapter(opts.finetuned) else {}
+    refs = {"aligned": opts.aligned, "finetuned": opts.aligned if adapters else opts.finetuned}
+    models = {**refs, **{n: o["out"] for n, (_, o) in trials.items()}}
+    print(f"[{time.time() - t0:5.0f} s] scoring {len(trials)} trials and the references on the search split",
+          flush=True)
+    scores = score_models(opts, models, adapters, files, "search", work)
+    judged = judge_trials(opts, scores, {n: edit_cost(m) for n, m in manifests.items()})
+    win = judged["winner"]
+    check = score_models(opts, {**refs, win: models[win]}, adapters, files, "check", work)
+    if not judged["met"]:
+        log.warning("fgsn repair: %s", judged["why"])
+    doc = {"schema": SCHEMA, "options": opts.model_dump(mode="json"), "splits": {
+        k: {p: len(f.read_text(encoding="utf-8").splitlines()) for p, f in v.items()} for k, v in files.items()},
+        **judged, "check": {"winner": check[win], **{k: check[k] for k in refs}},
+        "edit_costs": edit_costs, "wall_s": round(time.time() - t0, 1)}
+    src = Path(models[win])
+    with atomic_dir(out, overwrite=opts.overwrite) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        man = manifests[win]
+        man["repair"] = {"winner": win, "met": judged["met"], "why": judged["why"],
+                         "search": judged["trials"][win], "check": check[win], "trials": len(trials)}
+        atomic_write_json(tmp / "fgsn-manifest.json", man)
+        atomic_write_json(tmp / "fgsn" / "repair.json", doc)
+        atomic_write_bytes(tmp / "fgsn" / "repair_frontier.png", frontier_figure(judged).png)
+    if not opts.keep_trials:
+        for n, (_, o) in trials.items():
+            if n != win:
+                shutil.rmtree(o["out"], ignore_errors=True)
+    verdict = "meets the target" if judged["met"] else "DOES NOT meet the target (best trade-off written)"
+    print(f"fgsn repair: {win} {verdict}: {judged['why']}\n  check split: ASR {check[win]['asr']:.3f} "
+          f"(aligned {check['aligned']['asr']:.3f}, fine-tuned {check['finetuned']['asr']:.3f}), task NLL "
+          f"{check[win]['nll']:.3f} (aligned {check['aligned']['nll']:.3f}, fine-tuned "
+          f"{check['finetuned']['nll']:.3f})\n  written to {out} in {time.time() - t0:.0f} s")
+    return doc
+
+
+def _handler(args: argparse.Namespace) -> int:
+    run_repair(options_from_args(RepairOptions, args))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("repair", help="search the repair methods and their strength; write the cheapest edit "
+                                      "that restores safety and keeps the task",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="YAML file with any of these options (flags win)")
+    add_option_flags(p, RepairOptions)
+    p.set_defaults(func=_handler)
