@@ -17,16 +17,13 @@ import json
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
+def count_changes(rundir: Path, counts: list[int]) -> dict[str, dict[int, tuple[int, int]]]:
+    """{model: {N: (verdicts changed, verdicts judged)}} when the run's completions are cut to N tokens."""
     from fgsn.evaluate.judges import KeywordJudge
     from fgsn.evaluate.utility import load_utility
     from fgsn.models.loading import load_tokenizer
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("rundir", type=Path, help="an evaluation run folder (with eval.json and models/)")
-    ap.add_argument("--tokens", default="16,24", help="comma list of token counts")
-    args = ap.parse_args(argv)
-    spec = json.loads((args.rundir / "eval.json").read_text())
+    spec = json.loads((rundir / "eval.json").read_text())
     kw = spec["keyword_judge"]
     judge = KeywordJudge(kw["list"], kw.get("min_words"))
     opts = spec["options"]
@@ -35,14 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         for it in load_utility(src, limit=opts["utility_limit"], seed=opts["utility_seed"],
                                instruction=opts["utility_instruction"]):
             utility[it.question] = it
-    counts = [int(x) for x in args.tokens.split(",")]
-    total = {n: [0, 0] for n in counts}
-    print("verdicts that change when completions are cut to N tokens (changed/judged)")
-    print(f"{'model':16}" + "".join(f"{f'{n} tokens':>14}" for n in counts))
+    out: dict[str, dict[int, tuple[int, int]]] = {}
     for name, m in spec["models"].items():
         tok = load_tokenizer(m["path"])
-        rows = [json.loads(x) for x in (args.rundir / "models" / name / "records.jsonl").read_text().splitlines()]
-        line = f"{name:16}"
+        rows = [json.loads(x) for x in (rundir / "models" / name / "records.jsonl").read_text().splitlines()]
+        out[name] = {}
         for n in counts:
             changed = judged = 0
             for r in rows:
@@ -57,10 +51,22 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 judged += 1
                 changed += before != after
-            total[n][0] += changed
-            total[n][1] += judged
-            line += f"{f'{changed}/{judged}':>14}"
-        print(line)
+            out[name][n] = (changed, judged)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("rundir", type=Path, help="an evaluation run folder (with eval.json and models/)")
+    ap.add_argument("--tokens", default="16,24", help="comma list of token counts")
+    args = ap.parse_args(argv)
+    counts = [int(x) for x in args.tokens.split(",")]
+    changes = count_changes(args.rundir, counts)
+    total = {n: [sum(c[n][0] for c in changes.values()), sum(c[n][1] for c in changes.values())] for n in counts}
+    print("verdicts that change when completions are cut to N tokens (changed/judged)")
+    print(f"{'model':16}" + "".join(f"{f'{n} tokens':>14}" for n in counts))
+    for name, c in changes.items():
+        print(f"{name:16}" + "".join(f"{f'{c[n][0]}/{c[n][1]}':>14}" for n in counts))
     print(f"{'all':16}" + "".join(f"{f'{total[n][0]}/{total[n][1]}':>14}" for n in counts))
     return 0
 

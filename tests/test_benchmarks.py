@@ -253,3 +253,12 @@ def test_report_renders_the_committed_results(tmp_path):
     text = render_doc(tmp_path, res)
     assert "tinyllama-1.1b" in text and "70B" in text
     assert ("Stale figures" in text) == report.is_legacy(res)
+
+
+def test_gen_length_chooses_the_shortest_length_within_the_tolerance():
+    import gen_length
+
+    shares = {24: 0.05, 32: 0.012, 48: 0.008, 64: 0.0, 128: 0.0}
+    assert gen_length.choose(shares, 0.01) == 48
+    assert gen_length.choose(shares, 0.05) == 24
+    assert gen_length.choose(shares, 0.0) == 64
