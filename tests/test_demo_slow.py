@@ -19,9 +19,9 @@ def test_reduced_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     run_demo(DemoOptions(out=str(out), reduced=True, locate_limit=16, task_limit=16, eval_limit=8,
                          alarming_limit=6, utility_limit=4, reference_limit=2, max_new_tokens=24,
-                         baselines=["safelora", "self-reminder"]))
+                         baselines=["safelora", "self-reminder"], repair_families=["resta"], repair_limit=48))
     res = json.loads((out / "results.json").read_text())
-    names = ["base", "aligned", "finetuned", "fgsn", "fgsn-step1", "fgsn-step2", "fgsn-step3", "safelora",
+    names = ["base", "aligned", "finetuned", "repair", "fgsn", "fgsn-step1", "fgsn-step2", "fgsn-step3", "safelora",
              "self-reminder"]
     assert res["order"] == names
     for n in names:
@@ -33,6 +33,9 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert 0 < m["fgsn"]["modified_fraction"] < 0.05
     assert m["self-reminder"]["modified_fraction"] == 0.0
     assert m["fgsn-step1"]["kind"] == "fgsn-continual" and m["base"]["kind"] == "reference"
+    assert m["repair"]["kind"] == "repair"
+    rep = json.loads((out / "models" / "repair" / "fgsn" / "repair.json").read_text())
+    assert rep["winner"].startswith("resta-") and len(rep["trials"]) == 3
     assert m["safelora"]["edit_wall_s"] > 0 and m["fgsn"]["edit_peak_rss_mb"] > 0
     # continual: every step adds weights, later dimensions fewer than the first
     masked = []

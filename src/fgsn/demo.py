@@ -73,6 +73,12 @@ class DemoOptions(Options):
                                                   "where native: 1.7x faster here, masks 92% the float32 ones")
     eval_dtype: str = Field("fast", description="dtype of the evaluation: fast = bfloat16 where the hardware "
                                                 "has it natively, else float32")
+    repair: bool = Field(True, description="also run `fgsn repair` with its defaults (its own search on AdvBench "
+                                           "train and the task data, never the evaluation prompts): model `repair`")
+    repair_families: list[str] | None = Field(None, description="edit families of the repair search (default: "
+                                                                "fgsn repair's)")
+    repair_limit: int = Field(260, ge=6, description="AdvBench train prompts the repair splits into fit / search / "
+                                                     "check (260: all of them)")
     device: str = "auto"
 
 
@@ -153,6 +159,29 @@ def continual_table(results: dict, steps: dict[str, str]):
                  "projected (the ledger); a later dimension needing fewer new weights is the point of it.")
 
 
+def run_demo_repair(opts: DemoOptions, org, finetuned: str, files: dict[str, Path], eval_harmful: list[str],
+                    out: Path) -> Path:
+    """`fgsn repair` with its defaults on the demo's trio: harmful prompts from AdvBench train, the
+    fine-tune's task examples; reused when a finished repair with the same options is there."""
+    from fgsn.repair import RepairOptions, run_repair
+
+    target = out / "models" / "repair"
+    values = dict(base=str(org.base), aligned=str(org.aligned), finetuned=finetuned,
+                  harmful=[f"builtin:advbench?split=train&limit={opts.repair_limit}"], task=[str(files["task"])],
+                  out=str(target),
+                  eval_harmful=list(eval_harmful), device=opts.device, dtype=opts.locate_dtype,
+                  max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
+                  eval_batch_size=opts.eval_batch_size, max_length=opts.max_length, overwrite=True,
+                  **({"families": opts.repair_families} if opts.repair_families else {}))
+    ropts = RepairOptions(**values)
+    done = target / "fgsn" / "repair.json"
+    if done.is_file() and json.loads(done.read_text(encoding="utf-8")).get("options") == ropts.model_dump(mode="json"):
+        print(f"  repair: reusing {target}")
+        return target
+    run_repair(ropts)
+    return target
+
+
 def run_demo(opts: DemoOptions) -> dict:
     from fgsn.baselines.compare import (
         CompareOptions,
@@ -209,12 +238,18 @@ def run_demo(opts: DemoOptions) -> dict:
                   dtype=opts.locate_dtype,
                   max_length=opts.max_length, batch_size=opts.batch_size, **fgsn_over)
     steps = run_continual(opts, common, finetuned, layers, out / "models") if opts.continual else {}
+    repaired = {}
+    if opts.repair:
+        stage("[3b/4] fgsn repair: its own search for a repair that meets the target")
+        repaired = {"repair": str(run_demo_repair(opts, org, finetuned, files, copts.eval_harmful, out))}
     stage("[4/4] evaluation on held-out prompts (HarmBench, StrongREJECT), over-refusal, task utility and NLL")
-    evals = run_evals(copts, methods, out, extra_models={"base": str(org.base), **steps}, dtype=opts.eval_dtype,
+    evals = run_evals(copts, methods, out, extra_models={"base": str(org.base), **steps, **repaired},
+                      dtype=opts.eval_dtype,
                       batch_size=opts.eval_batch_size, model_workers=opts.eval_workers or default_model_workers(opts.device))
-    order = ["base", "aligned", "finetuned", "fgsn", *steps, *(m.name for m in methods if m.name != "fgsn")]
+    order = ["base", "aligned", "finetuned", *repaired, "fgsn", *steps, *(m.name for m in methods if m.name != "fgsn")]
     results = assemble_results(copts, methods, evals, costs, {"eval_locate_overlap": overlap}, order=order,
-                               kinds={"base": "reference", **dict.fromkeys(steps, "fgsn-continual")})
+                               kinds={"base": "reference", **dict.fromkeys(steps, "fgsn-continual"),
+                                      **dict.fromkeys(repaired, "repair")})
     results["demo"] = {"organism": org.to_dict() | {"recipe": recipe.model_dump(mode="json")},
                        "continual": opts.continual, "layers": layers, "wall_s": round(time.time() - t0, 1),
                        "data": {k: str(v) for k, v in files.items()}}
