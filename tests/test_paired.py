@@ -267,6 +267,17 @@ def test_report_marks_differences_that_are_not_significant(tmp_path):
     assert saved["paired"]["finetuned vs aligned"]["asr"]["diff"] == 0.6
 
 
+def test_table_order_follows_the_models_not_the_file(tmp_path):
+    from fgsn.report.tables import paired_table
+
+    run = _run(tmp_path, [_harm(f"h{i}", "a", i < 3) for i in range(20)], [_harm(f"h{i}", "a", False) for i in range(20)])
+    res = compute_results(run)
+    rows = [r[0] for r in paired_table(res).rows]
+    res["paired"] = dict(sorted(res["paired"].items(), reverse=True))  # as a sorted-keys file could give it
+    assert [r[0] for r in paired_table(res).rows] == rows == ["finetuned vs aligned", "repaired vs aligned",
+                                                              "repaired vs finetuned"]
+
+
 def test_one_model_has_no_pairs(tmp_path):
     run = write_run(tmp_path / "run", {"m": (tmp_path, [_harm("h", "a", True)])})
     res = compute_results(run)

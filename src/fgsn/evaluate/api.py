@@ -52,6 +52,7 @@ class ModelScores:
     perplexity: float | None
     modified_fraction: float | None
     categories: dict[str, dict[str, Any]] = field(default_factory=dict)
+    asr_attack: float | None = None  # ASR on the jailbreak-wrapped prompts (--attack)
 
     @classmethod
     def from_results(cls, name: str, d: dict[str, Any]) -> ModelScores:
@@ -60,7 +61,7 @@ class ModelScores:
                    asr_keyword=d.get("asr_keyword"), harmfulness=d.get("harmfulness"),
                    over_refusal=d.get("over_refusal"), utility=d.get("utility"), nll=d.get("nll"),
                    perplexity=d.get("perplexity"), modified_fraction=d.get("modified_fraction"),
-                   categories=d.get("categories") or {})
+                   categories=d.get("categories") or {}, asr_attack=d.get("asr_attack"))
 
 
 @dataclass

@@ -117,8 +117,12 @@ def paired_table(results: dict[str, Any], missing: str = MISSING) -> Table | Non
     if not paired:
         return None
     cols = [(k, h) for k, h in PAIRED_COLUMNS if any(e.get(k) is not None for e in paired.values())]
+    # grouped by reference, in model order (results.json sorts its keys, so the file's order is not this)
+    pos = {n: i for i, n in enumerate(results.get("order") or [])}
+    ranked = sorted(paired.items(), key=lambda kv: (pos.get(kv[1].get("reference"), len(pos)),
+                                                    pos.get(kv[1].get("model"), len(pos)), kv[0]))
     rows, muted = [], set()
-    for i, (key, entry) in enumerate(paired.items()):
+    for i, (key, entry) in enumerate(ranked):
         row = [key]
         for j, (k, _h) in enumerate(cols, 1):
             text, grey = _paired_cell(entry.get(k), k != "nll", missing)
