@@ -193,6 +193,36 @@ def test_cli_two_models_with_an_attack_set_write_paired_and_asr_attack(env, tmp_
                  options=EvalOptions(paired_against=["nobody"]), out=tmp_path / "bad")
 
 
+def test_a_model_judge_sees_the_plain_request_of_a_wrapped_prompt(env, tmp_path, monkeypatch):
+    from fgsn.evaluate import api
+    from fgsn.evaluate.judges.base import Judge, Verdict
+
+    seen: list[str] = []
+
+    class Recorder(Judge):
+        name = "recorder"
+
+        def judge(self, items):
+            seen.extend(it.prompt for it in items)
+            return [Verdict(success=True) for _ in items]
+
+        def describe(self):
+            return {"judge": "recorder"}
+
+    monkeypatch.setenv("FGSN_CACHE", str(env["root"] / "hash-cache"))
+    monkeypatch.setattr(api, "make_judge", lambda name, opts: Recorder())
+    attack = f"builtin:jailbreak?wrap={env['harmful']}&templates=gcg&limit=2"
+    res = evaluate({"aligned": env["models"]["aligned"]}, [str(env["harmful"])], attack=attack,
+                   options=EvalOptions(**OPTS, cache_dir=str(env["res"].rundir / "cache")), out=tmp_path / "run")
+    plain = [p for p, _ in HARMFUL]
+    # the judge is shown plain requests only (a wrapped prompt with the same completion as its plain
+    # one is judged once: the judge keys on (prompt, completion))
+    assert seen[:len(plain)] == plain and set(seen) <= set(plain)
+    wrapped = [r for r in records(res.rundir, "aligned") if r["kind"] == "attack"]
+    assert len(wrapped) == 2 and all(r["prompt"] != r["plain"] and r["success"] for r in wrapped)
+    assert res.results["models"]["aligned"]["asr_attack"] == 1.0 and res.models["aligned"].asr_attack == 1.0
+
+
 def test_rerun_with_one_more_model_generates_only_the_new_one(env, monkeypatch):
     monkeypatch.setenv("FGSN_CACHE", str(env["root"] / "hash-cache"))
     extra = env["root"] / "extra"
