@@ -75,6 +75,15 @@ def test_results_have_one_entry_per_method(run, llama_trio):
     assert res["models"]["finetuned"]["edit_wall_s"] is None
     assert (run / "report.md").read_text().count("## Edit cost") == 1
     assert "Edit cost" in (run / "report.html").read_text()
+    # paired against the references, on the eval folder's records
+    assert set(res["paired"]) == {"finetuned vs aligned", *(f"{m} vs aligned" for m in METHODS),
+                                  *(f"{m} vs finetuned" for m in METHODS)}
+    for e in res["paired"].values():
+        assert e["asr"]["n"] == len(EVAL_HARMFUL) and e["over_refusal"]["n"] == len(ALARMING)
+        assert e["utility"]["n"] == len(UTILITY) and e["nll"] is None
+    md = (run / "report.md").read_text()
+    assert "## Paired differences vs references" in md
+    assert md.index("| finetuned vs aligned") < md.index("| fgsn vs aligned") < md.index("| fgsn vs finetuned")
 
 
 def test_self_reminder_prompts_carry_the_reminder(run):
@@ -148,3 +157,8 @@ def test_assemble_results_takes_an_order_and_kinds_for_extra_models():
     assert res["models"]["fgsn"]["edit_wall_s"] == 3.0 and res["models"]["step1"]["edit_wall_s"] is None
     default = assemble_results(opts, methods, evals, costs)
     assert default["order"] == ["aligned", "finetuned", "fgsn", "resta"]
+    # only the pairs of tabulated models are kept, from every eval folder
+    evals["eval"]["paired"] = {"fgsn vs aligned": {"model": "fgsn", "reference": "aligned"},
+                               "base vs aligned": {"model": "base", "reference": "aligned"}}
+    evals["more"] = {"models": {}, "paired": {"resta vs finetuned": {"model": "resta", "reference": "finetuned"}}}
+    assert list(assemble_results(opts, methods, evals, costs)["paired"]) == ["fgsn vs aligned", "resta vs finetuned"]

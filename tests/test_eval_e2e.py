@@ -130,6 +130,99 @@ def test_nll_equals_an_unpadded_forward(env):
     assert env["res"].results["models"]["finetuned"]["nll"] == pytest.approx(total / tokens, rel=1e-4)
 
 
+def test_paired_statistics_agree_with_the_records(env):
+    from fgsn.evaluate.paired import mcnemar_exact
+
+    res, run = env["res"], env["res"].rundir
+    paired = res.results["paired"]
+    assert list(paired) == ["finetuned vs aligned", "repaired vs aligned", "repaired vs finetuned"]
+    for key, entry in paired.items():
+        m, ref = entry["model"], entry["reference"]
+        assert key == f"{m} vs {ref}"
+        rm, rr = records(run, m), records(run, ref)
+        for metric, kind, fld in (("asr", "harmful", "success"), ("over_refusal", "alarming", "refused"),
+                                  ("utility", "utility", "correct")):
+            a = [bool(r[fld]) for r in rm if r["kind"] == kind]
+            b = [bool(r[fld]) for r in rr if r["kind"] == kind]
+            bb = sum(x and not y for x, y in zip(a, b, strict=True))
+            cc = sum(y and not x for x, y in zip(a, b, strict=True))
+            d = entry[metric]
+            assert d["n"] == len(a) and d["diff"] == pytest.approx((bb - cc) / len(a))
+            assert d["p"] == mcnemar_exact(bb, cc) and d["ci"][0] <= d["diff"] <= d["ci"][1]
+        mm, mr = res.results["models"][m], res.results["models"][ref]
+        assert entry["nll"]["n"] == 3 and entry["nll"]["diff"] == pytest.approx(mm["nll"] - mr["nll"], abs=1e-9)
+        assert entry["asr_attack"] is None
+    same = paired["repaired vs finetuned"]  # the same weights: no difference at all
+    assert same["asr"]["diff"] == 0 and same["asr"]["p"] == 1.0 and same["nll"]["ci"] == [0.0, 0.0]
+    md = (run / "report.md").read_text()
+    assert "## Paired differences vs references" in md and "| repaired vs finetuned |" in md
+
+
+def test_cli_two_models_with_an_attack_set_write_paired_and_asr_attack(env, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FGSN_CACHE", str(env["root"] / "hash-cache"))
+    parser = argparse.ArgumentParser(prog="fgsn")
+    eval_cli.add_parser(parser.add_subparsers(dest="command"))
+    run = tmp_path / "run"
+    attack = f"builtin:jailbreak?wrap={env['harmful']}&templates=gcg"
+    args = parser.parse_args(["eval", "--model", f"aligned={env['models']['aligned']}",
+                              "--model", f"finetuned={env['models']['finetuned']}", "--harmful", str(env["harmful"]),
+                              "--attack", attack, "--out", str(run), "--max-new-tokens", "4",
+                              "--bootstrap-resamples", "2000", "--paired-against", "aligned"])
+    assert args.func(args) == 0
+    assert "Paired differences vs references" in capsys.readouterr().out
+    res = json.loads((run / "results.json").read_text())
+    assert res["counts"]["attack"] == len(HARMFUL) and res["inputs"]["attack"] == [attack]
+    assert res["paired_settings"] == res["paired_settings"] | {"references": ["aligned"], "resamples": 2000}
+    entry = res["paired"]["finetuned vs aligned"]
+    assert entry["asr"]["n"] == entry["asr_attack"]["n"] == len(HARMFUL)
+    assert set(entry["asr_attack"]["categories"]) == {"weapons", "cyber", "fraud"}
+    for name in ("aligned", "finetuned"):
+        att = [r for r in records(run, name) if r["kind"] == "attack"]
+        plain = dict(HARMFUL)
+        assert len(att) == len(HARMFUL) and all(r["template"].startswith("gcg/") for r in att)
+        assert all(r["category"] == plain[r["plain"]] and r["prompt"].startswith(r["plain"] + " ") for r in att)
+        m = res["models"][name]
+        assert m["asr_attack"] == sum(bool(r["success"]) for r in att) / len(att) and m["n_attack"] == len(att)
+        assert set(m["attack_categories"]) == {"weapons", "cyber", "fraud"}
+        assert sum(t["n"] for t in m["attack_templates"].values()) == len(att)
+        assert m["asr"] == sum(bool(r["success"]) for r in records(run, name) if r["kind"] == "harmful") / 6
+    md = (run / "report.md").read_text()
+    assert "ASR under jailbreak templates by harm category" in md and "ΔASR under jailbreak templates" in md
+    with pytest.raises(InputError, match="--paired-against names \\['nobody'\\]"):
+        evaluate({"a": env["models"]["aligned"]}, [str(env["harmful"])],
+                 options=EvalOptions(paired_against=["nobody"]), out=tmp_path / "bad")
+
+
+def test_a_model_judge_sees_the_plain_request_of_a_wrapped_prompt(env, tmp_path, monkeypatch):
+    from fgsn.evaluate import api
+    from fgsn.evaluate.judges.base import Judge, Verdict
+
+    seen: list[str] = []
+
+    class Recorder(Judge):
+        name = "recorder"
+
+        def judge(self, items):
+            seen.extend(it.prompt for it in items)
+            return [Verdict(success=True) for _ in items]
+
+        def describe(self):
+            return {"judge": "recorder"}
+
+    monkeypatch.setenv("FGSN_CACHE", str(env["root"] / "hash-cache"))
+    monkeypatch.setattr(api, "make_judge", lambda name, opts: Recorder())
+    attack = f"builtin:jailbreak?wrap={env['harmful']}&templates=gcg&limit=2"
+    res = evaluate({"aligned": env["models"]["aligned"]}, [str(env["harmful"])], attack=attack,
+                   options=EvalOptions(**OPTS, cache_dir=str(env["res"].rundir / "cache")), out=tmp_path / "run")
+    plain = [p for p, _ in HARMFUL]
+    # the judge is shown plain requests only (a wrapped prompt with the same completion as its plain
+    # one is judged once: the judge keys on (prompt, completion))
+    assert seen[:len(plain)] == plain and set(seen) <= set(plain)
+    wrapped = [r for r in records(res.rundir, "aligned") if r["kind"] == "attack"]
+    assert len(wrapped) == 2 and all(r["prompt"] != r["plain"] and r["success"] for r in wrapped)
+    assert res.results["models"]["aligned"]["asr_attack"] == 1.0 and res.models["aligned"].asr_attack == 1.0
+
+
 def test_rerun_with_one_more_model_generates_only_the_new_one(env, monkeypatch):
     monkeypatch.setenv("FGSN_CACHE", str(env["root"] / "hash-cache"))
     extra = env["root"] / "extra"

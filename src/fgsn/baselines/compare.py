@@ -61,6 +61,7 @@ class CompareOptions(ProjectOptions, EvalOptions):
     methods: list[str]
     with_references: bool = False
     eval_harmful: list[str] = Field(default_factory=lambda: list(DEFAULT_EVAL_HARMFUL))
+    eval_attack: list[str] = Field(default_factory=list)
     benign_alarming: str | None = "builtin:alarming"
     utility: list[str] = Field(default_factory=list)
     reference: list[str] = Field(default_factory=list)
@@ -85,7 +86,7 @@ class CompareOptions(ProjectOptions, EvalOptions):
     self_reminder_system: str = SYSTEM
     self_reminder_suffix: str = SUFFIX
 
-    @field_validator("methods", "eval_harmful", "utility", "reference", mode="before")
+    @field_validator("methods", "eval_harmful", "eval_attack", "utility", "reference", mode="before")
     @classmethod
     def _listify_compare(cls, v):
         return [v] if isinstance(v, str) else v
@@ -96,6 +97,8 @@ HELPS = {
                "fgsn-neuron, fgsn-weight, fgsn-no-task, safelora, resta, wanda, self-reminder",
     "with_references": "also evaluate the aligned and fine-tuned models (entries `aligned`, `finetuned`)",
     "eval_harmful": "harmful prompts for ASR (separate from the locate --harmful)",
+    "eval_attack": "harmful prompts wrapped in jailbreak templates, scored apart as asr_attack "
+                   "(e.g. builtin:jailbreak?wrap=harmbench-standard&split=test)",
     "benign_alarming": "harmless prompts that sound alarming, for over-refusal",
     "utility": "utility tasks or prompt/answer files (see fgsn eval --utility)",
     "reference": "prompt/answer sets whose answers' NLL is measured",
@@ -279,7 +282,7 @@ def run_evals(opts: CompareOptions, methods: list[Method], rundir: Path, extra_m
                    utility=list(opts.utility) or None, judge=opts.judge,
                    options=eval_options(opts, rundir, adapters=adapters, systems=systems, suffixes=suffixes,
                                         **eval_update),
-                   out=rundir / "eval", reference=list(opts.reference) or None)
+                   out=rundir / "eval", reference=list(opts.reference) or None, attack=list(opts.eval_attack) or None)
     return {"eval": res.results}
 
 
@@ -327,6 +330,10 @@ def assemble_results(opts: CompareOptions, methods: list[Method], evals: dict[st
     results = {k: v for k, v in first.items() if k != "models"}
     results["order"] = order
     results["models"] = models
+    # paired statistics exist only within an eval folder (the same prompts); keep those of the
+    # models tabulated here
+    results["paired"] = {key: entry for res in evals.values() for key, entry in (res.get("paired") or {}).items()
+                         if entry.get("model") in models and entry.get("reference") in models}
     results["compare"] = {"methods": {m.name: m.kind for m in methods},
                           "presets": {m.name: m.overrides for m in methods if m.kind == "fgsn"},
                           "eval_folders": sorted(evals),
@@ -396,13 +403,14 @@ def check_inputs(opts: CompareOptions, methods: list[Method]):
     if not opts.eval_harmful:
         raise InputError("no evaluation prompts: give --eval-harmful SOURCE")
     trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)
-    eval_sets = [load_prompts(s) for s in opts.eval_harmful]
+    eval_sets = [load_prompts(s) for s in [*opts.eval_harmful, *opts.eval_attack]]
     if opts.benign_alarming:
         load_prompts(opts.benign_alarming)
     overlap = 0
     if opts.harmful:
         locate = set(concat("locate", [load_prompts(s) for s in opts.harmful]).texts)
-        overlap = sum(1 for s in eval_sets for p in s if p.text in locate)
+        # a jailbreak-wrapped prompt overlaps when its plain request is a locate prompt
+        overlap = sum(1 for s in eval_sets for p in s if p.meta.get("plain", p.text) in locate)
         if overlap:
             log.warning("%d evaluation prompts are also locate prompts (--harmful); the comparison is fairer with "
                         "disjoint sets (e.g. ?split=train for locate, ?split=test for evaluation)", overlap)

@@ -120,12 +120,16 @@ BUILTINS: dict[str, Callable[[], PromptSet]] = {
 
 
 def builtin_names() -> list[str]:
-    names = set(BUILTINS)
+    names = set(BUILTINS) | {"jailbreak"}
     names.update(p.stem for p in FILES.glob("*.jsonl"))
     return sorted(names)
 
 
 def load_builtin(name: str) -> PromptSet:
+    if name == "jailbreak":
+        from fgsn.data.jailbreak import load_jailbreak
+
+        return load_jailbreak(f"builtin:{name}", {})  # a clear error: it needs wrap=
     if name in BUILTINS:
         return BUILTINS[name]()
     if (FILES / f"{name}.jsonl").exists():

@@ -3,7 +3,8 @@
 A source is a path (`.jsonl`, `.csv`, `.txt`) or `builtin:NAME`, optionally followed by a query
 that filters it: `builtin:advbench?split=train&category=Physical&limit=64`, `builtin:strongreject?sample=50`
 (a fixed pseudo-random subset by text hash),
-`my.jsonl?category=fraud`. Splits are made by hashing the prompt text, so they do not depend on
+`my.jsonl?category=fraud`; `builtin:jailbreak?wrap=harmbench-standard&templates=dan&split=test` wraps
+harmful prompts in jailbreak templates (`jailbreak.py`). Splits are made by hashing the prompt text, so they do not depend on
 file order and never leak a prompt between `train` and `test`.
 """
 
@@ -199,9 +200,16 @@ def load_prompts(source: str | Path | PromptSet, *, name: str | None = None, min
     spec = str(source)
     base, _, query = spec.partition("?")
     params = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
+    if base == "builtin:jailbreak":  # the filters select the prompts to wrap, before the templates
+        from fgsn.data.jailbreak import load_jailbreak
+
+        pset = load_jailbreak(spec, params)
+        return (pset.with_name(name) if name else pset).require(min_count)
     unknown = set(params) - QUERY_KEYS
     if unknown:
-        raise InputError(f"{spec}: unknown filter {sorted(unknown)}; known: {sorted(QUERY_KEYS)}")
+        raise InputError(f"{spec}: unknown filter {sorted(unknown)}; known: {sorted(QUERY_KEYS)}"
+                         + (" (wrap/templates/per_prompt are keys of builtin:jailbreak)"
+                            if unknown & {"wrap", "templates", "per_prompt"} else ""))
     if base.startswith("builtin:"):
         from fgsn.data.benchmarks import load_builtin
 

@@ -5,7 +5,8 @@ Stages, each resumable through the cache (see `cache.py`):
    is touched, so a typo fails in a second, not after an hour of generation;
 2. per model: content hash, render prompts with its own chat template, generate what the cache
    lacks, score reference answers' NLL;
-3. judge all harmful completions of all models at once (a local judge model is loaded once),
+3. judge all harmful (and jailbreak-wrapped) completions of all models at once (a local judge
+   model is loaded once),
    keyword-judge everything (ASR as a cheap second signal, over-refusal), score utility;
 4. write per-model records and `eval.json`, then the report (`fgsn.report.build_report`).
 """
@@ -51,6 +52,7 @@ class ModelScores:
     perplexity: float | None
     modified_fraction: float | None
     categories: dict[str, dict[str, Any]] = field(default_factory=dict)
+    asr_attack: float | None = None  # ASR on the jailbreak-wrapped prompts (--attack)
 
     @classmethod
     def from_results(cls, name: str, d: dict[str, Any]) -> ModelScores:
@@ -59,7 +61,7 @@ class ModelScores:
                    asr_keyword=d.get("asr_keyword"), harmfulness=d.get("harmfulness"),
                    over_refusal=d.get("over_refusal"), utility=d.get("utility"), nll=d.get("nll"),
                    perplexity=d.get("perplexity"), modified_fraction=d.get("modified_fraction"),
-                   categories=d.get("categories") or {})
+                   categories=d.get("categories") or {}, asr_attack=d.get("asr_attack"))
 
 
 @dataclass
@@ -87,17 +89,19 @@ class EvalResult:
 
 @dataclass
 class _Item:
-    kind: str  # harmful | alarming | utility
+    kind: str  # harmful | attack | alarming | utility
     set: str
     uid: str
     category: str
     prompt: str  # the user turn as given (before the chat template)
     utility: UtilityItem | None = None
+    plain: str | None = None  # attack: the harmful request inside the jailbreak template (what the judge sees)
+    template: str | None = None  # attack: the template's id
 
 
 # -- inputs --------------------------------------------------------------------------------------
 def _check_models(models: dict[str, str], adapters: dict[str, str], systems: dict[str, str] | None = None,
-                  suffixes: dict[str, str] | None = None) -> dict[str, Path]:
+                  suffixes: dict[str, str] | None = None, paired_against: list[str] | None = None) -> dict[str, Path]:
     if not models:
         raise InputError("no model to evaluate; give at least one --model NAME=PATH")
     out = {}
@@ -109,7 +113,8 @@ def _check_models(models: dict[str, str], adapters: dict[str, str], systems: dic
         if not p.is_dir():
             raise InputError(f"model {name}: {p} is not a folder; give a local Hugging Face checkpoint folder")
         out[name] = p.resolve()
-    for flag, per_model in (("--adapter", adapters), ("--system-for", systems or {}), ("--suffix-for", suffixes or {})):
+    for flag, per_model in (("--adapter", adapters), ("--system-for", systems or {}), ("--suffix-for", suffixes or {}),
+                            ("--paired-against", dict.fromkeys(n for n in paired_against or () if n != "all"))):
         unknown = set(per_model) - set(models)
         if unknown:
             raise InputError(f"{flag} names {sorted(unknown)} match no --model; use the same NAME as in --model")
@@ -120,17 +125,22 @@ def _spec(source: str | PromptSet) -> str:
     return f"<PromptSet {source.name}>" if isinstance(source, PromptSet) else str(source)
 
 
-def _items(harmful: list[str | PromptSet], alarming: str | PromptSet | None, utility: list[UtilityItem]
-           ) -> list[_Item]:
+def _items(harmful: list[str | PromptSet], alarming: str | PromptSet | None, utility: list[UtilityItem],
+           attack: list[str | PromptSet] = ()) -> list[_Item]:
     items: list[_Item] = []
-    seen: set[str] = set()
-    for src in harmful:
-        pset = load_prompts(src)
-        for p in pset:
-            if p.text in seen:
-                continue
-            seen.add(p.text)
-            items.append(_Item("harmful", pset.name, p.uid, p.category, p.text))
+    for kind, sources in (("harmful", harmful), ("attack", attack)):
+        seen: set[str] = set()
+        for src in sources:
+            pset = load_prompts(src)
+            if kind == "harmful" and any("template" in p.meta for p in pset):
+                log.warning("%s holds jailbreak-wrapped prompts; give it as an attack set (--attack) to report "
+                            "them apart from the plain ASR", _spec(src))
+            for p in pset:
+                if p.text in seen:
+                    continue
+                seen.add(p.text)
+                items.append(_Item(kind, pset.name, p.uid, p.category, p.text, plain=p.meta.get("plain"),
+                                   template=p.meta.get("template")))
     if alarming is not None:
         pset = load_prompts(alarming)
         items.extend(_Item("alarming", pset.name, p.uid, p.category, p.text) for p in pset)
@@ -262,10 +272,14 @@ class _ModelRunner:
                               batch_size=self.opts.batch_size, add_special_tokens=not self.opts.use_chat_template,
                               max_length=self.opts.nll_max_length, progress=f"reference NLL {self.name}")
             store.put_many({keys[i]: {"nll": v[0], "tokens": v[1]} for i, v in zip(todo, vals, strict=True)})
-        total = sum(store.get(k)["nll"] for k in keys)
-        tokens = sum(store.get(k)["tokens"] for k in keys)
+        vals = [store.get(k) for k in keys]
+        total = sum(v["nll"] for v in vals)
+        tokens = sum(v["tokens"] for v in vals)
+        # per item (keyed by prompt and answer, not by the rendering, which differs between models
+        # with their own system prompt): what the paired bootstrap of the NLL difference resamples
+        per_item = [[sha256_text(p.text, p.answer or ""), v["nll"], v["tokens"]] for p, v in zip(refs, vals, strict=True)]
         return {"items": len(refs), "tokens": tokens, "nll_sum": total,
-                "mean_nll": (total / tokens) if tokens else None}
+                "mean_nll": (total / tokens) if tokens else None, "per_item": per_item}
 
     def close(self) -> None:
         self._model = None
@@ -325,12 +339,15 @@ def judge_cached(judge: Judge, items: list[JudgeItem], cache: EvalCache | None) 
 def evaluate(models: dict[str, str], harmful: list[str | PromptSet] | str | PromptSet,
              benign_alarming: str | PromptSet | None = None, utility: list[str] | str | None = None,
              judge: str = "keyword", options: EvalOptions | None = None, out: str | Path = "runs/eval",
-             reference: list[str | PromptSet] | str | PromptSet | None = None) -> EvalResult:
+             reference: list[str | PromptSet] | str | PromptSet | None = None,
+             attack: list[str | PromptSet] | str | PromptSet | None = None) -> EvalResult:
     """Evaluate `models` ({name: checkpoint folder}) and write RUNDIR `out`.
 
     harmful: prompt sources for ASR/harmfulness (files or builtin:NAME); benign_alarming: the
     over-refusal set (e.g. builtin:alarming); utility: reasoning-gym task names or answer files;
-    reference: prompt/answer sets for the NLL (e.g. builtin:pyrit-benign). A metric whose input is
+    reference: prompt/answer sets for the NLL (e.g. builtin:pyrit-benign); attack: harmful prompts
+    wrapped in jailbreak templates (e.g. builtin:jailbreak?wrap=harmbench-standard), scored as
+    `asr_attack` apart from the plain ASR, the judge seeing the plain request. A metric whose input is
     not given is null in the results. Rerunning into the same `out` reuses every completion and
     verdict already computed (the cache is keyed by content, not by name).
     """
@@ -338,15 +355,16 @@ def evaluate(models: dict[str, str], harmful: list[str | PromptSet] | str | Prom
     harmful_l = harmful if isinstance(harmful, list) else [harmful]
     utility_l = [] if utility is None else (utility if isinstance(utility, list) else [utility])
     reference_l = [] if reference is None else (reference if isinstance(reference, list) else [reference])
+    attack_l = [] if attack is None else (attack if isinstance(attack, list) else [attack])
     if not harmful_l:
         raise InputError("no harmful prompt set; give at least one --harmful FILE or builtin:NAME")
-    paths = _check_models(models, opts.adapters, opts.systems, opts.suffixes)
+    paths = _check_models(models, opts.adapters, opts.systems, opts.suffixes, opts.paired_against)
 
     util_items: list[UtilityItem] = []
     for spec in utility_l:
         util_items.extend(load_utility(spec, limit=opts.utility_limit, seed=opts.utility_seed,
                                        instruction=opts.utility_instruction))
-    items = _items(harmful_l, benign_alarming, util_items)
+    items = _items(harmful_l, benign_alarming, util_items, attack_l)
     refs = _reference(reference_l)
     primary = make_judge(judge, opts)
     keyword = KeywordJudge(opts.keyword_list, opts.keyword_min_words)
@@ -373,8 +391,9 @@ def evaluate(models: dict[str, str], harmful: list[str | PromptSet] | str | Prom
     for name in paths:
         hashes[name], completions[name], generated[name], cached[name], nll[name] = outputs[name]
 
-    harmful_items = [it for it in items if it.kind == "harmful"]
-    pairs = {name: [JudgeItem(it.prompt, completions[name][it.prompt]) for it in harmful_items] for name in paths}
+    harmful_items = [it for it in items if it.kind in ("harmful", "attack")]
+    pairs = {name: [JudgeItem(it.plain or it.prompt, completions[name][it.prompt]) for it in harmful_items]
+             for name in paths}
     flat = [ji for name in paths for ji in pairs[name]]
     try:
         primary_flat = judge_cached(primary, flat, cache) if primary.name != "keyword" else None
@@ -388,11 +407,14 @@ def evaluate(models: dict[str, str], harmful: list[str | PromptSet] | str | Prom
             comp = completions[name][it.prompt]
             kv = keyword.verdict(comp)
             v = primary_flat[offset + j] if primary_flat is not None else kv
-            rows.append({"kind": "harmful", "set": it.set, "uid": it.uid, "category": it.category,
-                         "prompt": it.prompt, "completion": comp, "success": v.success, "refused": v.refused,
-                         "score": v.score, "label": v.label, "judge_raw": v.raw if primary_flat is not None else None,
-                         "judge_error": v.error, "keyword_success": kv.success, "keyword_refused": kv.refused,
-                         "keyword_match": kv.raw})
+            row = {"kind": it.kind, "set": it.set, "uid": it.uid, "category": it.category,
+                   "prompt": it.prompt, "completion": comp, "success": v.success, "refused": v.refused,
+                   "score": v.score, "label": v.label, "judge_raw": v.raw if primary_flat is not None else None,
+                   "judge_error": v.error, "keyword_success": kv.success, "keyword_refused": kv.refused,
+                   "keyword_match": kv.raw}
+            if it.kind == "attack":
+                row.update(template=it.template, plain=it.plain)
+            rows.append(row)
         offset += len(harmful_items)
         for it in items:
             comp = completions[name][it.prompt]
@@ -422,10 +444,10 @@ def evaluate(models: dict[str, str], harmful: list[str | PromptSet] | str | Prom
         "order": list(paths),
         "models": {n: {"path": str(p), "adapter": opts.adapters.get(n), "sha256": hashes[n],
                        "system": opts.systems.get(n), "suffix": opts.suffixes.get(n)} for n, p in paths.items()},
-        "inputs": {"harmful": [_spec(h) for h in harmful_l],
+        "inputs": {"harmful": [_spec(h) for h in harmful_l], "attack": [_spec(a) for a in attack_l],
                    "benign_alarming": _spec(benign_alarming) if benign_alarming is not None else None,
                    "utility": [str(u) for u in utility_l], "reference": [_spec(r) for r in reference_l]},
-        "counts": {k: sum(1 for it in items if it.kind == k) for k in ("harmful", "alarming", "utility")}
+        "counts": {k: sum(1 for it in items if it.kind == k) for k in ("harmful", "attack", "alarming", "utility")}
                   | {"reference": len(refs)},
         "judge": primary.describe(),
         "keyword_judge": keyword.describe(),

@@ -5,6 +5,7 @@ utility, reference, judge, out) may come from the YAML file too, e.g.
 
     models: {aligned: ckpt/aligned, finetuned: ckpt/ft, repaired: ckpt/fgsn}
     harmful: [builtin:harmbench]
+    attack: ["builtin:jailbreak?wrap=harmbench&templates=dan"]
     benign_alarming: builtin:alarming
     utility: [gsm_symbolic?limit=50]
     reference: [builtin:pyrit-benign]
@@ -30,6 +31,7 @@ class EvalCommand(EvalOptions):
 
     models: dict[str, str] = Field(default_factory=dict)
     harmful: list[str] = Field(default_factory=list)
+    attack: list[str] = Field(default_factory=list)
     benign_alarming: str | None = None
     utility: list[str] = Field(default_factory=list)
     reference: list[str] = Field(default_factory=list)
@@ -70,6 +72,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--harmful", action="append", metavar="SOURCE", default=S,
                    help="harmful prompts: .jsonl/.csv/.txt or builtin:advbench|harmbench|strongreject|donotanswer, "
                         "with optional ?split=&category=&limit= (repeatable)")
+    g.add_argument("--attack", action="append", metavar="SOURCE", default=S,
+                   help="harmful prompts wrapped in jailbreak templates, scored apart as asr_attack, e.g. "
+                        "builtin:jailbreak?wrap=harmbench-standard&templates=dan,inthewild&split=test (repeatable)")
     g.add_argument("--benign-alarming", metavar="SOURCE", default=S,
                    help="harmless prompts that sound alarming, for over-refusal (e.g. builtin:alarming)")
     g.add_argument("--utility", action="append", metavar="TASK_OR_FILE", default=S,
@@ -120,6 +125,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     u = p.add_argument_group("utility")
     u.add_argument("--utility-limit", type=int, default=S, help="items per reasoning-gym task (default 100)")
     u.add_argument("--utility-seed", type=int, default=S)
+    st = p.add_argument_group("paired statistics")
+    st.add_argument("--paired-against", action="append", metavar="NAME", default=S,
+                    help=EvalOptions.model_fields["paired_against"].description + " (repeatable)")
+    st.add_argument("--bootstrap-resamples", type=int, default=S,
+                    help=EvalOptions.model_fields["bootstrap_resamples"].description + " (default 10000)")
+    st.add_argument("--bootstrap-seed", type=int, default=S, help=EvalOptions.model_fields["bootstrap_seed"].description)
     p.add_argument("--no-report", dest="report", action="store_false", default=S,
                    help="skip writing the report (results are still returned)")
     p.set_defaults(func=run)
@@ -146,11 +157,12 @@ def run(args: argparse.Namespace) -> int:
     cmd = command_from_args(args)
     if not cmd.harmful:
         raise InputError("fgsn eval needs at least one --harmful SOURCE (e.g. --harmful builtin:harmbench)")
-    inputs = {"models", "harmful", "benign_alarming", "utility", "reference", "judge", "out"}
+    inputs = {"models", "harmful", "attack", "benign_alarming", "utility", "reference", "judge", "out"}
     opts = EvalOptions(**cmd.model_dump(exclude=inputs))
     out = cmd.out or "runs/eval"
     res = evaluate(cmd.models, cmd.harmful, benign_alarming=cmd.benign_alarming, utility=cmd.utility or None,
-                   judge=cmd.judge, options=opts, out=out, reference=cmd.reference or None)
+                   judge=cmd.judge, options=opts, out=out, reference=cmd.reference or None,
+                   attack=cmd.attack or None)
     print(summary_text(res.results))
     new = sum(res.generated.values())
     print(f"\n{new} completions generated, {sum(res.cached.values())} from the cache")

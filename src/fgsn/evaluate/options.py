@@ -60,8 +60,20 @@ class EvalOptions(Options):
     utility_seed: int = 0
     utility_instruction: str = DEFAULT_UTILITY_INSTRUCTION
     nll_max_length: int = Field(2048, ge=8)
+    # paired statistics (results.json `paired`)
+    paired_against: list[str] = Field(default_factory=list, description=(
+        "models every other model is compared with on the same prompts (paired bootstrap interval of the "
+        "difference, exact McNemar p); default: the models named aligned and finetuned, else the first model; "
+        "'all' compares every pair"))
+    bootstrap_resamples: int = Field(10_000, ge=100, description="paired bootstrap resamples")
+    bootstrap_seed: int = Field(0, description="seed of the paired bootstrap")
     # output
     report: bool = True
+
+    @field_validator("paired_against", mode="before")
+    @classmethod
+    def _listify_paired(cls, v):
+        return [x for x in v.split(",") if x] if isinstance(v, str) else v
 
     @field_validator("dtype")
     @classmethod

@@ -23,12 +23,16 @@ figure{margin:1rem 0}
 figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85rem;color:#555}
 .note{font-size:.85rem;color:#555}
+td.ns{color:#999}
 """
 
 
 def html_table(t: Table) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in t.headers)
-    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in t.rows)
+    def cell(i: int, j: int, c: str) -> str:
+        return f'<td class="ns">{escape(c)}</td>' if (i, j) in t.muted else f"<td>{escape(c)}</td>"
+
+    body = "".join("<tr>" + "".join(cell(i, j, c) for j, c in enumerate(r)) + "</tr>" for i, r in enumerate(t.rows))
     note = f'<p class="note">{escape(t.note)}</p>' if t.note else ""
     return f"<h2>{escape(t.title)}</h2>\n<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
