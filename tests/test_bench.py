@@ -74,6 +74,7 @@ def test_bench_end_to_end_on_a_tiny_organism(tiny_cache, tmp_path, capsys):
     opts = BenchOptions(out=str(out), organism_config=str(tiny_cache), scenarios=["benign-full", "poisoned-full"],
                         methods=["fgsn", "self-reminder"], locate_limit=4, task_limit=4,
                         eval_harmful=["builtin:harmbench-standard?sample=3", "builtin:strongreject?sample=3"],
+                        attack=["builtin:jailbreak?wrap=harmbench-standard&templates=gcg&sample=2"],
                         alarming="builtin:alarming?sample=3", utility_limit=2, reference_limit=2, max_new_tokens=4,
                         batch_size=4, eval_batch_size=8, eval_workers=1, locate_dtype="float32",
                         eval_dtype="float32", device="cpu")
@@ -83,6 +84,7 @@ def test_bench_end_to_end_on_a_tiny_organism(tiny_cache, tmp_path, capsys):
         res = json.loads((out / "scenarios" / sc / "results.json").read_text())
         assert res["order"] == ["aligned", "finetuned", "fgsn", "self-reminder"]
         assert res["counts"]["harmful"] == 6 and res["scenario"]["overlap"] == {"located": 0, "trained": 0}
+        assert res["models"]["fgsn"]["asr_attack"] is not None and "fgsn vs aligned" in res["paired"]
     # the two scenarios share the aligned model, so its completions are generated once
     assert doc["scenarios"]["benign-full"]["recipe_hash"] != doc["scenarios"]["poisoned-full"]["recipe_hash"]
     s = doc["summary"]
