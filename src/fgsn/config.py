@@ -60,6 +60,17 @@ def build_options(cls: type[T], values: dict[str, Any], where: str = "options") 
         raise ConfigError(format_validation_error(e, where)) from None
 
 
+def with_overrides(cls: type[T], options: BaseModel | None, overrides: dict[str, Any], where: str = "options") -> T:
+    """`options` (or the defaults) with `overrides`, validated as one set of values, so that an
+    options object plus keyword overrides is checked exactly like flags or YAML keys
+    (`model_copy(update=...)` would skip validation). The given object is never modified."""
+    if options is None:
+        return build_options(cls, overrides, where)
+    if not overrides and type(options) is cls:
+        return options  # type: ignore[return-value]
+    return build_options(cls, {**options.model_dump(exclude_unset=True), **overrides}, where)
+
+
 def options_from_args(cls: type[T], args: argparse.Namespace, skip: tuple[str, ...] = ("func", "config", "command", "verbose")
                       ) -> T:
     """Defaults < YAML (`args.config`) < flags present in `args`."""
