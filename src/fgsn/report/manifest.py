@@ -9,7 +9,9 @@ and seed give byte-identical manifests.
 
 from __future__ import annotations
 
+import json
 import platform
+from pathlib import Path
 
 import torch
 
@@ -17,6 +19,34 @@ import fgsn
 
 MANIFEST = "fgsn-manifest.json"
 SCHEMA_VERSION = 1
+
+
+def manifest_options(opts) -> dict:
+    """The options as a manifest records them: where the output went and whether it replaced an
+    older one are not part of what was done."""
+    d = opts.model_dump(mode="json")
+    for k in ("overwrite", "out"):
+        d.pop(k, None)
+    return d
+
+
+def is_complete(out: str | Path, method: str, opts) -> bool:
+    """`out` holds a finished output of `method` made with options `opts` (a validated options
+    object), so that a resumed run (`fgsn compare`, `fgsn sweep`) may reuse it: the folder exists
+    (atomic: then it is whole), its manifest names this method, is no no-op, and records exactly
+    these options. Anything else (other options, a damaged manifest) means: run it again."""
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        return False
+    try:
+        man = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    if not isinstance(man, dict) or man.get("method") != method or man.get("noop"):
+        return False
+    from fgsn.atomic import dumps_json
+
+    return man.get("options") == json.loads(dumps_json(manifest_options(opts)))
 
 
 def assemble_manifest(*, method: str, opts, trio, modules: list[dict], edited_params: int, layers: list[int],
@@ -37,9 +67,7 @@ def assemble_manifest(*, method: str, opts, trio, modules: list[dict], edited_pa
     changed = sum(int(m.get("changed", 0)) for m in modules)
     frac = masked / total if total else 0.0
     frac_edited = masked / edited_params if edited_params else 0.0
-    opts_json = opts.model_dump(mode="json")
-    for k in ("overwrite", "out"):
-        opts_json.pop(k, None)
+    opts_json = manifest_options(opts)
     inputs = inputs_json(trio)
     inputs.update(extra_inputs or {})
     cat = {"masked": masked, "masked_total": cat_stats.get("masked_total", masked),
