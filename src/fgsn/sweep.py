@@ -166,12 +166,13 @@ def format_sweep_table(doc: dict) -> str:
 
 
 def plot_frontier(doc: dict, path: Path) -> None:
-    import matplotlib
+    """frontier.png, drawn on a canvas of its own (pyplot and the caller's backend left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), sharex=True)
+    fig = Figure(figsize=(10, 7.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2, sharex=True)
     scores = list(dict.fromkeys(p["score"] for p in doc["points"]))
     for ax, (metric, label) in zip(axes.flat, METRICS, strict=True):
         for score in scores:
@@ -197,7 +198,6 @@ def plot_frontier(doc: dict, path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _handler(args: argparse.Namespace) -> int:
