@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import Field
 from tqdm.auto import tqdm
 
 from fgsn.atomic import atomic_dir, atomic_write_json
-from fgsn.config import Options
+from fgsn.baselines.options import BaselineOptions
 from fgsn.edit.projection import check_finite
 from fgsn.errors import InputError
 from fgsn.models.finetune import LoraFinetune
@@ -37,19 +36,6 @@ from fgsn.report.manifest import MANIFEST, assemble_manifest
 log = logging.getLogger(__name__)
 
 RUN_INFO = "fgsn/run.json"
-
-
-class BaselineOptions(Options):
-    """Options every weight-editing baseline takes."""
-
-    aligned: str
-    finetuned: str
-    base: str | None = None
-    out: str | None = None
-    overwrite: bool = False
-    allow_pickle: bool = False
-    seed: int = 0
-    max_shard_gb: float = Field(5.0, gt=0)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from fgsn.atomic import atomic_write_json, atomic_write_text
 from fgsn.baselines.methods import ALL_LAYERS, Method, option_class, parse_methods
 from fgsn.baselines.self_reminder import SUFFIX, SYSTEM, SelfReminder
 from fgsn.baselines.worker import measured_run
-from fgsn.edit.run import ProjectOptions
+from fgsn.edit.options import ProjectOptions
 from fgsn.errors import ConfigError, FgsnError, InputError
 from fgsn.evaluate.options import EvalOptions
 from fgsn.report.manifest import is_complete as manifest_is_complete

@@ -10,18 +10,17 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 from tqdm.auto import tqdm
 
 from fgsn.atomic import atomic_dir, atomic_write_json
 from fgsn.edit.ledger import Ledger
 from fgsn.edit.masks_io import PackedMasks
+from fgsn.edit.options import ProjectOptions
 from fgsn.edit.projection import ProjectionSettings, TensorEdit, check_finite, project_tensor
 from fgsn.errors import InputError
-from fgsn.locate.run import LocateOptions, LocateResult, inputs_json, locate_masks
+from fgsn.locate.run import LocateResult, inputs_json, locate_masks
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.hashing import checkpoint_sha256
 from fgsn.models.registry import from_out_in, to_out_in
@@ -31,16 +30,6 @@ from fgsn.models.writer import CheckpointWriter, copy_side_files
 from fgsn.report.manifest import MANIFEST, build_manifest
 
 log = logging.getLogger(__name__)
-
-
-class ProjectOptions(LocateOptions):
-    base: str  # type: ignore[assignment]  (required here: the safety direction is aligned - base)
-    harmful: list[str] = Field(default_factory=list)
-    task: list[str] = Field(default_factory=list)
-    ledger: str | None = None
-    locate_run: str | None = None
-    output_format: Literal["merged", "adapter"] = "merged"
-    max_shard_gb: float = Field(5.0, gt=0)
 
 
 @dataclass

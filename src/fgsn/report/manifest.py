@@ -13,8 +13,6 @@ import json
 import platform
 from pathlib import Path
 
-import torch
-
 import fgsn
 
 MANIFEST = "fgsn-manifest.json"
@@ -57,6 +55,7 @@ def assemble_manifest(*, method: str, opts, trio, modules: list[dict], edited_pa
     least name, numel, masked (entries set out to modify) and changed (entries whose stored value
     differs from the fine-tuned model's). modified_fraction = masked / all parameters;
     modified_fraction_edited = masked / parameters of the considered tensors."""
+    import torch
     import transformers
 
     from fgsn.locate.run import inputs_json
