@@ -49,8 +49,10 @@ from fgsn.report.manifest import is_complete as manifest_is_complete
 log = logging.getLogger(__name__)
 
 DEFAULT_EVAL_HARMFUL = ("builtin:harmbench?split=test&limit=100", "builtin:strongreject?split=test&limit=100")
-# ProjectOptions fields that make no sense for a comparison (each method writes its own folder).
-NOT_FOR_COMPARE = ("ledger", "locate_run", "output_format", "category", "adapters")
+# Fields that make no sense for a comparison: each method writes its own folder, and compare sets the
+# evaluation's per-model settings itself (the fine-tuned adapter, Self-Reminder's system prompt and
+# suffix), so no flag is offered for them and a YAML value is an error.
+NOT_FOR_COMPARE = ("ledger", "locate_run", "output_format", "category", "adapters", "systems", "suffixes")
 
 
 class CompareOptions(ProjectOptions, EvalOptions):
@@ -367,7 +369,8 @@ def check_inputs(opts: CompareOptions, methods: list[Method]):
         default = CompareOptions.model_fields[k].default
         if getattr(opts, k) not in (default, None, {}, []):
             raise ConfigError(f"option {k!r} has no meaning in fgsn compare (each method writes its own "
-                              f"checkpoint under RUNDIR/models); remove it")
+                              f"checkpoint under RUNDIR/models, with the evaluation settings compare gives it); "
+                              f"remove it")
     if not opts.out:
         raise InputError("fgsn compare needs --out RUNDIR")
     kinds = {m.kind for m in methods}

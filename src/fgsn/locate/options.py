@@ -24,7 +24,7 @@ class ProbeOptions(Options):
     dtype: str | None = None
     batch_size: int = Field(8, ge=1)
     max_length: int | None = Field(None, ge=8)
-    use_chat_template: bool = True
+    use_chat_template: bool = Field(True, json_schema_extra={"aliases": ["--chat-template"]})
     system: str | None = None
     trust_remote_code: bool = False
     cache: bool = True
