@@ -20,7 +20,15 @@ from fgsn.edit.masks_io import PackedMasks
 from fgsn.edit.options import ProjectOptions
 from fgsn.edit.projection import ProjectionSettings, TensorEdit, check_finite, project_tensor
 from fgsn.errors import InputError
-from fgsn.locate.run import LocateResult, inputs_json, locate_masks
+from fgsn.locate.run import (
+    LOCATE_RUN_FILES,
+    LOCATE_RUN_IN_OUTPUT,
+    LocateResult,
+    inputs_json,
+    locate_masks,
+    resolve_locate_run,
+    write_locate_run,
+)
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.hashing import checkpoint_sha256
 from fgsn.models.registry import from_out_in, to_out_in
@@ -44,7 +52,7 @@ class ProjectResult:
 
 
 def _masks_from_run(run: str | Path, trio: Trio) -> LocateResult:
-    run = Path(run)
+    run = resolve_locate_run(run)  # a locate run, or a project output (which keeps its locate run)
     try:
         doc = json.loads((run / "locate.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -189,10 +197,7 @@ def _project(trio: Trio, opts: ProjectOptions, ledger: Ledger | None, category: 
             copy_side_files(_side_files(trio), tmp)
         (tmp / "fgsn").mkdir()
         masks.save(tmp / "fgsn" / "masks.safetensors", meta={"category": category})
-        if loc.layer_search is not None:
-            from fgsn.locate.layers import plot_layer_search
-
-            plot_layer_search(loc.layer_search, tmp / "fgsn" / "layer_search.png")
+        _keep_locate_run(tmp / LOCATE_RUN_IN_OUTPUT, loc, trio, opts)
         step = len(ledger.steps) if ledger is not None else None
         manifest = build_manifest(opts=opts, trio=trio, loc=loc, edits=edits, category=category,
                                   cat_stats=cat_stats, ledger_step=step)
@@ -205,6 +210,18 @@ def _project(trio: Trio, opts: ProjectOptions, ledger: Ledger | None, category: 
                       str(out), out_sha)
     log.info("wrote %s: %.3f%% of all parameters modified", out, 100 * manifest["modified_fraction"])
     return ProjectResult(out, manifest)
+
+
+def _keep_locate_run(folder: Path, loc: LocateResult, trio: Trio, opts: ProjectOptions) -> None:
+    """The output's own locate run: the one given (--locate-run, copied as it is), else this run's."""
+    if not opts.locate_run:
+        write_locate_run(folder, loc, trio, opts)
+        return
+    folder.mkdir(parents=True)
+    src = resolve_locate_run(opts.locate_run)
+    for name in LOCATE_RUN_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, folder / name)
 
 
 def _weight_files(out: Path, opts: ProjectOptions) -> list[Path]:

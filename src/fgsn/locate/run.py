@@ -233,16 +233,36 @@ def inputs_json(trio: Trio) -> dict:
     return d
 
 
+# Every `fgsn project` output keeps its locate run here, so that it can be passed to --locate-run.
+LOCATE_RUN_IN_OUTPUT = Path("fgsn") / "locate"
+LOCATE_RUN_FILES = ("locate.json", "masks.safetensors", "layer_search.png")
+
+
+def write_locate_run(folder: Path, result: LocateResult, trio: Trio, opts: LocateOptions) -> None:
+    """The files of a locate run into `folder` (inside an atomic output): masks, locate.json with
+    the locate options (of a ProjectOptions: its locate part), the layer-search figure."""
+    folder.mkdir(parents=True, exist_ok=True)
+    result.masks.save(folder / "masks.safetensors", meta={"layers": result.layers})
+    options = {k: v for k, v in opts.model_dump(mode="json").items() if k in LocateOptions.model_fields}
+    doc = {"options": options, "inputs": inputs_json(trio), "layers": result.layers,
+           "modules": result.module_stats, "prompt_counts": result.prompt_counts,
+           "layer_search": result.layer_search.to_json() if result.layer_search else None,
+           "masked": result.masked}
+    atomic_write_json(folder / "locate.json", doc)
+    if result.layer_search is not None:
+        plot_layer_search(result.layer_search, folder / "layer_search.png")
+
+
+def resolve_locate_run(path: str | Path) -> Path:
+    """A `fgsn locate` run folder as given, or the locate run a `fgsn project` output keeps."""
+    path = Path(path)
+    inner = path / LOCATE_RUN_IN_OUTPUT
+    return inner if not (path / "locate.json").is_file() and (inner / "locate.json").is_file() else path
+
+
 def save_locate_run(out: str | Path, result: LocateResult, trio: Trio, opts: LocateOptions) -> Path:
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-        result.masks.save(tmp / "masks.safetensors", meta={"layers": result.layers})
-        doc = {"options": opts.model_dump(mode="json"), "inputs": inputs_json(trio), "layers": result.layers,
-               "modules": result.module_stats, "prompt_counts": result.prompt_counts,
-               "layer_search": result.layer_search.to_json() if result.layer_search else None,
-               "masked": result.masked}
-        atomic_write_json(tmp / "locate.json", doc)
-        if result.layer_search is not None:
-            plot_layer_search(result.layer_search, tmp / "layer_search.png")
+        write_locate_run(tmp, result, trio, opts)
     return Path(out)
 
 
