@@ -91,7 +91,7 @@ def test_existing_output_is_refused_without_overwrite(llama_trio, prompts, tmp_p
 def test_same_inputs_give_identical_outputs_and_manifests(llama_trio, prompts, tmp_path):
     for o in ("a", "b"):
         assert project(llama_trio, prompts, tmp_path / o, "--seed", "3") == 0
-    for f in ("model.safetensors", "fgsn-manifest.json", "fgsn/masks.safetensors"):
+    for f in ("model.safetensors", "fgsn-manifest.json", "fgsn/masks.safetensors", "README.md", "fgsn/config.yaml"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
 
 

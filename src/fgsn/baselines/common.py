@@ -31,7 +31,7 @@ from fgsn.models.registry import layer_prefix
 from fgsn.models.safetensors_io import PlannedTensor
 from fgsn.models.trio import Trio
 from fgsn.models.writer import CheckpointWriter, copy_side_files
-from fgsn.report.manifest import MANIFEST, assemble_manifest
+from fgsn.report.manifest import MANIFEST, assemble_manifest, write_card
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ def write_output(out: Path, opts: BaselineOptions, write: Callable[[Path], dict]
         manifest = write(tmp)
         atomic_write_json(tmp / MANIFEST, manifest)
         (tmp / "fgsn").mkdir(exist_ok=True)
+        write_card(tmp, manifest, opts, f"fgsn baseline {manifest['method']}")
         atomic_write_json(tmp / RUN_INFO, run_info(t0))
     log.info("wrote %s: %.3f%% of all parameters modified", out, 100 * manifest["modified_fraction"])
     return BaselineResult(out, manifest)

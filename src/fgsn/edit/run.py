@@ -35,7 +35,7 @@ from fgsn.models.registry import from_out_in, to_out_in
 from fgsn.models.safetensors_io import PlannedTensor
 from fgsn.models.trio import Trio, open_trio
 from fgsn.models.writer import CheckpointWriter, copy_side_files
-from fgsn.report.manifest import MANIFEST, build_manifest
+from fgsn.report.manifest import MANIFEST, build_manifest, write_card
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,7 @@ def _project(trio: Trio, opts: ProjectOptions, ledger: Ledger | None, category: 
         manifest = build_manifest(opts=opts, trio=trio, loc=loc, edits=edits, category=category,
                                   cat_stats=cat_stats, ledger_step=step)
         atomic_write_json(tmp / MANIFEST, manifest)
+        write_card(tmp, manifest, opts, "fgsn project")
         atomic_write_json(tmp / "fgsn" / "run.json", _run_info(t0))
     if ledger is not None:
         out_sha = checkpoint_sha256(_weight_files(out, opts))
@@ -251,6 +252,7 @@ def _noop(trio: Trio, opts: ProjectOptions, ledger: Ledger, category: str, t0: f
                                   cat_stats={"masked_total": 0, "overlap": 0}, ledger_step=None, noop=True)
         atomic_write_json(tmp / MANIFEST, manifest)
         (tmp / "fgsn").mkdir()
+        write_card(tmp, manifest, opts, "fgsn project")
         atomic_write_json(tmp / "fgsn" / "run.json", _run_info(t0))
     return ProjectResult(out, manifest, noop=True)
 
