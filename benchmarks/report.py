@@ -204,14 +204,14 @@ def render(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     edits = res.get("edit") or []
     probes = res.get("probes") or []
-    fig, ax = plt.subplots(2, 2, figsize=(11, 8))
+    fig = Figure(figsize=(11, 8))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots(2, 2)
     styles = {"fgsn": "o-", "naive": "x--", "floor_safetensors": "^:", "floor_bytes": "v:"}
     for key, style in styles.items():
         pts = [(s["params"] / 1e9, s["variants"][key]) for s in edits if key in s["variants"]]
@@ -239,7 +239,6 @@ def plot(res: dict, path: Path) -> None:
                  f"commit {res.get('commit') or 'not recorded'}{stale})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 SKELETON = f"""# Benchmarks

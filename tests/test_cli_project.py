@@ -91,7 +91,7 @@ def test_existing_output_is_refused_without_overwrite(llama_trio, prompts, tmp_p
 def test_same_inputs_give_identical_outputs_and_manifests(llama_trio, prompts, tmp_path):
     for o in ("a", "b"):
         assert project(llama_trio, prompts, tmp_path / o, "--seed", "3") == 0
-    for f in ("model.safetensors", "fgsn-manifest.json", "fgsn/masks.safetensors"):
+    for f in ("model.safetensors", "fgsn-manifest.json", "fgsn/masks.safetensors", "README.md", "fgsn/config.yaml"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
 
 
@@ -105,6 +105,29 @@ def test_locate_then_project_reuses_the_run(llama_trio, prompts, tmp_path):
     direct = tmp_path / "d"
     assert project(t, prompts, direct) == 0
     assert (tmp_path / "o/model.safetensors").read_bytes() == (direct / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("extra", [(), ("--score", "random", "--layers", "1-2", "--modules", "q_proj",
+                                         "--modules", "down_proj", "--granularity", "neuron")])
+def test_a_project_output_is_a_locate_run(llama_trio, prompts, tmp_path, extra):
+    """Every project output keeps its locate run (OUT/fgsn/locate, the schema of `fgsn locate`'s
+    folder); passed as --locate-run (the output folder or that subfolder) it reproduces the
+    checkpoint bit for bit, and is passed on unchanged."""
+    t = llama_trio
+    first = tmp_path / "first"
+    assert project(t, prompts, first, "--seed", "5", *extra) == 0
+    loc = first / "fgsn" / "locate"
+    doc = json.loads((loc / "locate.json").read_text())
+    assert {"options", "inputs", "layers", "modules", "prompt_counts", "layer_search", "masked"} <= set(doc)
+    assert "ledger" not in doc["options"] and doc["options"]["seed"] == 5  # locate's options only
+    assert doc["inputs"]["finetuned"]["sha256"] and doc["masked"] > 0
+    for i, run_dir in enumerate((first, loc)):
+        again = tmp_path / f"again{i}"
+        assert run("project", "--base", t["base"], "--aligned", t["aligned"], "--finetuned", t["finetuned"],
+                   "--locate-run", run_dir, "--out", again) == 0
+        for f in ("model.safetensors", "fgsn/masks.safetensors", "fgsn/locate/locate.json",
+                  "fgsn/locate/masks.safetensors"):
+            assert (again / f).read_bytes() == (first / f).read_bytes(), f
 
 
 def test_continual_ledger(llama_trio, prompts, tmp_path):

@@ -114,6 +114,40 @@ def test_rerun_resumes_complete_methods(run, llama_trio, files):
     assert man["options"]["beta"] == 0.25
 
 
+def test_rerun_recomputes_an_fgsn_edit_whose_options_changed(run, llama_trio, files):
+    def manifest(name):
+        return json.loads((run / "models" / name / "fgsn-manifest.json").read_text())
+
+    beta = manifest("resta")["options"]["beta"]  # whatever the earlier tests left: RESTA unchanged
+    stamp = {n: (run / "models" / n / "model.safetensors").stat().st_mtime_ns for n in ("fgsn", "resta")}
+    assert compare(llama_trio, files, run, "--methods", "fgsn,resta", "--resta-beta", str(beta), "--p", "0.05") == 0
+    res = json.loads((run / "results.json").read_text())
+    assert res["models"]["fgsn"]["edit_resumed"] is False and res["models"]["resta"]["edit_resumed"] is True
+    assert (run / "models/fgsn/model.safetensors").stat().st_mtime_ns != stamp["fgsn"]
+    assert (run / "models/resta/model.safetensors").stat().st_mtime_ns == stamp["resta"]
+    assert manifest("fgsn")["options"]["p"] == 0.05
+
+
+def test_is_complete_needs_the_same_method_and_options(tmp_path):
+    from fgsn.edit.run import ProjectOptions
+    from fgsn.report.manifest import MANIFEST, is_complete, manifest_options
+
+    opts = ProjectOptions(base="B", aligned="A", finetuned="F", harmful=["h"], task=["t"], out=str(tmp_path / "x"))
+    out = tmp_path / "o"
+    assert not is_complete(out, "fgsn", opts)  # no output
+    out.mkdir()
+    man = {"method": "fgsn", "noop": False, "options": manifest_options(opts)}
+    (out / MANIFEST).write_text(json.dumps(man))
+    assert is_complete(out, "fgsn", opts)
+    assert is_complete(out, "fgsn", opts.model_copy(update={"out": "elsewhere", "overwrite": True}))
+    assert not is_complete(out, "resta", opts)
+    assert not is_complete(out, "fgsn", ProjectOptions(**{**opts.model_dump(), "q": 0.2}))
+    (out / MANIFEST).write_text(json.dumps({**man, "noop": True}))
+    assert not is_complete(out, "fgsn", opts)
+    (out / MANIFEST).write_text("{truncated")
+    assert not is_complete(out, "fgsn", opts)
+
+
 def test_ablation_presets_in_process(llama_trio, files, tmp_path):
     out = tmp_path / "abl"
     assert compare(llama_trio, files, out, "--methods", "fgsn-layers-only,fgsn-no-task", "--no-isolate",

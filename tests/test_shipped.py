@@ -96,3 +96,21 @@ def test_real_conversion_reloads_with_tied_embeddings_and_chat_template(tmp_path
     enc = tok(text, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**enc, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, enc.input_ids.shape[1]:])
+
+
+@pytest.mark.parametrize(("env", "expected"), [("", None), ("~/fgsn-c", "~/fgsn-c"), (None, None)])
+def test_every_cache_agrees_on_the_root(monkeypatch, env, expected):
+    """One cache root for the converted model, the organism, the probe cache and the file-hash
+    cache: an empty $FGSN_CACHE means unset, and ~ is expanded everywhere."""
+    from fgsn.locate import cache as probe_cache
+    from fgsn.models import hashing
+
+    if env is None:
+        monkeypatch.delenv("FGSN_CACHE", raising=False)
+    else:
+        monkeypatch.setenv("FGSN_CACHE", env)
+    want = Path(expected).expanduser() if expected else Path.home() / ".cache" / "fgsn"
+    assert S.fgsn_cache_root() == hashing.cache_root() == want
+    assert hashing._cache_file().parent == want
+    assert probe_cache._path("k").parent == want / "probes"
+    assert S.smollm2_dir.__module__ == S.__name__ and S.fgsn_cache_root is hashing.cache_root

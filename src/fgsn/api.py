@@ -7,20 +7,21 @@
 
 from __future__ import annotations
 
-from fgsn.config import build_options
+from fgsn.config import with_overrides
 from fgsn.edit.run import ProjectOptions, ProjectResult, run_project
 from fgsn.locate.run import LocateOptions, LocateResult, run_locate
 
 
 def locate(*, out: str | None = None, options: LocateOptions | None = None, **kw) -> LocateResult:
-    """Find safety layers and neuron masks; with `out`, save them as a locate run folder."""
-    opts = options.model_copy(update=kw) if options else build_options(LocateOptions, kw)
+    """Find safety layers and neuron masks; with `out`, save them as a locate run folder.
+    `options` and keyword overrides are validated together, as the CLI validates flags."""
+    opts = with_overrides(LocateOptions, options, kw)
     return run_locate(opts, out=out or opts.out)
 
 
 def project(*, options: ProjectOptions | None = None, **kw) -> ProjectResult:
     """Locate (or reuse `locate_run`) and write the repaired checkpoint to `out`."""
-    opts = options.model_copy(update=kw) if options else build_options(ProjectOptions, kw)
+    opts = with_overrides(ProjectOptions, options, kw)
     return run_project(opts)
 
 

@@ -89,46 +89,80 @@ def print_manifest_summary(m: dict, out) -> None:
         print("  (no-op: this category was already applied)")
 
 
-SUBMODULES = ("fgsn.evaluate.cli", "fgsn.report.cli", "fgsn.organism.cli", "fgsn.demo", "fgsn.baselines.cli",
-              "fgsn.sweep", "fgsn.bench",
-              "fgsn.repair")
+# The one table of commands: name -> (module whose `add_parser(subparsers)` defines it, the one-line
+# help `fgsn --help` lists). `fgsn --help` imports none of these modules; `fgsn NAME ...` imports
+# NAME's module only, so no command pays for the imports of another (and help never imports torch).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "locate": ("fgsn.cli", "find safety layers and neuron masks; save them as a run folder"),
+    "project": ("fgsn.cli", "locate and project: write the repaired checkpoint"),
+    "eval": ("fgsn.evaluate.cli", "generate, judge and score models; writes RUNDIR with results and a report"),
+    "report": ("fgsn.report.cli", "write results.json, report.md and report.html of an eval run folder"),
+    "organism": ("fgsn.organism.cli", "build the real small model organism (base / aligned / fine-tuned SmolLM2-135M)"),
+    "demo": ("fgsn.demo", "build the SmolLM2 organism, repair it with FGSN, evaluate and report"),
+    "compare": ("fgsn.baselines.cli", "run FGSN, its ablations and the baselines on the same inputs; evaluate them "
+                                      "side by side"),
+    "baseline": ("fgsn.baselines.cli", "run one baseline (safelora, resta, wanda) and write its checkpoint"),
+    "sweep": ("fgsn.sweep", "trace ASR / over-refusal / utility / NLL against the share of parameters modified, for "
+                            "every score, with baselines as points"),
+    "bench": ("fgsn.bench", "every method on every organism scenario, on large held-out sets"),
+    "repair": ("fgsn.repair", "search the repair methods and their strength; write the cheapest edit that restores "
+                              "safety and keeps the task"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from fgsn.edit.run import ProjectOptions
-    from fgsn.locate.run import LocateOptions
+def add_parser(sub) -> None:
+    """`fgsn locate` and `fgsn project` (their options modules are torch-free; the handlers import the stages)."""
+    from fgsn.edit.options import ProjectOptions
+    from fgsn.locate.options import LocateOptions
 
+    p = sub.add_parser("locate", help=COMMANDS["locate"][1])
+    p.add_argument("--config", help="YAML file with any of these options (flags win)")
+    add_option_flags(p, LocateOptions, HELPS)
+    p.set_defaults(func=_locate)
+    p = sub.add_parser("project", help=COMMANDS["project"][1])
+    p.add_argument("--config", help="YAML file with any of these options (flags win)")
+    add_option_flags(p, ProjectOptions, HELPS)
+    p.set_defaults(func=_project)
+
+
+def build_parser(load: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command in `load` (default: all); the other commands are listed in
+    `fgsn --help` with their one-line help, without importing their modules."""
     parser = argparse.ArgumentParser(prog="fgsn", description="Training-free repair of a fine-tuned LLM's safety.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("locate", help="find safety layers and neuron masks; save them as a run folder")
-    p.add_argument("--config", help="YAML file with any of these options (flags win)")
-    add_option_flags(p, LocateOptions, HELPS)
-    p.set_defaults(func=_locate)
-    p = sub.add_parser("project", help="locate and project: write the repaired checkpoint")
-    p.add_argument("--config", help="YAML file with any of these options (flags win)")
-    add_option_flags(p, ProjectOptions, HELPS)
-    p.set_defaults(func=_project)
-    for name in SUBMODULES:
+    wanted = None if load is None else {COMMANDS[c][0] for c in load}  # modules define sibling commands too
+    for name, (module, help_text) in COMMANDS.items():
+        if name in sub.choices:
+            continue  # defined by a module loaded for an earlier command
+        if wanted is not None and module not in wanted:
+            sub.add_parser(name, help=help_text, add_help=False)
+            continue
         try:
-            mod = importlib.import_module(name)
+            mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
-            if e.name and name.startswith(e.name):
+            if e.name and module.startswith(e.name):
                 continue  # that stage is not installed in this build
             raise
         mod.add_parser(sub)
     return parser
 
 
-def _version() -> str:
-    import fgsn
+def command_of(argv: list[str]) -> str | None:
+    """The command named in `argv` (its first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
-    return f"fgsn {fgsn.__version__}"
+
+def _version() -> str:
+    from fgsn import __version__
+
+    return f"fgsn {__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    parser = build_parser(load=[c] if (c := command_of(argv)) in COMMANDS else [])
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

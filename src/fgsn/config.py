@@ -8,13 +8,15 @@ is absent from the namespace and cannot shadow a value from the YAML file.
 from __future__ import annotations
 
 import argparse
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
 
-from fgsn.errors import ConfigError
+from fgsn.errors import ConfigError, InputError
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -60,9 +62,21 @@ def build_options(cls: type[T], values: dict[str, Any], where: str = "options") 
         raise ConfigError(format_validation_error(e, where)) from None
 
 
+def with_overrides(cls: type[T], options: BaseModel | None, overrides: dict[str, Any], where: str = "options") -> T:
+    """`options` (or the defaults) with `overrides`, validated as one set of values, so that an
+    options object plus keyword overrides is checked exactly like flags or YAML keys
+    (`model_copy(update=...)` would skip validation). The given object is never modified."""
+    if options is None:
+        return build_options(cls, overrides, where)
+    if not overrides and type(options) is cls:
+        return options  # type: ignore[return-value]
+    return build_options(cls, {**options.model_dump(exclude_unset=True), **overrides}, where)
+
+
 def options_from_args(cls: type[T], args: argparse.Namespace, skip: tuple[str, ...] = ("func", "config", "command", "verbose")
                       ) -> T:
-    """Defaults < YAML (`args.config`) < flags present in `args`."""
+    """Defaults < YAML (`args.config`) < flags present in `args`. Mapping options given as
+    repeated NAME=VALUE flags become dicts here."""
     values: dict[str, Any] = {}
     config = getattr(args, "config", None)
     if config:
@@ -70,37 +84,76 @@ def options_from_args(cls: type[T], args: argparse.Namespace, skip: tuple[str, .
         where = f"config {config}"
     else:
         where = "options"
-    values.update({k: v for k, v in vars(args).items() if k not in skip})
+    for k, v in vars(args).items():
+        if k in skip:
+            continue
+        field = cls.model_fields.get(k)
+        if field is not None and _is_dict(field.annotation) and isinstance(v, list):
+            v = parse_pairs(v, "/".join(flag_names(k, field)), _extra(field).get("metavar", "NAME=VALUE"))
+        values[k] = v
     return build_options(cls, values, where)
 
 
-def add_option_flags(parser: argparse.ArgumentParser, cls: type[BaseModel], helps: dict[str, str] | None = None,
-                     skip: tuple[str, ...] = ()) -> None:
-    """One flag per option field (`--batch-size` for `batch_size`), all defaulting to SUPPRESS so
-    that YAML values survive; lists are repeatable flags, booleans get --x/--no-x."""
-    import typing
+def parse_pairs(values: list[str], flag: str, metavar: str = "NAME=VALUE") -> dict[str, str]:
+    """Repeated `NAME=VALUE` flag values as a dict; a malformed or repeated NAME is an error."""
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, value = v.partition("=")
+        if not sep or not name or not value:
+            raise InputError(f"{flag} {v!r}: expected {metavar}, e.g. {flag.split('/')[-1]} aligned=...")
+        if name in out:
+            raise InputError(f"{flag}: name {name!r} given twice; each model needs its own name")
+        out[name] = value
+    return out
+
+
+def _extra(field: FieldInfo) -> dict[str, Any]:
+    """Command-line settings of a field: `aliases` (more flag spellings) and `metavar`, given as
+    Field(json_schema_extra={...})."""
+    return field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+
+
+def flag_names(name: str, field: FieldInfo) -> list[str]:
+    """`--batch-size` for `batch_size`, then the field's aliases (older spellings kept working)."""
+    return ["--" + name.replace("_", "-"), *_extra(field).get("aliases", [])]
+
+
+def _is_dict(ann: Any) -> bool:
+    return typing.get_origin(ann) is dict or any(typing.get_origin(a) is dict for a in typing.get_args(ann))
+
+
+def add_option_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type[BaseModel],
+                     helps: dict[str, str] | None = None, skip: tuple[str, ...] = (),
+                     only: tuple[str, ...] | None = None) -> None:
+    """One flag per option field (`--batch-size` for `batch_size`, plus the field's aliases), all
+    defaulting to SUPPRESS so that YAML values survive; lists are repeatable flags, mappings
+    repeatable NAME=VALUE flags, booleans get --x/--no-x. `only`: just these fields, in this order
+    (e.g. one argument group's)."""
+    from pydantic_core import PydanticUndefined
 
     helps = helps or {}
-    for name, field in cls.model_fields.items():
+    for name in only if only is not None else cls.model_fields:
+        field = cls.model_fields[name]
         if name in skip:
             continue
-        flag = "--" + name.replace("_", "-")
+        flags = flag_names(name, field)
         ann = field.annotation
         args = typing.get_args(ann)
         is_list = typing.get_origin(ann) is list or any(typing.get_origin(a) is list for a in args)
-        is_bool = ann is bool
-        from pydantic_core import PydanticUndefined
-
         default = None if field.default in (None, PydanticUndefined) else field.default
         # helps are argparse text already; a field's description is plain text (escape its %)
         text = helps.get(name) or (field.description or "").replace("%", "%%")
         if default not in (None, ...) and not field.is_required():
-            text = f"{text} (default: {default})".strip()
+            shown = repr(default) if isinstance(default, str) and "\n" in default else str(default)
+            text = f"{text} (default: {shown.replace('%', '%%')})".strip()
         if field.is_required():
             text = f"{text} (required)".strip()
-        if is_bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        if ann is bool:
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        elif _is_dict(ann):
+            parser.add_argument(*flags, action="append", default=argparse.SUPPRESS,
+                                metavar=_extra(field).get("metavar", "NAME=VALUE"), help=text + " [repeatable]")
         elif is_list:
-            parser.add_argument(flag, action="append", default=argparse.SUPPRESS, metavar="X", help=text + " [repeatable]")
+            parser.add_argument(*flags, action="append", default=argparse.SUPPRESS, metavar="X", help=text + " [repeatable]")
         else:
-            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=name.upper(), help=text)
+            parser.add_argument(*flags, default=argparse.SUPPRESS, metavar=name.upper(), help=text)

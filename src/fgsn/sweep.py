@@ -72,19 +72,24 @@ class SweepOptions(Options):
 
 
 def _baseline_points(opts: SweepOptions, models_dir: Path) -> dict[str, str]:
-    """Whole-module baselines from fgsn.baselines, when that package provides them."""
+    """Whole-module baselines from fgsn.baselines, when that package provides them; a kept
+    checkpoint is reused only when it was made with these options."""
     try:
-        from fgsn.baselines import run_baseline
+        from fgsn.baselines.methods import option_class, runner
     except ImportError:
         log.warning("fgsn.baselines is not available; the frontier has no baseline points")
         return {}
+    from fgsn.config import build_options
+    from fgsn.report.manifest import is_complete
+
     out = {}
     for name in opts.baselines:
         folder = models_dir / name
-        if not (folder / "fgsn-manifest.json").is_file():
-            own = {"safelora": {"threshold": opts.safelora_threshold}, "resta": {"beta": opts.resta_beta}}.get(name, {})
-            run_baseline(name, base=opts.base, aligned=opts.aligned, finetuned=opts.finetuned, out=str(folder),
-                         overwrite=True, **own)
+        own = {"safelora": {"threshold": opts.safelora_threshold}, "resta": {"beta": opts.resta_beta}}.get(name, {})
+        bopts = build_options(option_class(name), dict(base=opts.base, aligned=opts.aligned, finetuned=opts.finetuned,
+                                                       out=str(folder), overwrite=True, **own), f"{name} options")
+        if not is_complete(folder, name, bopts):
+            runner(name)(bopts)
         out[name] = str(folder)
     return out
 
@@ -92,6 +97,7 @@ def _baseline_points(opts: SweepOptions, models_dir: Path) -> dict[str, str]:
 def run_sweep(opts: SweepOptions) -> dict:
     from fgsn.edit.run import ProjectOptions, run_project
     from fgsn.evaluate import EvalOptions, evaluate
+    from fgsn.report.manifest import is_complete
 
     out = Path(opts.out)
     models_dir = out / "models"
@@ -101,12 +107,13 @@ def run_sweep(opts: SweepOptions) -> dict:
         for budget in opts.budgets:
             name = f"{score}_{budget:g}"
             folder = models_dir / name
-            if not (folder / "fgsn-manifest.json").is_file():
-                run_project(ProjectOptions(
-                    base=opts.base, aligned=opts.aligned, finetuned=opts.finetuned, harmful=opts.harmful,
-                    task=opts.task, benign=opts.benign, layers=opts.layers, p=opts.p, budget=budget, score=score,
-                    granularity="neuron" if score == "contrast" else opts.granularity, projector=opts.projector,
-                    device=opts.device, out=str(folder), overwrite=True))
+            popts = ProjectOptions(
+                base=opts.base, aligned=opts.aligned, finetuned=opts.finetuned, harmful=opts.harmful,
+                task=opts.task, benign=opts.benign, layers=opts.layers, p=opts.p, budget=budget, score=score,
+                granularity="neuron" if score == "contrast" else opts.granularity, projector=opts.projector,
+                device=opts.device, out=str(folder), overwrite=True)
+            if not is_complete(folder, "fgsn", popts):  # a kept checkpoint made with other options is redone
+                run_project(popts)
             models[name] = str(folder)
             points.append({"name": name, "score": score, "budget": budget})
     baselines = _baseline_points(opts, models_dir)
@@ -159,12 +166,13 @@ def format_sweep_table(doc: dict) -> str:
 
 
 def plot_frontier(doc: dict, path: Path) -> None:
-    import matplotlib
+    """frontier.png, drawn on a canvas of its own (pyplot and the caller's backend left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), sharex=True)
+    fig = Figure(figsize=(10, 7.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2, sharex=True)
     scores = list(dict.fromkeys(p["score"] for p in doc["points"]))
     for ax, (metric, label) in zip(axes.flat, METRICS, strict=True):
         for score in scores:
@@ -190,7 +198,6 @@ def plot_frontier(doc: dict, path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _handler(args: argparse.Namespace) -> int:

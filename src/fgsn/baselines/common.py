@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import Field
 from tqdm.auto import tqdm
 
 from fgsn.atomic import atomic_dir, atomic_write_json
-from fgsn.config import Options
+from fgsn.baselines.options import BaselineOptions
 from fgsn.edit.projection import check_finite
 from fgsn.errors import InputError
 from fgsn.models.finetune import LoraFinetune
@@ -32,24 +31,11 @@ from fgsn.models.registry import layer_prefix
 from fgsn.models.safetensors_io import PlannedTensor
 from fgsn.models.trio import Trio
 from fgsn.models.writer import CheckpointWriter, copy_side_files
-from fgsn.report.manifest import MANIFEST, assemble_manifest
+from fgsn.report.manifest import MANIFEST, assemble_manifest, write_card
 
 log = logging.getLogger(__name__)
 
 RUN_INFO = "fgsn/run.json"
-
-
-class BaselineOptions(Options):
-    """Options every weight-editing baseline takes."""
-
-    aligned: str
-    finetuned: str
-    base: str | None = None
-    out: str | None = None
-    overwrite: bool = False
-    allow_pickle: bool = False
-    seed: int = 0
-    max_shard_gb: float = Field(5.0, gt=0)
 
 
 @dataclass
@@ -130,6 +116,7 @@ def write_output(out: Path, opts: BaselineOptions, write: Callable[[Path], dict]
         manifest = write(tmp)
         atomic_write_json(tmp / MANIFEST, manifest)
         (tmp / "fgsn").mkdir(exist_ok=True)
+        write_card(tmp, manifest, opts, f"fgsn baseline {manifest['method']}")
         atomic_write_json(tmp / RUN_INFO, run_info(t0))
     log.info("wrote %s: %.3f%% of all parameters modified", out, 100 * manifest["modified_fraction"])
     return BaselineResult(out, manifest)

@@ -37,20 +37,22 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from fgsn.atomic import atomic_write_json, atomic_write_text, dumps_json
+from fgsn.atomic import atomic_write_json, atomic_write_text
 from fgsn.baselines.methods import ALL_LAYERS, Method, option_class, parse_methods
 from fgsn.baselines.self_reminder import SUFFIX, SYSTEM, SelfReminder
 from fgsn.baselines.worker import measured_run
-from fgsn.edit.run import ProjectOptions
+from fgsn.edit.options import ProjectOptions
 from fgsn.errors import ConfigError, FgsnError, InputError
 from fgsn.evaluate.options import EvalOptions
-from fgsn.report.manifest import MANIFEST
+from fgsn.report.manifest import is_complete as manifest_is_complete
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EVAL_HARMFUL = ("builtin:harmbench?split=test&limit=100", "builtin:strongreject?split=test&limit=100")
-# ProjectOptions fields that make no sense for a comparison (each method writes its own folder).
-NOT_FOR_COMPARE = ("ledger", "locate_run", "output_format", "category", "adapters")
+# Fields that make no sense for a comparison: each method writes its own folder, and compare sets the
+# evaluation's per-model settings itself (the fine-tuned adapter, Self-Reminder's system prompt and
+# suffix), so no flag is offered for them and a YAML value is an error.
+NOT_FOR_COMPARE = ("ledger", "locate_run", "output_format", "category", "adapters", "systems", "suffixes")
 
 
 class CompareOptions(ProjectOptions, EvalOptions):
@@ -153,28 +155,11 @@ def method_options(opts: CompareOptions, m: Method, rundir: Path, num_layers: in
     raise InputError(f"{m.name} writes no checkpoint")
 
 
-def expected_manifest_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
-    from fgsn.config import build_options
-
-    d = build_options(option_class(kind), options, f"{kind} options").model_dump(mode="json")
-    for k in ("overwrite", "out"):
-        d.pop(k, None)
-    return d
-
-
 def is_complete(out: Path, kind: str, options: dict[str, Any]) -> bool:
     """The checkpoint exists (atomic: then it is whole) and was made by this method with these options."""
-    path = out / MANIFEST
-    if not path.is_file():
-        return False
-    try:
-        man = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    if not isinstance(man, dict) or man.get("method") != kind or man.get("noop"):
-        return False
-    want = json.loads(dumps_json(expected_manifest_options(kind, options)))
-    return man.get("options") == want
+    from fgsn.config import build_options
+
+    return manifest_is_complete(out, kind, build_options(option_class(kind), options, f"{kind} options"))
 
 
 # -- running the edits ----------------------------------------------------------------------------
@@ -392,7 +377,8 @@ def check_inputs(opts: CompareOptions, methods: list[Method]):
         default = CompareOptions.model_fields[k].default
         if getattr(opts, k) not in (default, None, {}, []):
             raise ConfigError(f"option {k!r} has no meaning in fgsn compare (each method writes its own "
-                              f"checkpoint under RUNDIR/models); remove it")
+                              f"checkpoint under RUNDIR/models, with the evaluation settings compare gives it); "
+                              f"remove it")
     if not opts.out:
         raise InputError("fgsn compare needs --out RUNDIR")
     kinds = {m.kind for m in methods}

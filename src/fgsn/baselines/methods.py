@@ -22,7 +22,7 @@ from typing import Any
 
 from fgsn.config import build_options
 from fgsn.errors import InputError
-from fgsn.locate.run import PRESETS
+from fgsn.locate.options import PRESETS
 
 ALL_LAYERS = "all"
 
@@ -76,22 +76,16 @@ def parse_methods(names: list[str]) -> list[Method]:
 
 
 def option_class(kind: str):
+    """The options class of a weight-editing method (torch-free: the CLI builds flags from it)."""
+    from fgsn.baselines import options as bo
+
     if kind == "fgsn":
-        from fgsn.edit.run import ProjectOptions
+        from fgsn.edit.options import ProjectOptions
 
         return ProjectOptions
-    if kind == "safelora":
-        from fgsn.baselines.safelora import SafeLoRAOptions
-
-        return SafeLoRAOptions
-    if kind == "resta":
-        from fgsn.baselines.resta import RestaOptions
-
-        return RestaOptions
-    if kind == "wanda":
-        from fgsn.baselines.wanda import WandaOptions
-
-        return WandaOptions
+    classes = {"safelora": bo.SafeLoRAOptions, "resta": bo.RestaOptions, "wanda": bo.WandaOptions}
+    if kind in classes:
+        return classes[kind]
     raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {', '.join(BASELINES)} "
                      "(self-reminder writes no checkpoint)")
 

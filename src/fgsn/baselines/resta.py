@@ -32,13 +32,10 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 
 from fgsn.baselines.common import (
-    BaselineOptions,
     BaselineResult,
     baseline_manifest,
     layer_of,
@@ -47,6 +44,7 @@ from fgsn.baselines.common import (
     tensor_seed,
     write_output,
 )
+from fgsn.baselines.options import RestaOptions
 from fgsn.edit.projection import check_finite
 from fgsn.errors import InputError
 from fgsn.models.checkpoint import Checkpoint
@@ -54,13 +52,6 @@ from fgsn.models.registry import edit_targets
 from fgsn.models.trio import check_same_model, open_trio
 
 log = logging.getLogger(__name__)
-
-
-class RestaOptions(BaselineOptions):
-    unaligned: str | None = None
-    beta: float = Field(0.5, ge=0)
-    dare: float = Field(0.0, ge=0, lt=1)
-    scope: Literal["all", "linear"] = "all"
 
 
 def dare(delta: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:

@@ -30,19 +30,17 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 
 from fgsn.baselines.common import (
-    BaselineOptions,
     BaselineResult,
     baseline_manifest,
     require_out,
     side_files,
     write_output,
 )
+from fgsn.baselines.options import SafeLoRAOptions
 from fgsn.edit.masks_io import PackedMasks
 from fgsn.edit.projection import ProjectionSettings, check_finite
 from fgsn.edit.projectors import Projector
@@ -56,16 +54,6 @@ from fgsn.models.trio import Trio, open_trio
 from fgsn.models.writer import CheckpointWriter, copy_side_files
 
 log = logging.getLogger(__name__)
-
-
-class SafeLoRAOptions(BaselineOptions):
-    base: str  # type: ignore[assignment]  (required: V = W_aligned - W_base)
-    select: Literal["threshold", "number"] = "threshold"
-    threshold: float = Field(0.5, ge=-1, le=1)
-    k: int = Field(10, ge=1)
-    modules: list[str] | None = None
-    layers: str | None = None
-    output_format: Literal["merged", "adapter"] = "merged"
 
 
 def candidate_targets(trio: Trio, modules: list[str] | None, layers: str | None) -> list[EditTarget]:

@@ -24,19 +24,17 @@ import gc
 import logging
 import time
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
 
 from fgsn.baselines.common import (
-    BaselineOptions,
     BaselineResult,
     baseline_manifest,
     require_out,
     stream_rewrite,
     write_output,
 )
+from fgsn.baselines.options import WandaOptions
 from fgsn.data.prompts import concat, load_prompts
 from fgsn.edit.masks_io import PackedMasks
 from fgsn.edit.projection import check_finite
@@ -44,7 +42,6 @@ from fgsn.errors import InputError
 from fgsn.locate.layers import parse_layers
 from fgsn.locate.masks import safety_mask
 from fgsn.locate.probes import ProbeStats, run_probes
-from fgsn.locate.run import ProbeOptions
 from fgsn.locate.scores import ScoreInputs, score
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.loading import load_model
@@ -52,23 +49,6 @@ from fgsn.models.registry import EditTarget, edit_targets, from_out_in, live_lay
 from fgsn.models.trio import Trio, open_trio
 
 log = logging.getLogger(__name__)
-
-
-class WandaOptions(BaselineOptions, ProbeOptions):
-    harmful: list[str]
-    q: float = Field(0.1, ge=0, le=1)
-    target: Literal["update", "weight"] = "update"
-    group: Literal["row", "module"] = "row"
-    granularity: Literal["weight", "neuron"] = "weight"
-    score: Literal["wanda", "wanda-delta"] = "wanda"
-    modules: list[str] | None = None
-    layers: str | None = None
-    save_masks: bool = False
-
-    @field_validator("harmful", "modules", mode="before")
-    @classmethod
-    def _listify(cls, v):
-        return [v] if isinstance(v, str) else v
 
 
 def row_top_fraction(scores: torch.Tensor, q: float) -> torch.Tensor:

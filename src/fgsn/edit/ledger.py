@@ -41,7 +41,7 @@ class Ledger:
         self.path = Path(path)
         self.file = self.path / "ledger.json"
         self.doc: dict = {"version": VERSION, "models": {}, "steps": []}
-        self._union_cache: dict[str, torch.Tensor] = {}
+        self._unions: PackedMasks | None = None  # OR of every step's masks, packed; built on first use
         if self.path.exists() and not self.path.is_dir():
             raise LedgerError(f"ledger {self.path} is not a folder; --ledger takes a folder (created if missing)")
         if self.file.exists():
@@ -56,6 +56,7 @@ class Ledger:
             raise IntegrityError(f"ledger {self.file} fails its checksum: it was edited or damaged")
         if doc.get("version") != VERSION:
             raise LedgerError(f"ledger {self.file} has version {doc.get('version')}; this fgsn reads {VERSION}")
+        self._unions = None
         for step in doc["steps"]:
             mf = self.path / step["mask_file"]
             if not mf.is_file() or sha256_file(mf) != step["mask_sha256"]:
@@ -104,16 +105,25 @@ class Ledger:
             raise LedgerError(f"ledger {self.path} continues from {where} (sha256 {expected[:12]}...), but "
                               f"--finetuned has sha256 {finetuned_sha[:12]}...; pass the latest step's output")
 
-    def union(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """OR of the masks every earlier step projected for tensor `name`."""
-        if name not in self._union_cache:
-            u = torch.zeros(shape, dtype=torch.bool)
+    def unions(self) -> PackedMasks:
+        """The OR of every step's masks, per tensor, kept bit-packed: each step's mask file is read
+        once (at the first call), not once per tensor."""
+        if self._unions is None:
+            u = PackedMasks()
             for step in self.steps:
-                pm = PackedMasks.load(self.path / step["mask_file"])
-                if name in pm:
-                    u |= pm.get(name)
-            self._union_cache[name] = u
-        return self._union_cache[name]
+                u.union_update(PackedMasks.load(self.path / step["mask_file"]))
+            self._unions = u
+        return self._unions
+
+    def union(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """OR of the masks every earlier step projected for tensor `name` (unpacked, this tensor only)."""
+        u = self.unions()
+        if name not in u:
+            return torch.zeros(shape, dtype=torch.bool)
+        if u.shape(name) != tuple(shape):
+            raise IntegrityError(f"ledger {self.path}: earlier masks of {name} have shape {list(u.shape(name))}, "
+                                 f"this model's is {list(shape)}; use a new --ledger folder for this model")
+        return u.get(name)
 
     def record(self, category: str, masks: PackedMasks, stats: dict, models: dict[str, str],
                output: str, output_sha: str) -> dict:
@@ -131,4 +141,6 @@ class Ledger:
         doc["checksum"] = _checksum(doc)
         atomic_write_json(self.file, doc)
         self.doc = doc
+        if self._unions is not None:
+            self._unions.union_update(masks)  # the new step is part of every later union
         return step

@@ -47,6 +47,19 @@ class PackedMasks:
     def shape(self, name: str) -> tuple[int, ...]:
         return self._data[name][1]
 
+    def union_update(self, other: PackedMasks) -> None:
+        """self |= other, tensor by tensor, on the packed bits (both pad with zero bits, so the OR of
+        the packed bytes is the packed OR); nothing is unpacked."""
+        for name, (packed, shape) in other._data.items():
+            if name not in self._data:
+                self._data[name] = (packed.clone(), shape)
+                continue
+            mine, my_shape = self._data[name]
+            if my_shape != shape:
+                raise IntegrityError(f"mask of {name} has shape {list(shape)} here but {list(my_shape)} in an "
+                                     "earlier mask file; the masks were made for different models")
+            self._data[name] = (mine | packed, shape)
+
     def save(self, path: str | os.PathLike, meta: dict | None = None) -> None:
         """One safetensors file of packed bits, shapes in its metadata; atomic and byte-stable."""
         from safetensors.torch import save

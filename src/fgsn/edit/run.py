@@ -10,37 +10,34 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 from tqdm.auto import tqdm
 
 from fgsn.atomic import atomic_dir, atomic_write_json
 from fgsn.edit.ledger import Ledger
 from fgsn.edit.masks_io import PackedMasks
+from fgsn.edit.options import ProjectOptions
 from fgsn.edit.projection import ProjectionSettings, TensorEdit, check_finite, project_tensor
 from fgsn.errors import InputError
-from fgsn.locate.run import LocateOptions, LocateResult, inputs_json, locate_masks
+from fgsn.locate.run import (
+    LOCATE_RUN_FILES,
+    LOCATE_RUN_IN_OUTPUT,
+    LocateResult,
+    inputs_json,
+    locate_masks,
+    resolve_locate_run,
+    write_locate_run,
+)
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.hashing import checkpoint_sha256
 from fgsn.models.registry import from_out_in, to_out_in
 from fgsn.models.safetensors_io import PlannedTensor
 from fgsn.models.trio import Trio, open_trio
 from fgsn.models.writer import CheckpointWriter, copy_side_files
-from fgsn.report.manifest import MANIFEST, build_manifest
+from fgsn.report.manifest import MANIFEST, build_manifest, write_card
 
 log = logging.getLogger(__name__)
-
-
-class ProjectOptions(LocateOptions):
-    base: str  # type: ignore[assignment]  (required here: the safety direction is aligned - base)
-    harmful: list[str] = Field(default_factory=list)
-    task: list[str] = Field(default_factory=list)
-    ledger: str | None = None
-    locate_run: str | None = None
-    output_format: Literal["merged", "adapter"] = "merged"
-    max_shard_gb: float = Field(5.0, gt=0)
 
 
 @dataclass
@@ -55,7 +52,7 @@ class ProjectResult:
 
 
 def _masks_from_run(run: str | Path, trio: Trio) -> LocateResult:
-    run = Path(run)
+    run = resolve_locate_run(run)  # a locate run, or a project output (which keeps its locate run)
     try:
         doc = json.loads((run / "locate.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -200,14 +197,12 @@ def _project(trio: Trio, opts: ProjectOptions, ledger: Ledger | None, category: 
             copy_side_files(_side_files(trio), tmp)
         (tmp / "fgsn").mkdir()
         masks.save(tmp / "fgsn" / "masks.safetensors", meta={"category": category})
-        if loc.layer_search is not None:
-            from fgsn.locate.layers import plot_layer_search
-
-            plot_layer_search(loc.layer_search, tmp / "fgsn" / "layer_search.png")
+        _keep_locate_run(tmp / LOCATE_RUN_IN_OUTPUT, loc, trio, opts)
         step = len(ledger.steps) if ledger is not None else None
         manifest = build_manifest(opts=opts, trio=trio, loc=loc, edits=edits, category=category,
                                   cat_stats=cat_stats, ledger_step=step)
         atomic_write_json(tmp / MANIFEST, manifest)
+        write_card(tmp, manifest, opts, "fgsn project")
         atomic_write_json(tmp / "fgsn" / "run.json", _run_info(t0))
     if ledger is not None:
         out_sha = checkpoint_sha256(_weight_files(out, opts))
@@ -216,6 +211,18 @@ def _project(trio: Trio, opts: ProjectOptions, ledger: Ledger | None, category: 
                       str(out), out_sha)
     log.info("wrote %s: %.3f%% of all parameters modified", out, 100 * manifest["modified_fraction"])
     return ProjectResult(out, manifest)
+
+
+def _keep_locate_run(folder: Path, loc: LocateResult, trio: Trio, opts: ProjectOptions) -> None:
+    """The output's own locate run: the one given (--locate-run, copied as it is), else this run's."""
+    if not opts.locate_run:
+        write_locate_run(folder, loc, trio, opts)
+        return
+    folder.mkdir(parents=True)
+    src = resolve_locate_run(opts.locate_run)
+    for name in LOCATE_RUN_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, folder / name)
 
 
 def _weight_files(out: Path, opts: ProjectOptions) -> list[Path]:
@@ -245,6 +252,7 @@ def _noop(trio: Trio, opts: ProjectOptions, ledger: Ledger, category: str, t0: f
                                   cat_stats={"masked_total": 0, "overlap": 0}, ledger_step=None, noop=True)
         atomic_write_json(tmp / MANIFEST, manifest)
         (tmp / "fgsn").mkdir()
+        write_card(tmp, manifest, opts, "fgsn project")
         atomic_write_json(tmp / "fgsn" / "run.json", _run_info(t0))
     return ProjectResult(out, manifest, noop=True)
 

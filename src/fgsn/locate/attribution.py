@@ -21,8 +21,6 @@ from fgsn.data.chat import render_chat
 from fgsn.locate.probes import position_ids
 from fgsn.models.loading import input_device
 
-DEFAULT_REFUSAL = "I'm sorry, but I can't help with that request."
-
 
 def _encode(tok, prompt: str, answer: str | None, use_chat_template: bool, system: str | None,
             max_length: int | None) -> tuple[list[int], list[int]]:

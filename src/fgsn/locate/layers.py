@@ -108,13 +108,15 @@ def parse_layers(spec: str | list[int] | None, num_layers: int) -> list[int] | N
 
 
 def plot_layer_search(search: LayerSearch, path, title: str = "Safety-layer search") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """PNG of the search curves, drawn on a canvas of its own: pyplot and the caller's backend are
+    left alone (a notebook keeps its inline plots)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     x = list(range(len(search.gap)))
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    fig = Figure(figsize=(7, 5.5))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
     ax1.plot(x, search.bb, label="benign-benign", marker=".")
     ax1.plot(x, search.bh, label="benign-harmful", marker=".")
     ax1.plot(x, search.hh, label="harmful-harmful", marker=".", alpha=0.6)
@@ -129,4 +131,3 @@ def plot_layer_search(search: LayerSearch, path, title: str = "Safety-layer sear
     ax1.set_title(f"{title}: layers {a}-{b}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

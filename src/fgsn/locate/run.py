@@ -12,110 +12,28 @@ import logging
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from fgsn.atomic import atomic_dir, atomic_write_json
-from fgsn.config import Options
 from fgsn.data.prompts import PromptSet, concat, load_prompts
 from fgsn.edit.masks_io import PackedMasks
 from fgsn.edit.projectors import Projector
 from fgsn.errors import InputError
-from fgsn.locate.attribution import DEFAULT_REFUSAL, contrast_sums, gradient_sums
+from fgsn.locate.attribution import contrast_sums, gradient_sums
 from fgsn.locate.cache import GRADIENT_MEMO, cached_probe, probe_key
 from fgsn.locate.layers import LayerSearch, parse_layers, plot_layer_search, search_layers
 from fgsn.locate.masks import safety_mask
+from fgsn.locate.options import PRESETS, LocateOptions, ProbeOptions  # noqa: F401 (re-exported)
 from fgsn.locate.probes import ProbeStats, run_probes
-from fgsn.locate.scores import NEEDS_CONTRAST, NEEDS_GRADS, NEEDS_NORMS, SCORES, ScoreInputs, score_pair
+from fgsn.locate.scores import NEEDS_CONTRAST, NEEDS_GRADS, NEEDS_NORMS, ScoreInputs, score_pair
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.loading import load_model
 from fgsn.models.registry import EditTarget, edit_targets, live_layers, live_module, to_out_in
 from fgsn.models.trio import Trio, open_trio
 
 log = logging.getLogger(__name__)
-
-
-class ProbeOptions(Options):
-    """How prompts are run through a model for activation statistics (shared by every stage that
-    probes: locate and the Wanda baseline)."""
-
-    device: str = "auto"
-    dtype: str | None = None
-    batch_size: int = Field(8, ge=1)
-    max_length: int | None = Field(None, ge=8)
-    use_chat_template: bool = True
-    system: str | None = None
-    trust_remote_code: bool = False
-    cache: bool = True
-
-
-# Named settings (`--preset`): fill every option of the set that is not given explicitly.
-#   paper:    the published recipe (= the defaults): gap-searched layers, Wanda scores, q = p = 0.1
-#   frontier: the best fine-grained setting of the repair frontier on the SmolLM2 organism
-#             (README): snip-signed scores over all layers, 10% of each edited module. It needs
-#             a backward pass over the target modules (gradient memory = their size in float32).
-PRESETS: dict[str, dict] = {
-    "paper": {"score": "wanda", "q": 0.1, "p": 0.1, "budget": None, "layers": None, "granularity": "weight",
-              "projector": "safelora"},
-    "frontier": {"score": "snip-signed", "p": 0.1, "budget": 0.1, "layers": "all", "granularity": "weight",
-                 "projector": "safelora"},
-}
-
-
-class LocateOptions(ProbeOptions):
-    preset: Literal["paper", "frontier"] | None = None
-    aligned: str
-    finetuned: str
-    base: str | None = None
-    harmful: list[str]
-    task: list[str]
-    benign: list[str] | None = None
-    category: str | None = None
-    layers: str | None = None
-    layer_eps: float = Field(0.05, ge=0, le=1)
-    modules: list[str] | None = None
-    q: float = Field(0.1, ge=0, le=1)
-    budget: float | None = Field(None, ge=0, le=1)
-    p: float = Field(0.1, ge=0, le=1)
-    granularity: Literal["weight", "neuron"] = "weight"
-    score: Literal[SCORES] = "wanda"  # type: ignore[valid-type]
-    projector: Literal["safelora", "svd"] = "safelora"
-    rank: int | None = Field(None, ge=1)
-    energy: float = Field(0.99, gt=0, le=1)
-    allow_pickle: bool = False
-    refusal_text: str = DEFAULT_REFUSAL
-    seed: int = 0
-    overwrite: bool = False
-    out: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_preset(cls, data):
-        if isinstance(data, dict) and data.get("preset") in PRESETS:
-            given = {k.replace("-", "_") for k in data}
-            data = {**{k: v for k, v in PRESETS[data["preset"]].items() if k not in given}, **data}
-        return data
-
-    @model_validator(mode="after")
-    def _contrast_is_neuron_level(self):
-        if self.score == "contrast" and self.granularity != "neuron":
-            raise ValueError("--score contrast scores output neurons; use it with --granularity neuron")
-        return self
-
-    @field_validator("layers", mode="before")
-    @classmethod
-    def _layers_str(cls, v):
-        return ",".join(str(x) for x in v) if isinstance(v, list | tuple) else v
-
-    @field_validator("harmful", "task", "benign", "modules", mode="before")
-    @classmethod
-    def _listify(cls, v):
-        if isinstance(v, str):
-            return [s.strip() for s in v.split(",")] if v and "," in v and not Path(v).exists() else [v]
-        return v
 
 
 @dataclass
@@ -315,16 +233,36 @@ def inputs_json(trio: Trio) -> dict:
     return d
 
 
+# Every `fgsn project` output keeps its locate run here, so that it can be passed to --locate-run.
+LOCATE_RUN_IN_OUTPUT = Path("fgsn") / "locate"
+LOCATE_RUN_FILES = ("locate.json", "masks.safetensors", "layer_search.png")
+
+
+def write_locate_run(folder: Path, result: LocateResult, trio: Trio, opts: LocateOptions) -> None:
+    """The files of a locate run into `folder` (inside an atomic output): masks, locate.json with
+    the locate options (of a ProjectOptions: its locate part), the layer-search figure."""
+    folder.mkdir(parents=True, exist_ok=True)
+    result.masks.save(folder / "masks.safetensors", meta={"layers": result.layers})
+    options = {k: v for k, v in opts.model_dump(mode="json").items() if k in LocateOptions.model_fields}
+    doc = {"options": options, "inputs": inputs_json(trio), "layers": result.layers,
+           "modules": result.module_stats, "prompt_counts": result.prompt_counts,
+           "layer_search": result.layer_search.to_json() if result.layer_search else None,
+           "masked": result.masked}
+    atomic_write_json(folder / "locate.json", doc)
+    if result.layer_search is not None:
+        plot_layer_search(result.layer_search, folder / "layer_search.png")
+
+
+def resolve_locate_run(path: str | Path) -> Path:
+    """A `fgsn locate` run folder as given, or the locate run a `fgsn project` output keeps."""
+    path = Path(path)
+    inner = path / LOCATE_RUN_IN_OUTPUT
+    return inner if not (path / "locate.json").is_file() and (inner / "locate.json").is_file() else path
+
+
 def save_locate_run(out: str | Path, result: LocateResult, trio: Trio, opts: LocateOptions) -> Path:
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-        result.masks.save(tmp / "masks.safetensors", meta={"layers": result.layers})
-        doc = {"options": opts.model_dump(mode="json"), "inputs": inputs_json(trio), "layers": result.layers,
-               "modules": result.module_stats, "prompt_counts": result.prompt_counts,
-               "layer_search": result.layer_search.to_json() if result.layer_search else None,
-               "masked": result.masked}
-        atomic_write_json(tmp / "locate.json", doc)
-        if result.layer_search is not None:
-            plot_layer_search(result.layer_search, tmp / "layer_search.png")
+        write_locate_run(tmp, result, trio, opts)
     return Path(out)
 
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import torch
 
 from fgsn.errors import InputError, NumericalError
+from fgsn.locate.options import SCORES
 
-SCORES = ("wanda", "wanda-delta", "offsafety", "snip", "snip-signed", "contrast", "random")
 SIDES = ("harmful", "task")
 # What each score needs from the probes, beyond the weights.
 NEEDS_NORMS = {"wanda", "wanda-delta", "offsafety"}

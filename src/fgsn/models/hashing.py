@@ -12,8 +12,14 @@ from pathlib import Path
 from fgsn.atomic import atomic_write_json, sha256_file
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("FGSN_CACHE", Path.home() / ".cache" / "fgsn"))
+def cache_root(cache_root: str | os.PathLike | None = None) -> Path:
+    """The fgsn cache folder, the one root of every cache (probes, file hashes, the converted
+    SmolLM2, the organism): the argument, else `$FGSN_CACHE` (empty means unset, `~` is expanded),
+    else `~/.cache/fgsn`."""
+    if cache_root is not None:
+        return Path(cache_root).expanduser()
+    env = os.environ.get("FGSN_CACHE", "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "fgsn"
 
 
 def _cache_file() -> Path:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from fgsn.errors import InputError
+from fgsn.models.hashing import cache_root as fgsn_cache_root  # the one cache root (also the organism's)
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,6 @@ SMOLLM2_NAME = "smollm2-135m-instruct"
 # Bumped when the conversion below changes what it writes (the marker file records it).
 CONVERSION_VERSION = 1
 MARKER = "fgsn-shipped.json"
-
-
-def fgsn_cache_root(cache_root: str | os.PathLike | None = None) -> Path:
-    """The fgsn cache folder: the argument, else `$FGSN_CACHE`, else `~/.cache/fgsn`."""
-    if cache_root is not None:
-        return Path(cache_root).expanduser()
-    env = os.environ.get("FGSN_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fgsn"
 
 
 def smollm2_gguf() -> Path:
