@@ -308,18 +308,13 @@ def write_bench_report(rundir: Path, doc: dict[str, Any]) -> None:
 
 
 def run_bench(opts: BenchOptions, progress: bool = True) -> dict[str, Any]:
-    from fgsn.organism import OrganismRecipe, reduced_recipe
+    from fgsn.organism.recipe import load_recipe
     from fgsn.organism.scenarios import parse_scenarios
     from fgsn.report.tables import text_table
 
     t0 = time.time()
     scenarios = [s.name for s in parse_scenarios(opts.scenarios)]
-    if opts.organism_config:
-        from fgsn.config import build_options, read_yaml
-
-        recipe = build_options(OrganismRecipe, read_yaml(opts.organism_config), opts.organism_config)
-    else:
-        recipe = reduced_recipe() if opts.reduced else OrganismRecipe()
+    recipe = load_recipe(opts.organism_config, opts.reduced)
     rundir = Path(opts.out).expanduser()
     rundir.mkdir(parents=True, exist_ok=True)
     per: dict[str, dict[str, Any]] = {}

@@ -193,19 +193,15 @@ def run_demo(opts: DemoOptions) -> dict:
     )
     from fgsn.baselines.methods import parse_methods
     from fgsn.evaluate.parallel import default_model_workers
-    from fgsn.organism import OrganismRecipe, build_organism, reduced_recipe
+    from fgsn.organism import build_organism
+    from fgsn.organism.recipe import load_recipe
     from fgsn.report.build import read_manifest
     from fgsn.report.tables import summary_text
 
     t0 = time.time()
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    if opts.organism_config:
-        from fgsn.config import build_options, read_yaml
-
-        recipe = build_options(OrganismRecipe, read_yaml(opts.organism_config), opts.organism_config)
-    else:
-        recipe = reduced_recipe() if opts.reduced else OrganismRecipe()
+    recipe = load_recipe(opts.organism_config, opts.reduced)
 
     def stage(text: str) -> None:
         print(f"[{time.time() - t0:5.0f} s] {text}", flush=True)

@@ -136,3 +136,12 @@ def reduced_recipe(**overrides) -> OrganismRecipe:
                   ft_examples=64, ft_steps=8, poison_ratio=0.25, poison_pool=16, ft_full_lr=1e-4, lora_lr=1e-3)
     values.update(overrides)
     return OrganismRecipe(**values)
+
+
+def load_recipe(config: str | None = None, reduced: bool = False) -> OrganismRecipe:
+    """The recipe of a run: a YAML recipe file, else the reduced or the default recipe."""
+    if config:
+        from fgsn.config import build_options, read_yaml
+
+        return build_options(OrganismRecipe, read_yaml(config), config)
+    return reduced_recipe() if reduced else OrganismRecipe()
