@@ -7,7 +7,6 @@ tensor by tensor from the checkpoints.
 
 from __future__ import annotations
 
-import gc
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,7 +37,7 @@ from fgsn.locate.memory import choose_probe_memory
 from fgsn.locate.probes import ProbeStats, run_probes, run_probes_streamed
 from fgsn.locate.scores import NEEDS_CONTRAST, NEEDS_GRADS, NEEDS_NORMS, SCORES, ScoreInputs, score_pair
 from fgsn.models.finetune import LoraFinetune
-from fgsn.models.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
+from fgsn.models.loading import free_memory, load_model, load_tokenizer, resolve_device, resolve_dtype
 from fgsn.models.registry import EditTarget, edit_targets, live_layers, live_module, to_out_in
 from fgsn.models.streamed import StreamedModel, resident_bytes
 from fgsn.models.trio import Trio, open_trio
@@ -234,7 +233,7 @@ def find_layers(trio: Trio, sets: dict[str, PromptSet], opts: LocateOptions) -> 
         harmful = _probe(model, tok, trio, sets["harmful"], opts, trio.aligned.sha256, stop=last)
     finally:
         del model
-        gc.collect()
+        free_memory()
     search = search_layers(benign, harmful, opts.layer_eps)
     log.info("safety layers %d-%d (%s)", *search.selected, search.rule)
     return search.layers, search
@@ -299,6 +298,7 @@ def score_masks(trio: Trio, targets: list[EditTarget], stats_in: SideStats, opts
         stats.append({"name": t.tensor, "layer": t.layer, "module": t.spec.name, "numel": mask.numel(),
                       "masked": int(mask.sum()),
                       "mask_update_energy": float(delta[mask].pow(2).sum()) / dn if dn else 0.0})
+    free_memory()  # the float32 working copies of every scored tensor are gone: give their heap back
     return masks, stats
 
 
@@ -360,7 +360,7 @@ def collect_stats(trio: Trio, targets: list[EditTarget], sets: dict[str, PromptS
                 del aligned
     finally:
         del model
-        gc.collect()
+        free_memory()
     return out
 
 

@@ -31,6 +31,7 @@ import torch
 
 from fgsn.errors import InputError
 from fgsn.models.checkpoint import Checkpoint
+from fgsn.models.loading import trim_host_memory
 from fgsn.models.lora import LoraAdapter
 from fgsn.models.registry import architecture_for, layer_prefix, live_layers
 
@@ -222,6 +223,7 @@ class StreamedModel:
         """Drop the weights loaded outside the decoder layers (embeddings, final norm, LM head)."""
         self._restore(self._live)
         self._live = []
+        trim_host_memory()
 
     @contextlib.contextmanager
     def layer(self, index: int, grad: Iterable[str] = ()) -> Iterator[torch.nn.Module]:
@@ -233,6 +235,7 @@ class StreamedModel:
             yield real
         finally:
             self._restore(self._layer_live.pop(index))
+            trim_host_memory()  # the next layer then reuses the same pages instead of growing the heap
 
     def materialised_layers(self) -> list[int]:
         """Indices of the decoder layers that hold real weights now (for tests and checks)."""
