@@ -25,11 +25,12 @@ MODES = ("auto", "resident", "streamed")
 MIN_MARGIN = 1 << 30
 
 
-def available_bytes(device: str) -> int:
-    """Memory free for a new model on `device` now."""
+def available_bytes(device: str, all_gpus: bool = False) -> int:
+    """Memory free for a new model on `device` now (`all_gpus`: summed over every visible GPU, for
+    a resident model that accelerate's device map spreads over them)."""
     if device.startswith("cuda"):
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        return int(free)
+        devices = range(torch.cuda.device_count()) if all_gpus else [torch.device(device)]
+        return sum(int(torch.cuda.mem_get_info(d)[0]) for d in devices)
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             for line in f:
@@ -43,7 +44,7 @@ def available_bytes(device: str) -> int:
         return 1 << 62  # unknown: do not stream on a guess
 
 
-def memory_budget(device: str, gib: float | None = None) -> int:
+def memory_budget(device: str, gib: float | None = None, all_gpus: bool = False) -> int:
     """Bytes a resident probe may hold: `gib`, else $FGSN_PROBE_MEMORY_BUDGET, else free memory
     less the margin."""
     if gib is None and os.environ.get(ENV):
@@ -55,18 +56,18 @@ def memory_budget(device: str, gib: float | None = None) -> int:
             raise InputError(f"{ENV}={os.environ[ENV]!r}: the budget must be positive GiB")
     if gib is not None:
         return int(gib * (1 << 30))
-    free = available_bytes(device)
+    free = available_bytes(device, all_gpus)
     return max(0, free - max(free // 10, MIN_MARGIN))
 
 
 def choose_probe_memory(mode: str, need_bytes: int, device: str, budget_gib: float | None = None,
-                        what: str = "the model") -> str:
+                        what: str = "the model", all_gpus: bool = False) -> str:
     """`resident` or `streamed` for a probe whose resident pass holds `need_bytes`."""
     if mode not in MODES:
         raise InputError(f"unknown --probe-memory {mode!r}; use auto, resident or streamed")
     if mode != "auto":
         return mode
-    budget = memory_budget(device, budget_gib)
+    budget = memory_budget(device, budget_gib, all_gpus)
     if need_bytes > budget:
         log.info("probing %s layer by layer: it needs %.2f GiB resident, over the %.2f GiB budget on %s",
                  what, need_bytes / 2**30, budget / 2**30, device)

@@ -95,9 +95,9 @@ class LocateOptions(ProbeOptions):
     allow_pickle: bool = False
     refusal_text: str = DEFAULT_REFUSAL
     probe_memory: Literal["auto", "resident", "streamed"] = Field(
-        "auto", description="how the probes hold a model: resident (all of it, fastest), streamed (one decoder layer "
-        "at a time read from the checkpoint: memory of one layer plus the prompts' hidden states, same statistics) "
-        "or auto (streamed when the resident pass does not fit --probe-memory-budget)")
+        "auto", description="how the probes hold a model: resident (the whole model loaded), streamed (one decoder layer "
+        "at a time read from the checkpoint: memory of one layer plus the prompts' hidden states, same statistics, "
+        "on one device) or auto (streamed when the resident pass does not fit --probe-memory-budget)")
     probe_memory_budget: float | None = Field(
         None, gt=0, description="GiB a resident probe may hold (for --probe-memory auto); default: the device's free "
         "memory (available RAM, or free GPU memory) less 10% (at least 1 GiB), or $FGSN_PROBE_MEMORY_BUDGET")
@@ -189,7 +189,8 @@ def _probe_mode(trio: Trio, opts: LocateOptions, *, models: int = 1, extra: int 
     """resident or streamed for a pass holding `models` models (+ `extra` bytes) when resident."""
     dev = resolve_device(opts.device)
     need = models * resident_bytes(trio.aligned, resolve_dtype(opts.dtype, dev)) + extra
-    return choose_probe_memory(opts.probe_memory, need, dev, opts.probe_memory_budget, what)
+    spread = opts.device == "auto" and dev == "cuda" and torch.cuda.device_count() > 1  # load_model's device map
+    return choose_probe_memory(opts.probe_memory, need, dev, opts.probe_memory_budget, what, all_gpus=spread)
 
 
 def _open_model(trio: Trio, opts: LocateOptions, which: str, mode: str):
