@@ -2,7 +2,8 @@
 
 Works from the trio's files: the aligned model is probed for the layer search, the fine-tuned
 model (a LoRA adapter merged in memory) for the neuron scores; weights for scoring are then read
-tensor by tensor from the checkpoints.
+tensor by tensor from the checkpoints. A probed model is either loaded whole (resident) or read
+one decoder layer at a time (`--probe-memory`, fgsn.models.streamed); both give the same statistics.
 """
 
 from __future__ import annotations

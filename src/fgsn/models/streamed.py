@@ -33,7 +33,7 @@ from fgsn.errors import InputError
 from fgsn.models.checkpoint import Checkpoint
 from fgsn.models.loading import trim_host_memory
 from fgsn.models.lora import LoraAdapter
-from fgsn.models.registry import architecture_for, layer_prefix, live_layers
+from fgsn.models.registry import architecture_for, live_layers
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,6 @@ class StreamedModel:
         self.layers = live_layers(self.model, self.arch)
         self.num_layers = len(self.layers)
         self._layers_name = next(n for n, m in self.model.named_modules() if m is self.layers)
-        self._ckpt_layers = layer_prefix(self.arch, self.ckpt.names)
         self._names = self._name_map()
         self._tied = dict(getattr(self.model, "all_tied_weights_keys", None) or {})
         self._live: list[tuple[torch.nn.Module, str, str, torch.Tensor]] = []   # outer: (module, kind, leaf, original)
