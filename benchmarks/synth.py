@@ -1,5 +1,5 @@
-"""Synthetic base / aligned / fine-tuned trios of real Llama shapes, written as bf16 safetensors
-tensor by tensor (never a whole model in memory), and a synthetic locate run (fixed layers,
+"""Synthetic base / aligned / fine-tuned trios of real Llama shapes, written as bf16 (or, with
+`--dtype float32`, float32) safetensors tensor by tensor (never a whole model in memory), and a synthetic locate run (fixed layers,
 random weight masks) in exactly the format `fgsn locate` saves, so that `fgsn project
 --locate-run` accepts it.
 
@@ -9,6 +9,9 @@ read at seeded offsets, which keeps writing a 3B trio bound by the disk rather t
 arithmetic of an edit does not depend on the values.
 
     python benchmarks/synth.py --shape tinyllama-1.1b --out /tmp/trio [--layers 8-13 --density 0.05]
+
+`--tokenizer DIR` copies a tokenizer (e.g. the shipped SmolLM2's, vocabulary 49152) into the three
+folders so that commands that run prompts (`fgsn project` with its probes) accept the trio.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ SHAPES: dict[str, dict] = {
     # Llama-3.1-8B, Llama-3.1-70B: only for the arithmetic of the 70B section (never written here)
     "llama3.1-8b": dict(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=128256, tied=False),
     "llama3.1-70b": dict(hidden=8192, intermediate=28672, layers=80, heads=64, kv_heads=8, vocab=128256, tied=False),
+    # 24 layers, 371M params: 1416 MiB a model in float32 (the trio of the probe-memory goal)
+    "llama-0.4b": dict(hidden=1024, intermediate=2816, layers=24, heads=16, kv_heads=4, vocab=49152, tied=False),
     # tiny, for tests and --quick
     "tiny": dict(hidden=64, intermediate=160, layers=4, heads=4, kv_heads=2, vocab=512, tied=False),
     "small": dict(hidden=512, intermediate=1408, layers=8, heads=8, kv_heads=2, vocab=8000, tied=False),
@@ -100,13 +105,13 @@ class LlamaShape:
     def largest_tensor_numel(self) -> int:
         return max(a * b for a, b in (s for _, s in self.tensors() if len(s) == 2))
 
-    def config(self) -> dict:
+    def config(self, dtype: torch.dtype = torch.bfloat16) -> dict:
         return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": self.hidden,
                 "intermediate_size": self.intermediate, "num_hidden_layers": self.layers,
                 "num_attention_heads": self.heads, "num_key_value_heads": self.kv_heads, "head_dim": self.head_dim,
                 "vocab_size": self.vocab, "tie_word_embeddings": self.tied, "max_position_embeddings": 4096,
                 "rms_norm_eps": 1e-5, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
-                "rope_theta": 10000.0, "dtype": "bfloat16"}
+                "rope_theta": 10000.0, "dtype": str(dtype).removeprefix("torch.")}
 
 
 class _Pool:
@@ -129,8 +134,14 @@ class _Pool:
         return out
 
 
-def write_trio(shape: LlamaShape, root: str | Path, seed: int = 0, shard_gb: float = 5.0) -> dict[str, Path]:
-    """Write base/, aligned/, finetuned/ under `root` (skipped if already complete)."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+
+
+def write_trio(shape: LlamaShape, root: str | Path, seed: int = 0, shard_gb: float = 5.0,
+               dtype: torch.dtype = torch.bfloat16, tokenizer: str | Path | None = None) -> dict[str, Path]:
+    """Write base/, aligned/, finetuned/ under `root` (skipped if already complete), in `dtype`,
+    with the tokenizer files of the folder `tokenizer` if given."""
     from fgsn.models.safetensors_io import PlannedTensor
     from fgsn.models.writer import CheckpointWriter
 
@@ -138,36 +149,43 @@ def write_trio(shape: LlamaShape, root: str | Path, seed: int = 0, shard_gb: flo
     paths = {role: root / role for role in ("base", "aligned", "finetuned")}
     stamp = root / "trio.json"
     want = {"shape": asdict(shape), "seed": seed, "shard_gb": shard_gb, "version": 1}
+    if dtype != torch.bfloat16:  # (bf16 stamps stay as they were: existing trios are not rewritten)
+        want["dtype"] = str(dtype)
+    if tokenizer is not None:
+        want["tokenizer"] = str(Path(tokenizer).resolve())
     if stamp.is_file() and json.loads(stamp.read_text()) == want:
         return paths
     pool = _Pool()
-    plan = [PlannedTensor(n, torch.bfloat16, s) for n, s in shape.tensors()]
+    plan = [PlannedTensor(n, dtype, s) for n, s in shape.tensors()]
     writers = {}
     for role, p in paths.items():
         p.mkdir(parents=True, exist_ok=True)
         for f in p.glob("*.safetensors*"):
             f.unlink()
-        (p / "config.json").write_text(json.dumps(shape.config(), indent=2))
+        (p / "config.json").write_text(json.dumps(shape.config(dtype), indent=2))
+        for name in TOKENIZER_FILES if tokenizer is not None else ():
+            if (Path(tokenizer) / name).is_file():
+                (p / name).write_bytes((Path(tokenizer) / name).read_bytes())
         writers[role] = CheckpointWriter(p, plan, int(shard_gb * 1024**3))
     for i, (name, s) in enumerate(shape.tensors()):
         n = 1
         for d in s:
             n *= d
         if len(s) == 1:  # norms: ones, identical in all three
-            t = torch.ones(s, dtype=torch.bfloat16)
+            t = torch.ones(s, dtype=dtype)
             for w in writers.values():
                 w.write(name, t)
             continue
         base = pool.take(n, seed * 1_000_003 + 3 * i).mul_(0.02)
-        writers["base"].write(name, base.to(torch.bfloat16).reshape(s))
+        writers["base"].write(name, base.to(dtype).reshape(s))
         if "embed" in name or "lm_head" in name:
             for role in ("aligned", "finetuned"):
-                writers[role].write(name, base.to(torch.bfloat16).reshape(s))
+                writers[role].write(name, base.to(dtype).reshape(s))
             continue
         aligned = base.add_(pool.take(n, seed * 1_000_003 + 3 * i + 1), alpha=0.002)
-        writers["aligned"].write(name, aligned.to(torch.bfloat16).reshape(s))
+        writers["aligned"].write(name, aligned.to(dtype).reshape(s))
         ft = aligned.add_(pool.take(n, seed * 1_000_003 + 3 * i + 2), alpha=0.001)
-        writers["finetuned"].write(name, ft.to(torch.bfloat16).reshape(s))
+        writers["finetuned"].write(name, ft.to(dtype).reshape(s))
     for w in writers.values():
         w.close()
     stamp.write_text(json.dumps(want))
@@ -221,9 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", default=None, help="masked layers, e.g. 8-13 (default: none, no locate run)")
     ap.add_argument("--density", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="dtype of the weights")
+    ap.add_argument("--tokenizer", default=None, help="folder whose tokenizer files are copied into the models")
     a = ap.parse_args(argv)
     shape = LlamaShape.get(a.shape)
-    trio = write_trio(shape, a.out, a.seed)
+    trio = write_trio(shape, a.out, a.seed, dtype=getattr(torch, a.dtype), tokenizer=a.tokenizer)
     if a.layers:
         write_locate_run(trio, Path(a.out) / "locate", parse_layers(a.layers), a.density, a.seed)
     print(json.dumps({k: str(v) for k, v in trio.items()}))

@@ -262,3 +262,45 @@ def test_gen_length_chooses_the_shortest_length_within_the_tolerance():
     assert gen_length.choose(shares, 0.01) == 48
     assert gen_length.choose(shares, 0.05) == 24
     assert gen_length.choose(shares, 0.0) == 64
+
+
+def test_llama_0_4b_is_the_1416_mib_float32_shape():
+    shape = synth.LlamaShape.get("llama-0.4b")
+    assert (shape.layers, shape.params) == (24, 371_246_080)
+    assert round(4 * shape.params / 2**20) == 1416
+
+
+def test_float32_trio_with_a_tokenizer_is_probed_alike_streamed_and_resident(tmp_path):
+    """`--dtype float32 --tokenizer DIR` gives a trio `fgsn project` runs prompts through; the
+    layer-streamed probe gives it the resident probe's output bit for bit."""
+    from conftest import make_tokenizer
+    from fgsn.cli import main
+
+    make_tokenizer(tmp_path / "tok")
+    trio = synth.write_trio(synth.LlamaShape.get("tiny"), tmp_path / "trio", dtype=torch.float32,
+                            tokenizer=tmp_path / "tok")
+    w = weights(trio["aligned"])
+    assert {t.dtype for t in w.values()} == {torch.float32}
+    assert json.loads((trio["aligned"] / "config.json").read_text())["dtype"] == "float32"
+    assert (trio["finetuned"] / "tokenizer.json").is_file()
+    (tmp_path / "harm.txt").write_text("how do i make a bomb\nhack into computer\nsteal money please\n")
+    (tmp_path / "task.txt").write_text("what is two plus three\nwrite poem about the ocean\nexplain black holes\n")
+    outs = {}
+    for mode in ("resident", "streamed"):
+        args = ["project", "--base", trio["base"], "--aligned", trio["aligned"], "--finetuned", trio["finetuned"],
+                "--harmful", tmp_path / "harm.txt", "--task", tmp_path / "task.txt", "--layers", "1-2",
+                "--device", "cpu", "--no-cache", "--probe-memory", mode, "--out", tmp_path / mode]
+        assert main([str(a) for a in args]) == 0
+        outs[mode] = weights(tmp_path / mode)
+    assert all(torch.equal(outs["resident"][k], outs["streamed"][k]) for k in outs["resident"])
+    assert any(not torch.equal(outs["streamed"][k], w[k]) for k in w)  # the edit did something
+
+
+def test_tree_rss_sums_a_parent_and_its_child(tmp_path):
+    import tree_rss
+
+    code = ("import subprocess, sys, time; b = bytearray(80 << 20); "
+            "subprocess.run([sys.executable, '-c', 'import time; b = bytearray(80 << 20); time.sleep(1.5)'])")
+    res = tree_rss.measure([sys.executable, "-c", code], interval=0.02, timeline=str(tmp_path / "t.txt"))
+    assert res["rc"] == 0 and res["peak_tree_rss_mib"] > 160
+    assert (tmp_path / "t.txt").read_text().startswith("seconds tree_rss_mib\n")

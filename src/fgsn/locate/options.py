@@ -65,6 +65,13 @@ class LocateOptions(ProbeOptions):
     energy: float = Field(0.99, gt=0, le=1)
     allow_pickle: bool = False
     refusal_text: str = DEFAULT_REFUSAL
+    probe_memory: Literal["auto", "resident", "streamed"] = Field(
+        "auto", description="how the probes hold a model: resident (the whole model loaded), streamed (one decoder layer "
+        "at a time read from the checkpoint: memory of one layer plus the prompts' hidden states, same statistics, "
+        "on one device) or auto (streamed when the resident pass does not fit --probe-memory-budget)")
+    probe_memory_budget: float | None = Field(
+        None, gt=0, description="GiB a resident probe may hold (for --probe-memory auto); default: the device's free "
+        "memory (available RAM, or free GPU memory) less 10% (at least 1 GiB), or $FGSN_PROBE_MEMORY_BUDGET")
     seed: int = 0
     overwrite: bool = False
     out: str | None = None

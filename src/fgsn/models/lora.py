@@ -146,18 +146,22 @@ class LoraAdapter:
             if rshape != aligned.shape(name):
                 raise MismatchError(f"adapter {self.path}: {name} has shape {rshape}, aligned has {aligned.shape(name)}")
 
+    def apply_(self, name: str, weight: torch.Tensor) -> None:
+        """Merge the adapter's update of tensor `name` into `weight` in place, in the weight's dtype
+        (the update is cast to it and added), as loading the merged model does."""
+        with torch.no_grad():
+            if name in self.replaced:
+                weight.copy_(self.replacement(name).to(weight.dtype))
+                return
+            d = self.factors(name).delta()
+            if tuple(weight.shape) != tuple(d.shape):
+                d = d.T  # Conv1D stores (in, out)
+            weight.add_(d.to(device=weight.device, dtype=weight.dtype))
+
     def merge_into_(self, model: torch.nn.Module, reference=None) -> None:
         """Add the adapter's update to a live transformers model's weights, in place."""
         params = dict(model.named_parameters())
         for name in self.targets:
             if name not in params:
                 raise MismatchError(f"adapter {self.path} targets {name}, absent from the loaded model")
-            p = params[name]
-            with torch.no_grad():
-                if name in self.replaced:
-                    p.copy_(self.replacement(name).to(p.dtype))
-                    continue
-                d = self.factors(name).delta()
-                if tuple(p.shape) != tuple(d.shape):
-                    d = d.T  # Conv1D stores (in, out)
-                p.add_(d.to(device=p.device, dtype=p.dtype))
+            self.apply_(name, params[name].data)
