@@ -44,7 +44,7 @@ from fgsn.baselines.worker import measured_run
 from fgsn.edit.run import ProjectOptions
 from fgsn.errors import ConfigError, FgsnError, InputError
 from fgsn.evaluate.options import EvalOptions
-from fgsn.report.manifest import MANIFEST
+from fgsn.report.manifest import MANIFEST, NOT_IN_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def expected_manifest_options(kind: str, options: dict[str, Any]) -> dict[str, A
     from fgsn.config import build_options
 
     d = build_options(option_class(kind), options, f"{kind} options").model_dump(mode="json")
-    for k in ("overwrite", "out"):
+    for k in NOT_IN_MANIFEST:
         d.pop(k, None)
     return d
 

@@ -17,6 +17,9 @@ import fgsn
 
 MANIFEST = "fgsn-manifest.json"
 SCHEMA_VERSION = 1
+# Options that say where and how a run went, not what it did: kept out of the manifest (the edit's
+# device and prefetch are in fgsn/run.json), so the manifest does not change with them.
+NOT_IN_MANIFEST = ("overwrite", "out", "edit_device", "prefetch")
 
 
 def assemble_manifest(*, method: str, opts, trio, modules: list[dict], edited_params: int, layers: list[int],
@@ -38,7 +41,7 @@ def assemble_manifest(*, method: str, opts, trio, modules: list[dict], edited_pa
     frac = masked / total if total else 0.0
     frac_edited = masked / edited_params if edited_params else 0.0
     opts_json = opts.model_dump(mode="json")
-    for k in ("overwrite", "out"):
+    for k in NOT_IN_MANIFEST:
         opts_json.pop(k, None)
     inputs = inputs_json(trio)
     inputs.update(extra_inputs or {})
