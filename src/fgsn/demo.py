@@ -73,7 +73,8 @@ class DemoOptions(Options):
                                                   "where native: 1.7x faster here, masks 92% the float32 ones")
     eval_dtype: str = Field("fast", description="dtype of the evaluation: fast = bfloat16 where the hardware "
                                                 "has it natively, else float32")
-    device: str = "auto"
+    device: str = Field("auto", description="where the organism is trained and the probes and the evaluation run: "
+                                            "auto (a CUDA GPU when there is one, else cpu), cpu, cuda or cuda:N")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -182,7 +183,7 @@ def run_demo(opts: DemoOptions) -> dict:
         print(f"[{time.time() - t0:5.0f} s] {text}", flush=True)
 
     stage("[1/4] model organism (built once, then cached)")
-    org = build_organism(recipe)
+    org = build_organism(recipe, device=opts.device)
     finetuned = str(org.finetuned_full if opts.finetuned == "full" else org.finetuned_lora)
     files = task_files(org, recipe, out, opts)
     fgsn_over = {k: getattr(opts, k) for k in FGSN_OVERRIDES if getattr(opts, k) is not None}
