@@ -59,7 +59,7 @@ sys.path.insert(0, str(HERE))
 
 PARTS = ("slice", "probe", "streamed", "edit", "organism")
 # seconds per part on a GPU; each is capped by what is left of --budget
-TIMEOUTS = {"slice": 150, "probe": 90, "streamed": 120, "edit": 180, "organism": 300}
+TIMEOUTS = {"slice": 150, "probe": 90, "streamed": 180, "edit": 180, "organism": 300}
 TINY_TIMEOUTS = {"slice": 120, "probe": 60, "streamed": 60, "edit": 90, "organism": 180}
 FULL_LAYERS = 32  # Llama-3-8B
 
