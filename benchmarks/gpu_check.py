@@ -112,7 +112,7 @@ def prompt_texts(n: int) -> list[str]:
     return (rows * (n // len(rows) + 1))[:n]
 
 
-# -- parts (each runs in a child process: `--part NAME`) ----------------------------------------
+# -- parts (run in turn in a child process: `--run-parts A,B`) -----------------------------------
 
 
 def part_slice(work: Path, tiny: bool) -> dict:

@@ -52,7 +52,8 @@ class ProjectOptions(LocateOptions):
                              "rounding (TF32 is off)")
     prefetch: int = Field(1, ge=0, le=2, description="tensors whose inputs (fine-tuned, aligned, base, mask) are "
                           "read ahead in a background thread while the current one is projected; each adds at "
-                          "most one tensor's stored inputs to memory; 0: read in turn")
+                          "most one tensor's inputs (as stored, and its mask) to memory; 0: read in turn; the "
+                          "output is byte-identical either way")
 
     @field_validator("edit_device")
     @classmethod
