@@ -72,6 +72,7 @@ def _batches(tok, texts: list[str], batch: int):
 def plain_forward(model, tok, texts: list[str], batch: int, stop: int | None = None) -> int:
     """The baseline; with `stop`, cut after layer `stop` by a bare hook. Returns real tokens."""
     from fgsn.locate.probes import _StopForward
+    from fgsn.models.loading import input_device
     from fgsn.models.registry import architecture_for, live_layers
 
     handle = None
@@ -85,7 +86,7 @@ def plain_forward(model, tok, texts: list[str], batch: int, stop: int | None = N
     n = 0
     try:
         for b in _batches(tok, texts, batch):
-            enc = tok(b, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok(b, return_tensors="pt", padding=True, add_special_tokens=False).to(input_device(model))
             with contextlib.suppress(_StopForward):
                 model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], use_cache=False)
             n += int(enc["attention_mask"].sum())

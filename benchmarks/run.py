@@ -45,6 +45,7 @@ BIG_EDIT = [("llama3.2-3b", "10-15", 2, ())]
 # (model, prompts, repeats)
 FULL_PROBE = [("smollm2-135m", 32, 3), ("smollm2-360m", 16, 2), ("tinyllama-1.1b", 8, 2)]
 QUICK_PROBE = [("smollm2-135m", 8, 1)]
+KEPT = ("fgsn", "naive", "fgsn_prefetch0")  # outputs kept from the first round, compared with fgsn's
 
 
 def loadavg() -> list[float]:
@@ -150,7 +151,7 @@ def compare_outputs(a: Path, b: Path) -> dict:
 
 
 def edit_bench(shape_name: str, layer_spec: str, repeats: int, work: Path, log: Path, cold: bool,
-               naive: bool, extras: tuple[str, ...]) -> dict:
+               naive: bool, extras: tuple[str, ...], prefetch_off: bool = False) -> dict:
     from synth import parse_layers
 
     shape = LlamaShape.get(shape_name)
@@ -172,6 +173,7 @@ def edit_bench(shape_name: str, layer_spec: str, repeats: int, work: Path, log: 
 
     variants: dict[str, list[str]] = {
         "fgsn": proj(FGSN),
+        **({"fgsn_prefetch0": [*proj(FGSN), "--prefetch", "0"]} if prefetch_off else {}),
         "floor_safetensors": [PY, str(HERE / "floor.py"), "--mode", "safetensors", *args, "--out", str(out)],
         "floor_bytes": [PY, str(HERE / "floor.py"), "--mode", "bytes", *args, "--out", str(out)],
     }
@@ -188,7 +190,7 @@ def edit_bench(shape_name: str, layer_spec: str, repeats: int, work: Path, log: 
             shutil.rmtree(out, ignore_errors=True)
             print(f"  [{shape_name}] {name} #{r + 1}", flush=True)
             runs[name].append(measure(cmd, env, cold, log))
-            if r == 0 and name in ("fgsn", "naive"):
+            if r == 0 and name in KEPT:
                 keep = root / f"keep-{name}"
                 shutil.rmtree(keep, ignore_errors=True)
                 out.rename(keep)
@@ -207,9 +209,10 @@ def edit_bench(shape_name: str, layer_spec: str, repeats: int, work: Path, log: 
         print(f"  [{shape_name}] fgsn_all_layers", flush=True)
         runs["fgsn_all_layers"] = [measure(proj(FGSN, run_all), env, cold, log)]
         shutil.rmtree(out, ignore_errors=True)
-    keeps = {n: root / f"keep-{n}" for n in ("fgsn", "naive")}
-    if keeps["naive"].exists():
-        check["naive_vs_fgsn"] = compare_outputs(keeps["fgsn"], keeps["naive"])
+    keeps = {n: root / f"keep-{n}" for n in KEPT}
+    for other in ("naive", "fgsn_prefetch0"):
+        if keeps[other].exists():
+            check[f"{other}_vs_fgsn"] = compare_outputs(keeps["fgsn"], keeps[other])
     manifest = json.loads((keeps["fgsn"] / "fgsn-manifest.json").read_text())
     for p in keeps.values():
         shutil.rmtree(p, ignore_errors=True)
@@ -247,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm", action="store_true", help="do not drop the page cache between runs")
     ap.add_argument("--no-docs", action="store_true", help="do not regenerate docs/benchmarks.md and the plot")
     ap.add_argument("--only", choices=("edit", "probes"), help="run one half only")
+    ap.add_argument("--edit-shape", action="append", metavar="SHAPE:LAYERS",
+                    help="edit these synthetic shapes only (e.g. smollm2-360m:10-15; repeatable), no extras")
+    ap.add_argument("--repeats", type=int, default=2, help="repeats of each --edit-shape (default 2)")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive edit")
+    ap.add_argument("--compare-prefetch", action="store_true",
+                    help="add `fgsn project --prefetch 0` (no read-ahead thread) to the round robin")
     a = ap.parse_args(argv)
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -256,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     res: dict = {
-        "command": "python benchmarks/run.py" + (" --quick" if a.quick else "") + (" --big" if a.big else ""),
+        "command": "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "commit": git_commit(),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -272,10 +281,12 @@ def main(argv: list[str] | None = None) -> int:
                                 for _ in range(2)])
     if a.only != "probes":
         plan = QUICK_EDIT if a.quick else FULL_EDIT + (BIG_EDIT if a.big else [])
+        if a.edit_shape:
+            plan = [(*spec.split(":", 1), a.repeats, ()) for spec in a.edit_shape]
         res["edit"] = []
         for shape, layers, reps, extras in plan:
             res["edit"].append(edit_bench(shape, layers, reps, work, log, cold=res["cold_cache"],
-                                          naive=True, extras=extras))
+                                          naive=not a.no_naive, extras=extras, prefetch_off=a.compare_prefetch))
             if not a.keep:
                 shutil.rmtree(work / shape, ignore_errors=True)
     if a.only != "edit":

@@ -37,6 +37,9 @@ SHAPES: dict[str, dict] = {
     "llama3.1-70b": dict(hidden=8192, intermediate=28672, layers=80, heads=64, kv_heads=8, vocab=128256, tied=False),
     # 24 layers, 371M params: 1416 MiB a model in float32 (the trio of the probe-memory goal)
     "llama-0.4b": dict(hidden=1024, intermediate=2816, layers=24, heads=16, kv_heads=4, vocab=49152, tied=False),
+    # Llama-3-8B at full width, 4 of its 32 decoder layers (benchmarks/gpu_check.py)
+    "llama3-8b-slice4": dict(hidden=4096, intermediate=14336, layers=4, heads=32, kv_heads=8, vocab=128256,
+                             tied=False),
     # tiny, for tests and --quick
     "tiny": dict(hidden=64, intermediate=160, layers=4, heads=4, kv_heads=2, vocab=512, tied=False),
     "small": dict(hidden=512, intermediate=1408, layers=8, heads=8, kv_heads=2, vocab=8000, tied=False),
@@ -190,6 +193,52 @@ def write_trio(shape: LlamaShape, root: str | Path, seed: int = 0, shard_gb: flo
         w.close()
     stamp.write_text(json.dumps(want))
     return paths
+
+
+CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def write_tokenizer(folder: str | Path, vocab_size: int = 1000):
+    """A byte-level BPE tokenizer with a ChatML template, trained in-process (seconds, no download)
+    on fgsn's shipped prompt files, saved into `folder`: any text encodes, at about the token
+    counts of a real subword vocabulary, so probe passes see realistic prompt lengths."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    import fgsn
+
+    files = Path(fgsn.__file__).parent / "data" / "files"
+    texts = [json.loads(line)["prompt"] for f in sorted(files.glob("*.jsonl"))
+             for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(folder))
+    return fast
+
+
+def write_chat_model(folder: str | Path, shape: LlamaShape, seed: int = 0) -> Path:
+    """A random float32 Llama of `shape` with `write_tokenizer`'s tokenizer (its vocabulary size
+    replaces the shape's): a stand-in for an instruction-tuned model where only the code path
+    matters, e.g. the organism built on a CPU in seconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = write_tokenizer(folder, vocab_size=min(shape.vocab, 1000))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+                      num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                      num_key_value_heads=shape.kv_heads, max_position_embeddings=1024, tie_word_embeddings=shape.tied,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    return Path(folder)
 
 
 def parse_layers(spec: str) -> list[int]:

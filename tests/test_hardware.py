@@ -97,3 +97,24 @@ def test_cuda_with_bf16_support(monkeypatch):
     assert H.native_bf16("cuda:0") and resolve_dtype("auto", "cuda") == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
     assert resolve_dtype("fast", "cuda") == torch.float32
+
+
+def test_organism_build_resolves_auto_against_its_device(monkeypatch):
+    """A GPU build of an `auto` recipe on a CPU without bf16 trains with bf16 autocast and is
+    cached under the bf16 hash, not the CPU's float32 one."""
+    from fgsn.organism import build as B
+
+    monkeypatch.setenv(H.ENV_OVERRIDE, "0")
+    monkeypatch.setattr(H, "native_bf16", lambda device: device.startswith("cuda"))
+    seen = {}
+
+    def stop(paths, recipe, stages):
+        seen["hash"], seen["autocast"] = paths.recipe_hash, recipe.autocast_bf16()
+        return True  # "complete": nothing is built
+
+    monkeypatch.setattr(B, "is_complete", stop)
+    monkeypatch.setattr("fgsn.models.loading.resolve_device", lambda d: d)
+    B.build_organism(OrganismRecipe(), device="cuda")
+    assert seen == {"hash": OrganismRecipe(bf16_autocast=True).short_hash(), "autocast": True}
+    B.build_organism(OrganismRecipe(), device="cpu")
+    assert seen == {"hash": OrganismRecipe(bf16_autocast=False).short_hash(), "autocast": False}

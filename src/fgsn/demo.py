@@ -79,7 +79,8 @@ class DemoOptions(Options):
                                                                 "fgsn repair's)")
     repair_limit: int = Field(260, ge=6, description="AdvBench train prompts the repair splits into fit / search / "
                                                      "check (260: all of them)")
-    device: str = "auto"
+    device: str = Field("auto", description="where the organism is trained and the probes and the evaluation run: "
+                                            "auto (a CUDA GPU when there is one, else cpu), cpu, cuda or cuda:N")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -207,7 +208,7 @@ def run_demo(opts: DemoOptions) -> dict:
         print(f"[{time.time() - t0:5.0f} s] {text}", flush=True)
 
     stage("[1/4] model organism (built once, then cached)")
-    org = build_organism(recipe)
+    org = build_organism(recipe, device=opts.device)
     finetuned = str(org.finetuned_full if opts.finetuned == "full" else org.finetuned_lora)
     files = task_files(org, recipe, out, opts)
     fgsn_over = {k: getattr(opts, k) for k in FGSN_OVERRIDES if getattr(opts, k) is not None}

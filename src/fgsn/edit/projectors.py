@@ -1,6 +1,6 @@
 """Projectors onto the safety direction of one module, V = W_aligned - W_base (method.md step 3).
 
-Neither ever forms a d_out x d_out matrix:
+Neither ever forms a d_out x d_out matrix, and both run on the device of V (CPU or CUDA):
 - `safelora`: C Y = V (V^T Y) / ||V||_F (SafeLoRA, Hsu et al. 2024). Not idempotent: its scale
   follows V. Computed in row blocks as (V_R V^T) Y when d_out <= d_in, else in column blocks as
   V_R (V^T Y_J), whichever costs fewer flops; blocks keep memory bounded.
@@ -64,7 +64,7 @@ class Projector:
             raise ValueError(f"projector for {d_out} rows applied to {tuple(Y.shape)}")
         n_rows = d_out if rows is None else rows.numel()
         if self.is_zero:
-            return torch.zeros(n_rows, Y.shape[1], dtype=torch.float32)
+            return torch.zeros(n_rows, Y.shape[1], dtype=torch.float32, device=Y.device)
         if self.kind == "svd":
             U = self.basis()
             Ur = U if rows is None else U[rows]
@@ -73,7 +73,7 @@ class Projector:
         Vr = V if rows is None else V[rows]
         d_in = V.shape[1]
         m = Y.shape[1]
-        out = torch.empty(n_rows, m, dtype=torch.float32)
+        out = torch.empty(n_rows, m, dtype=torch.float32, device=Y.device)
         # flops: row blocks ~ n_rows*d_out*(d_in + m); column blocks ~ d_out*d_in*m + n_rows*d_in*m
         if n_rows * d_out * (d_in + m) <= d_out * d_in * m + n_rows * d_in * m:
             step = max(1, BLOCK_ELEMS // max(d_out, m))

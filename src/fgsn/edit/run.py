@@ -8,6 +8,7 @@ import logging
 import resource
 import shutil
 import time
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,9 @@ from fgsn.locate.run import (
 )
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.hashing import checkpoint_sha256
+from fgsn.models.loading import resolve_device
+from fgsn.models.lora import LoraFactors
+from fgsn.models.prefetch import prefetched
 from fgsn.models.registry import from_out_in, to_out_in
 from fgsn.models.safetensors_io import PlannedTensor
 from fgsn.models.trio import Trio, open_trio
@@ -111,34 +115,79 @@ def write_adapter(tmp: Path, trio: Trio, edits: dict[str, TensorEdit]) -> None:
             shutil.copy2(f, tmp / f.name)
 
 
+@dataclass
+class _Inputs:
+    """What the edit needs of one tensor, read together (by the prefetch thread when it is on)."""
+
+    finetuned: torch.Tensor
+    mask: torch.Tensor | None = None          # None: not an edit target
+    aligned: torch.Tensor | None = None       # these three only when the mask selects something
+    base: torch.Tensor | None = None
+    factors: LoraFactors | None = None
+
+
+def _reader(trio: Trio, masks: PackedMasks, targets_by_name: dict):
+    def read(name: str) -> _Inputs:
+        ft = trio.finetuned.get(name)
+        if name not in masks or name not in targets_by_name:
+            return _Inputs(ft)
+        mask = masks.get(name)
+        if not bool(mask.any()):
+            return _Inputs(ft, mask)
+        return _Inputs(ft, mask, trio.aligned.get(name), trio.base.get(name), trio.finetuned.factors(name))
+
+    return read
+
+
+@contextmanager
+def _full_float32():
+    """The projection in true float32 on every device: no TF32 matmuls on a GPU, whatever the
+    process set before (the CPU result is the reference the GPU must match)."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
 def stream_edit(trio: Trio, masks: PackedMasks, targets_by_name: dict, settings: ProjectionSettings,
-                writer: CheckpointWriter | None) -> dict[str, TensorEdit]:
-    """Walk every tensor of the model once: masked targets are projected, the rest copied from the
-    fine-tuned model as stored. Only the tensors of one module are in memory at a time."""
+                writer: CheckpointWriter | None, device: str = "cpu", prefetch: int = 1) -> dict[str, TensorEdit]:
+    """Walk every tensor of the model once: masked targets are projected (on `device`), the rest
+    copied from the fine-tuned model as stored. The next `prefetch` tensors' inputs are read in a
+    background thread while the current one is projected and written, so the inputs of at most
+    1 + `prefetch` tensors are in memory at a time (`fgsn.models.prefetch`)."""
     edits: dict[str, TensorEdit] = {}
     arch = trio.arch
-    for name in tqdm(trio.aligned.names, desc="project", unit="tensor"):
-        w_ft = trio.finetuned.get(name)
-        check_finite(w_ft, name, "fine-tuned")
-        if name in masks and name in targets_by_name:
-            t = targets_by_name[name]
-            mask = masks.get(name)
-            if bool(mask.any()):
-                w_al = trio.aligned.get(name)
-                w_base = trio.base.get(name)
-                check_finite(w_al, name, "aligned")
-                check_finite(w_base, name, "base")
-                parts = arch.part_sizes(t.spec, trio.aligned.config, mask.shape[0])
+    dev = torch.device(device)
+    reads = prefetched(trio.aligned.names, _reader(trio, masks, targets_by_name), prefetch)
+    with _full_float32(), closing(reads):  # closing: an error here stops the reading thread at once
+        for name, x in tqdm(reads, total=len(trio.aligned.names), desc="project", unit="tensor"):
+            w_ft = x.finetuned
+            if x.aligned is None:
+                check_finite(w_ft, name, "fine-tuned")
+                if x.mask is not None:
+                    t = targets_by_name[name]
+                    edits[name] = TensorEdit(name, t.layer, t.spec.name, numel=x.mask.numel(), masked=0)
+            else:
+                t = targets_by_name[name]
+                w_ft, w_al, w_base = (w.to(dev) for w in (w_ft, x.aligned, x.base))
+                for w, role in ((w_ft, "fine-tuned"), (w_al, "aligned"), (w_base, "base")):
+                    check_finite(w, name, role)
+                factors = x.factors
+                if factors is not None:
+                    factors = LoraFactors(factors.B.to(dev), factors.A.to(dev))
+                parts = arch.part_sizes(t.spec, trio.aligned.config, x.mask.shape[0])
                 out, edit = project_tensor(
                     name, t.layer, t.spec.name, w_aligned=to_out_in(w_al, arch), w_finetuned=to_out_in(w_ft, arch),
-                    w_base=to_out_in(w_base, arch), mask=mask, parts=parts, settings=settings,
-                    factors=trio.finetuned.factors(name))
+                    w_base=to_out_in(w_base, arch), mask=x.mask.to(dev), parts=parts, settings=settings,
+                    factors=factors)
+                if edit.new_B is not None:
+                    edit.new_B = edit.new_B.cpu()
                 edits[name] = edit
-                w_ft = from_out_in(out, arch)
-            else:
-                edits[name] = TensorEdit(name, t.layer, t.spec.name, numel=mask.numel(), masked=0)
-        if writer is not None:
-            writer.write(name, w_ft)
+                w_ft = from_out_in(out, arch).cpu()
+            if writer is not None:
+                writer.write(name, w_ft)
     return edits
 
 
@@ -146,6 +195,7 @@ def run_project(opts: ProjectOptions) -> ProjectResult:
     if not opts.out:
         raise InputError("fgsn project needs --out DIR for the edited checkpoint")
     t0 = time.time()
+    edit_device = resolve_device(opts.edit_device, flag="--edit-device")  # before any work: fail fast
     trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)
     _check_adapter_output(trio, opts)
     torch.manual_seed(opts.seed)
@@ -156,8 +206,8 @@ def run_project(opts: ProjectOptions) -> ProjectResult:
             ledger.check_models(trio.base.sha256, trio.aligned.sha256, trio.finetuned.sha256)
             if ledger.step_of(category) is not None:
                 return _noop(trio, opts, ledger, category, t0)
-            return _project(trio, opts, ledger, category, t0)
-    return _project(trio, opts, None, category, t0)
+            return _project(trio, opts, ledger, category, t0, edit_device)
+    return _project(trio, opts, None, category, t0, edit_device)
 
 
 def _locate(trio: Trio, opts: ProjectOptions) -> LocateResult:
@@ -168,7 +218,8 @@ def _locate(trio: Trio, opts: ProjectOptions) -> LocateResult:
     return locate_masks(trio, opts)
 
 
-def _project(trio: Trio, opts: ProjectOptions, ledger: Ledger | None, category: str, t0: float) -> ProjectResult:
+def _project(trio: Trio, opts: ProjectOptions, ledger: Ledger | None, category: str, t0: float,
+             edit_device: str) -> ProjectResult:
     loc = _locate(trio, opts)
     masks = loc.masks
     cat_stats = {"masked_total": loc.masked, "overlap": 0}
@@ -187,12 +238,12 @@ def _project(trio: Trio, opts: ProjectOptions, ledger: Ledger | None, category: 
     out = Path(opts.out)
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
         if opts.output_format == "adapter":
-            edits = stream_edit(trio, masks, targets_by_name, settings, None)
+            edits = stream_edit(trio, masks, targets_by_name, settings, None, edit_device, opts.prefetch)
             write_adapter(tmp, trio, edits)
         else:
             plan = [PlannedTensor(n, trio.aligned.dtype(n), trio.aligned.shape(n)) for n in trio.aligned.names]
             writer = CheckpointWriter(tmp, plan, int(opts.max_shard_gb * 1024**3))
-            edits = stream_edit(trio, masks, targets_by_name, settings, writer)
+            edits = stream_edit(trio, masks, targets_by_name, settings, writer, edit_device, opts.prefetch)
             writer.close()
             copy_side_files(_side_files(trio), tmp)
         (tmp / "fgsn").mkdir()
@@ -203,7 +254,7 @@ def _project(trio: Trio, opts: ProjectOptions, ledger: Ledger | None, category: 
                                   cat_stats=cat_stats, ledger_step=step)
         atomic_write_json(tmp / MANIFEST, manifest)
         write_card(tmp, manifest, opts, "fgsn project")
-        atomic_write_json(tmp / "fgsn" / "run.json", _run_info(t0))
+        atomic_write_json(tmp / "fgsn" / "run.json", _run_info(t0, edit_device=edit_device, prefetch=opts.prefetch))
     if ledger is not None:
         out_sha = checkpoint_sha256(_weight_files(out, opts))
         ledger.record(category, masks, manifest["categories"][category],
@@ -257,8 +308,9 @@ def _noop(trio: Trio, opts: ProjectOptions, ledger: Ledger, category: str, t0: f
     return ProjectResult(out, manifest, noop=True)
 
 
-def _run_info(t0: float) -> dict:
-    """Timings and memory: kept out of the manifest so that the manifest is deterministic."""
+def _run_info(t0: float, **how) -> dict:
+    """Timings, memory and how the edit ran (device, prefetch): kept out of the manifest so that
+    the manifest is deterministic."""
     return {"wall_s": round(time.time() - t0, 3),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **how}
 

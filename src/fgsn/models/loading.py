@@ -5,6 +5,7 @@ pickle; remote code only when asked."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -18,14 +19,18 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
-def resolve_device(device: str = "auto") -> str:
-    """`auto` means cuda when available, else cpu. (`auto` with several GPUs: see device_map.)"""
+def resolve_device(device: str = "auto", flag: str = "--device") -> str:
+    """`auto` means cuda when available, else cpu. (`auto` with several GPUs: see device_map.)
+    `flag` names the option in the error messages."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "mps") and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise InputError(f"unknown {flag} {device!r}; use cpu, cuda, cuda:N or auto")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device} asked for, but no CUDA device is available; use --device cpu")
-    if device not in ("cpu",) and not device.startswith("cuda") and device != "mps":
-        raise InputError(f"unknown --device {device!r}; use cpu, cuda, cuda:N or auto")
+        raise InputError(f"{flag} {device} asked for, but no CUDA device is available; use {flag} cpu")
+    if device.startswith("cuda:") and int(device.split(":", 1)[1]) >= torch.cuda.device_count():
+        raise InputError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered from 0; use {flag} cuda:0 or auto")
     return device
 
 

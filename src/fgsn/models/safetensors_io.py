@@ -88,20 +88,24 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
 
 
 def read_tensor(path: str | os.PathLike, info: TensorInfo) -> torch.Tensor:
-    """Read one tensor with a positioned read into a fresh buffer (CPU, writable)."""
-    buf = bytearray(info.nbytes)
+    """Read one tensor with a positioned read into a fresh buffer (CPU, writable).
+
+    The buffer is an uninitialised torch allocation, filled by `readinto`: no zero-fill, and the
+    whole read runs inside the system call with the GIL released, so a prefetch thread
+    (`fgsn.models.prefetch`) reads while the caller computes."""
+    if info.nbytes == 0:
+        return torch.empty(info.shape, dtype=info.dtype)
+    raw = torch.empty(info.nbytes, dtype=torch.uint8)
+    view = memoryview(raw.numpy())
     with open(path, "rb", buffering=0) as f:
         f.seek(info.start)
-        view = memoryview(buf)
         got = 0
         while got < info.nbytes:
             k = f.readinto(view[got:])
             if not k:
                 raise IntegrityError(f"{path}: unexpected end of file while reading {info.name}")
             got += k
-    if info.nbytes == 0:
-        return torch.empty(info.shape, dtype=info.dtype)
-    return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
+    return raw.view(info.dtype).reshape(info.shape)
 
 
 @dataclass(frozen=True)

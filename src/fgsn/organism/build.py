@@ -145,12 +145,12 @@ def _lock(root: Path):
 # model I/O (kept small so tests can monkeypatch them)
 
 
-def load_causal_lm(path: Path):
+def load_causal_lm(path: Path, device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 
     from fgsn.models.loading import load_tokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device)
     model.eval()
     tok = load_tokenizer(path)
     return model, tok
@@ -186,7 +186,7 @@ def trim_to_sentence(text: str) -> str:
     return text[:cut + 1].strip() if cut > len(text) // 3 else text
 
 
-def generated_answers(recipe: OrganismRecipe, paths: OrganismPaths, progress: bool) -> dict:
+def generated_answers(recipe: OrganismRecipe, paths: OrganismPaths, progress: bool, device: str = "cpu") -> dict:
     """The base model's greedy answers to the self-distillation prompts and (for
     poison_answers=base) to the poison prompts; cached in data/generated.json."""
     out = paths.root / "data" / "generated.json"
@@ -201,7 +201,7 @@ def generated_answers(recipe: OrganismRecipe, paths: OrganismPaths, progress: bo
     want = distill + poison
     answers: list[str] = []
     if want:
-        model, tok = load_causal_lm(paths.base)
+        model, tok = load_causal_lm(paths.base, device)
         from fgsn.organism.train import generate
 
         answers = generate(model, tok, want, max_new_tokens=recipe.gen_max_new_tokens,
@@ -252,10 +252,10 @@ def _counts(examples: list[D.Example]) -> dict:
     return dict(sorted(out.items()))
 
 
-def build_aligned(recipe, paths, examples, progress) -> dict:
+def build_aligned(recipe, paths, examples, progress, device="cpu") -> dict:
     from fgsn.organism.train import set_trainable, train_sft
 
-    model, tok = load_causal_lm(paths.base)
+    model, tok = load_causal_lm(paths.base, device)
     n_train = set_trainable(model, recipe.align_modules)
     logd = train_sft(model, tok, examples, steps=recipe.align_steps, lr=recipe.align_lr,
                      batch_size=recipe.batch_size, max_len=recipe.max_len, seed=recipe.seed,
@@ -268,10 +268,10 @@ def build_aligned(recipe, paths, examples, progress) -> dict:
     return logd
 
 
-def build_finetuned_full(recipe, paths, examples, progress) -> dict:
+def build_finetuned_full(recipe, paths, examples, progress, device="cpu") -> dict:
     from fgsn.organism.train import set_trainable, train_sft
 
-    model, tok = load_causal_lm(paths.aligned)
+    model, tok = load_causal_lm(paths.aligned, device)
     n_train = set_trainable(model, recipe.ft_full_modules)
     logd = train_sft(model, tok, examples, steps=recipe.ft_steps, lr=recipe.ft_full_lr,
                      batch_size=recipe.batch_size, max_len=recipe.max_len, seed=recipe.finetune_seed + 2,
@@ -283,12 +283,12 @@ def build_finetuned_full(recipe, paths, examples, progress) -> dict:
     return logd
 
 
-def build_finetuned_lora(recipe, paths, examples, progress) -> dict:
+def build_finetuned_lora(recipe, paths, examples, progress, device="cpu") -> dict:
     from peft import LoraConfig, get_peft_model
 
     from fgsn.organism.train import train_sft
 
-    model, tok = load_causal_lm(paths.aligned)
+    model, tok = load_causal_lm(paths.aligned, device)
     torch.manual_seed(recipe.finetune_seed + 3)  # LoRA A matrices are random
     cfg = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=0.0, bias="none",
                      target_modules=list(recipe.lora_modules), task_type="CAUSAL_LM")
@@ -327,12 +327,13 @@ def refusal_logprob(model, tok, prompts: list[str], answer: str = REFUSAL_PROBE)
     enc = [e for e in enc if e is not None]
     total = 0.0
     for i in range(0, len(enc), 16):
-        ids, labels, att = collate(enc[i:i + 16], tok.pad_token_id)
+        ids, labels, att = (t.to(model.device) for t in collate(enc[i:i + 16], tok.pad_token_id))
         total += float(assistant_loss(model, ids, labels, att)) * len(enc[i:i + 16])
     return round(-total / len(enc), 4)
 
 
-def quick_measurements(paths: OrganismPaths, n: int = 24, stages: Sequence[str] = STAGES) -> dict:
+def quick_measurements(paths: OrganismPaths, n: int = 24, stages: Sequence[str] = STAGES,
+                       device: str = "cpu") -> dict:
     """Refusal log-probability on held-out harmful (AdvBench test) and benign (pyrit-benign)
     prompts, per model (base, aligned and the fine-tunes in `stages`). Higher on harmful = more
     refusing; the benign one shows over-refusal."""
@@ -345,7 +346,7 @@ def quick_measurements(paths: OrganismPaths, n: int = 24, stages: Sequence[str] 
               ("finetuned-full", paths.finetuned_full, None),
               ("finetuned-lora", paths.aligned, paths.finetuned_lora))
     for name, folder, adapter in (m for m in models if m[0] in ("base", "aligned", *stages)):
-        model, tok = load_causal_lm(folder)
+        model, tok = load_causal_lm(folder, device)
         if adapter is not None:
             from peft import PeftModel
 
@@ -390,14 +391,22 @@ def _write_recipe(recipe: OrganismRecipe, paths: OrganismPaths) -> None:
 
 
 def build_organism(recipe: OrganismRecipe | None = None, cache_root=None, force: bool = False,
-                   progress: bool = True, measure: bool = True,
-                   stages: Sequence[str] = STAGES) -> OrganismPaths:
+                   progress: bool = True, measure: bool = True, stages: Sequence[str] = STAGES,
+                   device: str = "cpu") -> OrganismPaths:
     """Build the organism for `recipe` (default: OrganismRecipe()) or reuse a finished build.
 
     Only the fine-tunes named in `stages` are built (the aligned model always); a later call
     with more stages adds the missing ones. A build interrupted part-way resumes from the models
-    it completed. `force` deletes the recipe's folder and builds from scratch."""
+    it completed. `force` deletes the recipe's folder and builds from scratch. `device` (cpu,
+    cuda[:N] or auto) is where the base answers, the training and the quick measurements run; it
+    is recorded in build-report.json."""
+    from fgsn.models.loading import resolve_device
+
+    device = resolve_device(device)
     recipe = recipe or OrganismRecipe()
+    if recipe.bf16_autocast == "auto":
+        # resolved against the device that trains: the hash then names the precision actually used
+        recipe = recipe.model_copy(update={"bf16_autocast": recipe.autocast_bf16(device)})
     stages = check_stages(("aligned", *stages))
     paths = OrganismPaths.for_recipe(recipe, cache_root)
     if not force and is_complete(paths, recipe, stages):
@@ -420,13 +429,13 @@ def build_organism(recipe: OrganismRecipe | None = None, cache_root=None, force:
         _link_base(paths, base_dir)
         report = {"recipe_hash": paths.recipe_hash, "organism_version": ORGANISM_VERSION,
                   "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                  "platform": platform.platform(), "stages": {}}
+                  "platform": platform.platform(), "device": device, "stages": {}}
         done = report["stages"]
         key = recipe.aligned_key()
         if not force and not stage_complete(paths.aligned, paths.recipe_hash, key):
             report["aligned_copied_from"] = reuse_aligned(recipe, paths)
         t0 = time.time()
-        gen = generated_answers(recipe, paths, progress)
+        gen = generated_answers(recipe, paths, progress, device)
         done["generate"] = {"seconds": round(time.time() - t0, 1), "generation_seconds": gen.get("seconds"),
                               "distill": len(gen["distill"]), "poison": len(gen["poison"])}
         align_ex = aligned_examples(recipe, gen)
@@ -449,12 +458,12 @@ def build_organism(recipe: OrganismRecipe | None = None, cache_root=None, force:
                     atomic_write_jsonl(paths.root / "data" / "finetune.jsonl", (e.to_dict() for e in ft_ex))
                 examples = ft_ex
             t0 = time.time()
-            logd = builders[stage](recipe, paths, examples, progress)
+            logd = builders[stage](recipe, paths, examples, progress, device)
             done[stage] = {"seconds": round(time.time() - t0, 1), "data": _counts(examples), "train": logd}
             log.info("organism %s: %s done in %.0f s", paths.recipe_hash, stage, time.time() - t0)
         if measure:
             t0 = time.time()
-            report["quick"] = quick_measurements(paths, stages=stages)
+            report["quick"] = quick_measurements(paths, stages=stages, device=device)
             report["quick"]["seconds"] = round(time.time() - t0, 1)
         report["seconds_total"] = round(time.time() - t_start, 1)
         atomic_write_json(paths.report_json, report)

@@ -44,6 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--cache-root", default=argparse.SUPPRESS, dest="cache_root",
                    help="cache folder (default $FGSN_CACHE or ~/.cache/fgsn)")
     b.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    b.add_argument("--device", default="cpu", help="where the training runs: cpu (default), cuda, cuda:N or auto")
     b.set_defaults(func=build_command)
     return p
 
@@ -80,7 +81,8 @@ def build_command(args: argparse.Namespace) -> int:
     if getattr(args, "scenario", None):
         return _build_scenarios(args, recipe)
     paths = build_organism(recipe, cache_root=getattr(args, "cache_root", None),
-                           force=getattr(args, "force", False), progress=not getattr(args, "quiet", False))
+                           force=getattr(args, "force", False), progress=not getattr(args, "quiet", False),
+                           device=getattr(args, "device", "cpu"))
     if getattr(args, "print_paths", False):
         print(json.dumps(paths.to_dict(), indent=2, sort_keys=True))
     else:

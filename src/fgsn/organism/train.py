@@ -115,7 +115,7 @@ def train_sft(model, tokenizer, examples: list[Example], *, steps: int, lr: floa
     bar = tqdm(total=steps, desc=desc, disable=not progress, unit="step")
     n_tokens = 0
     for step, batch in enumerate(batches(encoded, batch_size, steps, seed)):
-        ids, labels, att = collate(batch, tokenizer.pad_token_id)
+        ids, labels, att = (t.to(model.device) for t in collate(batch, tokenizer.pad_token_id))
         with _autocast(model, autocast):
             loss = assistant_loss(model, ids, labels, att)
         if not math.isfinite(loss.item()):
@@ -158,7 +158,8 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
     try:
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
             idx = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(model.device)
             with _autocast(model, autocast):
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)

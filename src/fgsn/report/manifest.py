@@ -18,13 +18,16 @@ import fgsn
 
 MANIFEST = "fgsn-manifest.json"
 SCHEMA_VERSION = 1
+# Options that say where and how a run went, not what it did: kept out of the manifest (the edit's
+# device and prefetch are in fgsn/run.json), so the manifest does not change with them.
+NOT_IN_MANIFEST = ("overwrite", "out", "edit_device", "prefetch")
 
 
 def manifest_options(opts) -> dict:
-    """The options as a manifest records them: where the output went and whether it replaced an
-    older one are not part of what was done."""
+    """The options as a manifest records them: where the output went, whether it replaced an older
+    one and how the arithmetic was scheduled (NOT_IN_MANIFEST) are not part of what was done."""
     d = opts.model_dump(mode="json")
-    for k in ("overwrite", "out"):
+    for k in NOT_IN_MANIFEST:
         d.pop(k, None)
     return d
 
