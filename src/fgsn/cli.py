@@ -1,4 +1,4 @@
-"""Thin command line over fgsn.api: `fgsn locate | project | eval | report | organism | demo`.
+"""Thin command line over fgsn.api: `fgsn locate | project | activation-match | eval | report | organism | demo`.
 
 Every option can come from a YAML file (`--config run.yaml`); flags win. Errors fgsn raises on
 purpose print as one line `error: ...` with exit code 2; anything else is a bug and shows its
@@ -90,7 +90,7 @@ def print_manifest_summary(m: dict, out) -> None:
 
 
 SUBMODULES = ("fgsn.evaluate.cli", "fgsn.report.cli", "fgsn.organism.cli", "fgsn.demo", "fgsn.baselines.cli",
-              "fgsn.sweep")
+              "fgsn.sweep", "fgsn.edit.activation_match_run")
 
 
 def build_parser() -> argparse.ArgumentParser:
