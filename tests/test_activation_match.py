@@ -379,6 +379,34 @@ def test_fgsn_rows_edit_only_the_masked_rows(llama_trio, files, tmp_path):
     assert edited > 0 and rows.manifest["changed"] < full.manifest["changed"]
 
 
+def test_harmful_answers_layer_search_and_gram_sources(llama_trio, files, tmp_path):
+    from fgsn.data.chat import render_chat
+    from fgsn.locate.attribution import DEFAULT_REFUSAL
+    from fgsn.models.loading import load_tokenizer
+
+    t = llama_trio
+    tok = load_tokenizer(t["aligned"])
+    prompt_tokens = sum(len(tok(render_chat(tok, p), add_special_tokens=False)["input_ids"]) for p in HARMFUL)
+    refusal_tokens = len(tok(DEFAULT_REFUSAL, add_special_tokens=False)["input_ids"]) + 1  # + eos
+    kw = dict(modules=["o_proj"], layers="1")
+    none = run(t, files, tmp_path / "none", **kw).manifest["activation_match"]
+    ref = run(t, files, tmp_path / "refusal", harmful_answer="refusal", **kw).manifest["activation_match"]
+    gen = run(t, files, tmp_path / "aligned", harmful_answer="aligned", answer_tokens=5, **kw).manifest
+    assert none["harmful_tokens"] == prompt_tokens
+    assert ref["harmful_tokens"] == prompt_tokens + len(HARMFUL) * refusal_tokens
+    assert prompt_tokens < gen["activation_match"]["harmful_tokens"] <= prompt_tokens + len(HARMFUL) * 6
+    assert gen["options"]["harmful_answer"] == "aligned"
+    src = run(t, files, tmp_path / "src", harmful_from="aligned", **kw)
+    a, b = weights(tmp_path / "none"), weights(tmp_path / "src")
+    n = "model.layers.1.self_attn.o_proj.weight"
+    assert not torch.allclose(a[n], b[n]) and src.manifest["activation_match"]["harmful_from"] == "aligned"
+    # --layers search: fgsn locate's cosine-gap search on the aligned model picks the layers
+    found = run(t, files, tmp_path / "search", layers="search", modules=["o_proj"], cache=False).manifest
+    ls = found["activation_match"]["layer_search"]
+    assert ls is not None and found["layers"] == list(range(ls["selected"][0], ls["selected"][1] + 1))
+    assert {r["layer"] for r in found["modules"]} == set(found["layers"])
+
+
 # -- bad inputs ------------------------------------------------------------------------------------------
 def test_bad_inputs_are_clear_errors(llama_trio, files, tmp_path):
     t = llama_trio

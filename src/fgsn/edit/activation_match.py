@@ -91,9 +91,9 @@ def nullspace_map(G_h: torch.Tensor, U: torch.Tensor, mu: float, where: str = "m
 
 
 def output_energy(D: torch.Tensor, G: torch.Tensor) -> float:
-    """tr(D G Dᵀ): the mean over the Gram's tokens of ||D x||² (no (out x out) matrix)."""
-    D = D.double()
-    return float(((D @ G.double()) * D).sum())
+    """tr(D G Dᵀ): the mean over the Gram's tokens of ||D x||² (no (out x out) matrix), computed in
+    D's dtype (float32 for the manifest's diagnostics) and summed in float64."""
+    return float(((D @ G.to(D.dtype)) * D).sum(dtype=torch.float64))
 
 
 def numerical_rank(D: torch.Tensor) -> int:
