@@ -342,6 +342,15 @@ class Editor:
         self.peak_gram_bytes = max(self.peak_gram_bytes, sum(g.nbytes for g in self.grams.values()))
         self.current = chunk
 
+    def _release_before(self, layer: int) -> None:
+        """Drop the Grams and maps of the chunk's layers already written (tensors come layer by layer)."""
+        done = {k for g in self.grams.values() for k in g.sums if self.by_name[k].layer < layer}
+        for g in self.grams.values():
+            for k in done & set(g.sums):
+                del g.sums[k]
+        for key in [k for k in self.maps if k[0] in done]:
+            del self.maps[key]
+
     def _map(self, name: str) -> dict:
         """M (float32) and the Grams of this module's input, computed once per distinct input."""
         gh = self.grams["harmful"]
@@ -378,6 +387,7 @@ class Editor:
             return None
         if self.chunk_of[t.layer] != self.current:
             self._take_grams(self.chunk_of[t.layer])
+        self._release_before(t.layer)
         mp = self._map(name)
         if rows is None:
             D = R0 @ mp["M"]
