@@ -229,6 +229,10 @@ class LiveModels:
                                              trust_remote_code=o.trust_remote_code, allow_pickle=o.allow_pickle)
         return self._models[which]
 
+    def drop(self, which: str) -> None:
+        self._models.pop(which, None)
+        gc.collect()
+
     def loaded(self, which: str):
         return self._models.get(which, (None, None))[0]
 
@@ -267,6 +271,8 @@ def encode_sets(models: LiveModels, harmful: PromptSet, task: PromptSet | None, 
         answers = list(greedy_answers(model, atok, harmful.texts, max_new_tokens=opts.answer_tokens,
                                       batch_size=opts.batch_size, use_chat_template=opts.use_chat_template,
                                       system=opts.system))
+        if "aligned" not in (opts.harmful_from, opts.task_from):
+            models.drop("aligned")  # needed only for its answers
     seqs = {"harmful": [_encode(tok, p, a, **kw)[0] for p, a in zip(harmful.texts, answers, strict=True)]}
     if task is not None:
         seqs["task"] = [_encode(tok, p.text, p.answer, **kw)[0] for p in task]
