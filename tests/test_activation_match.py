@@ -260,6 +260,8 @@ def test_editor_equals_the_formula_on_a_tiny_full_finetune(llama_trio, files, tm
             r["changed"] / ft[n].numel())
         assert r["change_ratio"] == pytest.approx(float(d.norm() / (ft[n] - al[n]).double().norm()), rel=1e-4)
         assert r["rank"] == int(torch.linalg.matrix_rank(d.float())) and r["rank"] <= r["rank_bound"]
+        sv = torch.linalg.svdvals(d) ** 2
+        assert float(sv[: r["rank_99"]].sum()) >= 0.99 * float(sv.sum()) > float(sv[: r["rank_99"] - 1].sum())
         assert 0 < r["harmful_gap_closed"] <= 1 and r["task_drift"] >= 0
     assert m["changed"] == sum(r["changed"] for r in m["modules"])
     assert am["totals"]["modules_edited"] == len(exp) and am["totals"]["change_ratio"] > 0
@@ -269,8 +271,9 @@ def test_editor_equals_the_formula_on_a_tiny_full_finetune(llama_trio, files, tm
 
 def test_chunks_give_the_same_edit_as_one_pass(llama_trio, files, tmp_path):
     t = llama_trio
-    one = run(t, files, tmp_path / "one", modules=["q_proj", "down_proj"], layers="1-3")
-    few = run(t, files, tmp_path / "few", modules=["q_proj", "down_proj"], layers="1-3", gram_memory_gb=1e-5)
+    kw = dict(modules=["q_proj", "down_proj"], layers="1-3", cache=False)  # each computes its own Grams
+    one = run(t, files, tmp_path / "one", **kw)
+    few = run(t, files, tmp_path / "few", gram_memory_gb=1e-5, **kw)
     assert one.manifest["activation_match"]["chunks"] == [[1, 2, 3]]
     assert few.manifest["activation_match"]["chunks"] == [[1], [2], [3]]
     a, b, ft = weights(tmp_path / "one"), weights(tmp_path / "few"), weights(t["finetuned"])
@@ -280,6 +283,27 @@ def test_chunks_give_the_same_edit_as_one_pass(llama_trio, files, tmp_path):
             assert torch.equal(a[n], ft[n]), n
     with pytest.raises(InputError, match="out of range"):
         run(t, files, tmp_path / "bad", layers="2-9")
+
+
+def test_grams_are_cached_across_settings_and_not_in_sequential_mode(llama_trio, files, tmp_path):
+    t = llama_trio
+    kw = dict(modules=["q_proj", "down_proj"], cache=True, max_batch_tokens=1000)  # keys no other test makes
+    run(t, files, tmp_path / "a", **kw)
+    first = json.loads((tmp_path / "a" / "fgsn" / "activation-match.json").read_text())
+    run(t, files, tmp_path / "b", **kw)
+    again = json.loads((tmp_path / "b" / "fgsn" / "activation-match.json").read_text())
+    run(t, files, tmp_path / "c", lam=3.0, **kw)     # another lambda: the same Grams
+    other = json.loads((tmp_path / "c" / "fgsn" / "activation-match.json").read_text())
+    assert first["forward_passes"] == 2 and again == other == {"forward_passes": 0, "gram_cache_hits": 2}
+    assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
+    assert (tmp_path / "a/fgsn-manifest.json").read_bytes() == (tmp_path / "b/fgsn-manifest.json").read_bytes()
+    # a changed prompt set misses
+    (tmp_path / "h2.jsonl").write_text("\n".join(json.dumps({"prompt": p}) for p in HARMFUL[:4]))
+    run(t, files, tmp_path / "d", harmful=[str(tmp_path / "h2.jsonl")], **kw)
+    assert json.loads((tmp_path / "d" / "fgsn" / "activation-match.json").read_text())["gram_cache_hits"] == 1
+    run(t, files, tmp_path / "e", sequential=True, **kw)
+    seq = json.loads((tmp_path / "e" / "fgsn" / "activation-match.json").read_text())
+    assert seq == {"forward_passes": 8, "gram_cache_hits": 0}
 
 
 def test_nullspace_editor_keeps_task_module_outputs(llama_trio, files, tmp_path):

@@ -96,13 +96,16 @@ def output_energy(D: torch.Tensor, G: torch.Tensor) -> float:
     return float(((D @ G.to(D.dtype)) * D).sum(dtype=torch.float64))
 
 
-def numerical_rank(D: torch.Tensor) -> int:
-    """Rank of D with numpy's default tolerance (max singular value x max dim x float32 eps)."""
+def rank_profile(D: torch.Tensor, energy: float = 0.99) -> dict:
+    """`rank`: the numerical rank of D (numpy's tolerance: max singular value x max dim x float32
+    eps); `rank_99`: how many singular directions hold `energy` of ||D||_F² (a dense solve is
+    full rank numerically; this says how many directions carry the change)."""
     if not bool(D.any()):
-        return 0
-    s = torch.linalg.svdvals(D.float())
+        return {"rank": 0, "rank_99": 0}
+    s = torch.linalg.svdvals(D.float()).double()
     tol = float(s[0]) * max(D.shape) * torch.finfo(torch.float32).eps
-    return int((s > tol).sum())
+    e = torch.cumsum(s * s, 0)
+    return {"rank": int((s > tol).sum()), "rank_99": int((e < energy * e[-1]).sum()) + 1}
 
 
 def check_correction(D: torch.Tensor, where: str) -> None:

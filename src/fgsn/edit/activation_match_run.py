@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
+from fgsn.atomic import atomic_write_json
 from fgsn.baselines.common import (
     BaselineOptions,
     BaselineResult,
@@ -44,24 +45,37 @@ from fgsn.edit.activation_match import (
     check_correction,
     null_basis,
     nullspace_map,
-    numerical_rank,
     output_energy,
+    rank_profile,
     ridge_map,
 )
 from fgsn.edit.projection import check_finite
 from fgsn.errors import InputError
 from fgsn.locate.attribution import DEFAULT_REFUSAL, _encode
-from fgsn.locate.grams import GramStats, accumulate_grams
+from fgsn.locate.grams import (
+    GramStats,
+    accumulate_grams,
+    gram_key,
+    load_grams,
+    merge,
+    save_grams,
+    sequences_digest,
+    split_by_layer,
+)
 from fgsn.locate.layers import parse_layers
 from fgsn.locate.run import LocateOptions, ProbeOptions
 from fgsn.models.finetune import LoraFinetune
-from fgsn.models.loading import input_device, load_model
+from fgsn.models.loading import input_device, load_model, load_tokenizer, resolve_device, resolve_dtype
 from fgsn.models.registry import EditTarget, edit_targets, from_out_in, live_layers, live_module, to_out_in
 from fgsn.models.trio import Trio, open_trio
 
 log = logging.getLogger(__name__)
 
 METHOD = "activation-match"
+# Grams are cached on disk (one entry per model, prompt set and layer) only when a run's Grams add
+# up to at most this much: the SmolLM2-135M organism's are 1.6 GB per prompt-set pair, a 7B model's
+# ~74 GB.
+GRAM_CACHE_LIMIT = 4 * 1024**3
 LORA_NOTE = ("LoRA input: the closed-form change is dense (rank bounded by the harmful tokens, not by the adapter's "
              "r) and is not representable as a rank-r adapter, so the output is a merged checkpoint")
 
@@ -116,11 +130,13 @@ class ActivationMatchOptions(BaselineOptions, ProbeOptions):
         "model whose module inputs on task examples form G_t"))
     allow_no_task: bool = Field(False, description=(
         "without --task, fit the harmful side alone (lambda = 0: nothing protects the task); off: an error"))
-    gram_memory_gb: float = Field(0.5, gt=0, description=(
-        "Grams (float64) resident at once; layers are processed in chunks that fit, one forward pass per chunk"))
+    gram_memory_gb: float = Field(1.0, gt=0, description=(
+        "Grams (float64) resident at once; layers are processed in chunks that fit, one forward pass per chunk "
+        "(planned from the last layer down, so the early, cheap-to-reach layers take the extra passes)"))
     max_batch_tokens: int = Field(4096, ge=64, description="padded tokens per forward batch")
     exact_rank: bool = Field(True, description=(
-        "report each change's numerical rank (an SVD per module); off: only the bound min(rows, in, harmful tokens)"))
+        "report each change's numerical rank and the directions holding 99% of it (an SVD per module); off: only "
+        "the bound min(rows, in, harmful tokens)"))
 
     @field_validator("harmful", "task", "modules", mode="before")
     @classmethod
@@ -229,6 +245,22 @@ class LiveModels:
                                              trust_remote_code=o.trust_remote_code, allow_pickle=o.allow_pickle)
         return self._models[which]
 
+    def path(self, which: str) -> Path:
+        if which == "aligned" or isinstance(self.trio.finetuned, LoraFinetune):
+            return self.trio.aligned.path
+        return self.trio.finetuned.path
+
+    def tokenizer(self, which: str):
+        """The tokenizer alone (no model load: with every Gram cached, no model is loaded at all)."""
+        if which in self._models:
+            return self._models[which][1]
+        return load_tokenizer(self.path(which), trust_remote_code=self.opts.trust_remote_code)
+
+    def sha256(self, which: str) -> str:
+        if which == "aligned":
+            return self.trio.aligned.sha256
+        return f"{self.trio.aligned.sha256}+{self.trio.finetuned.sha256}"
+
     def drop(self, which: str) -> None:
         self._models.pop(which, None)
         gc.collect()
@@ -260,7 +292,7 @@ def greedy_answers(model, tok, prompts: list[str], *, max_new_tokens: int, batch
 def encode_sets(models: LiveModels, harmful: PromptSet, task: PromptSet | None, opts: ActivationMatchOptions
                 ) -> dict[str, list[list[int]]]:
     """Token ids of every sequence the Grams are taken on, chat template applied."""
-    _, tok = models.get(opts.harmful_from)
+    tok = models.tokenizer(opts.harmful_from)
     kw = dict(use_chat_template=opts.use_chat_template, system=opts.system, max_length=opts.max_length)
     if opts.harmful_answer == "none":
         answers: list[str | None] = [None] * len(harmful)
@@ -290,18 +322,19 @@ def gram_bytes(trio: Trio, t: EditTarget, sides: int) -> int:
 def plan_chunks(trio: Trio, targets: list[EditTarget], budget_bytes: int, sequential: bool, sides: int
                 ) -> list[list[int]]:
     """Consecutive target layers grouped so that their Grams fit the budget (one layer each when
-    sequential; a layer alone may exceed it)."""
+    sequential; a layer alone may exceed it). Filled from the last layer down: a chunk's forward
+    pass runs up to its last layer, so the big chunks go where the passes are longest anyway."""
     per_layer: dict[int, int] = {}
     for t in targets:
         per_layer[t.layer] = per_layer.get(t.layer, 0) + gram_bytes(trio, t, sides)
     chunks: list[list[int]] = []
     size = 0
-    for layer in sorted(per_layer):
+    for layer in sorted(per_layer, reverse=True):
         if chunks and not sequential and size + per_layer[layer] <= budget_bytes:
-            chunks[-1].append(layer)
+            chunks[0].insert(0, layer)
             size += per_layer[layer]
         else:
-            chunks.append([layer])
+            chunks.insert(0, [layer])
             size = per_layer[layer]
     return chunks
 
@@ -323,7 +356,13 @@ class Editor:
         self.records: list[dict] = []
         self.tokens = {side: 0 for side in seqs}
         self.passes = 0
+        self.cache_hits = 0
         self.peak_gram_bytes = 0
+        self.layer_of = {t.tensor: t.layer for t in targets}
+        total = sum(gram_bytes(trio, t, sides) for t in targets)
+        self.use_cache = opts.cache and not opts.sequential and total <= GRAM_CACHE_LIMIT
+        if opts.cache and not opts.sequential and not self.use_cache:
+            log.info("Grams of this run (up to %.1f GB) are over the cache limit; not cached", total / 1024**3)
         # layer by layer (embeddings and the head first), so that a chunk's tensors come together
         of = layer_of(trio)
         pos = {n: i for i, n in enumerate(trio.aligned.names)}
@@ -337,16 +376,36 @@ class Editor:
         targets = [t for t in self.by_name.values() if t.layer in layers]
         sources = {"harmful": self.opts.harmful_from, "task": self.opts.task_from}
         for side, seqs in self.seqs.items():
-            model, tok = self.models.get(sources[side])
-            modules = {t.tensor: live_module(model, self.trio.arch, t) for t in targets}
-            self.grams[side] = accumulate_grams(
-                model, seqs, tok.pad_token_id, modules, layers=live_layers(model, self.trio.arch),
-                stop_after_layer=max(layers), batch_size=self.opts.batch_size,
-                max_batch_tokens=self.opts.max_batch_tokens, desc=f"grams {side} layers {layers[0]}-{layers[-1]}")
-            self.tokens[side] = self.grams[side].n_tokens
-            self.passes += 1
+            keys = {layer: self._cache_key(side, sources[side], seqs, layer, targets) for layer in layers
+                    } if self.use_cache else {}
+            hits = [load_grams(k) for k in keys.values()]
+            if keys and all(h is not None for h in hits):
+                stats = merge(hits)
+                self.cache_hits += 1
+            else:
+                model, tok = self.models.get(sources[side])
+                modules = {t.tensor: live_module(model, self.trio.arch, t) for t in targets}
+                stats = accumulate_grams(
+                    model, seqs, tok.pad_token_id, modules, layers=live_layers(model, self.trio.arch),
+                    stop_after_layer=max(layers), batch_size=self.opts.batch_size,
+                    max_batch_tokens=self.opts.max_batch_tokens, desc=f"grams {side} layers {layers[0]}-{layers[-1]}")
+                self.passes += 1
+                for layer, part in split_by_layer(stats, self.layer_of).items():
+                    if layer in keys:
+                        save_grams(keys[layer], part)
+            self.grams[side] = stats
+            self.tokens[side] = stats.n_tokens
         self.peak_gram_bytes = max(self.peak_gram_bytes, sum(g.nbytes for g in self.grams.values()))
         self.current = chunk
+
+    def _cache_key(self, side: str, source: str, seqs: list[list[int]], layer: int, targets: list[EditTarget]
+                   ) -> str:
+        o = self.opts
+        dev = resolve_device(o.device)
+        return gram_key(kind="grams", model=self.models.sha256(source), sequences=sequences_digest(seqs), side=side,
+                        layer=layer, modules=sorted(t.tensor for t in targets if t.layer == layer),
+                        dtype=str(resolve_dtype(o.dtype, dev)), device=dev.split(":")[0], batch=o.batch_size,
+                        max_batch_tokens=o.max_batch_tokens)
 
     def _release_before(self, layer: int) -> None:
         """Drop the Grams and maps of the chunk's layers already written (tensors come layer by layer)."""
@@ -414,7 +473,7 @@ class Editor:
                    change_norm=float(D.norm()), change_ratio=float(D.norm()) / rec["delta_norm"],
                    harmful_gap_before=before, harmful_gap_after=after,
                    harmful_gap_closed=1 - after / before if before > 0 else None,
-                   rank_bound=rank_bound, rank=numerical_rank(D) if self.opts.exact_rank else None,
+                   rank_bound=rank_bound, **(rank_profile(D) if self.opts.exact_rank else {"rank": None}),
                    **mp["info"])
         if mp["G_t"] is not None:
             base = output_energy(wf, mp["G_t"])
@@ -451,7 +510,8 @@ def totals(records: list[dict]) -> dict:
             "harmful_gap_closed": 1 - after / before if before > 0 else None,
             "mean_task_drift": sum(drifts) / len(drifts) if drifts else None,
             "max_task_drift": max(drifts, default=None),
-            "max_rank": max((r["rank"] for r in edited if r.get("rank") is not None), default=None)}
+            "max_rank": max((r["rank"] for r in edited if r.get("rank") is not None), default=None),
+            "max_rank_99": max((r["rank_99"] for r in edited if r.get("rank_99") is not None), default=None)}
 
 
 def run_activation_match(opts: ActivationMatchOptions) -> BaselineResult:
@@ -480,16 +540,20 @@ def run_activation_match(opts: ActivationMatchOptions) -> BaselineResult:
                 "sequential": opts.sequential, "rows": opts.rows, "harmful_answer": opts.harmful_answer,
                 "harmful_from": opts.harmful_from, "task_from": opts.task_from,
                 "harmful_tokens": editor.tokens.get("harmful"), "task_tokens": editor.tokens.get("task"),
-                "chunks": editor.chunks, "forward_passes": editor.passes,
+                "chunks": editor.chunks,
                 "peak_gram_mb": round(editor.peak_gram_bytes / 2**20, 1),
                 "output": "merged", "lora_merged": lora, "note": LORA_NOTE if lora else None,
                 "layer_search": search, "totals": tot}}
             man = baseline_manifest(METHOD, opts, trio, editor.records, layers=layers,
                                     edited_params=sum(r["numel"] for r in editor.records), extra=extra)
             man["prompt_counts"] = {"harmful": len(harmful), "task": len(task) if task is not None else 0}
+            # what varies with the cache stays out of the (deterministic) manifest
+            (tmp / "fgsn").mkdir(exist_ok=True)
+            atomic_write_json(tmp / "fgsn" / "activation-match.json",
+                              {"forward_passes": editor.passes, "gram_cache_hits": editor.cache_hits})
             log.info("activation-match: %d/%d modules changed, ||change||/||W_f - W_a|| = %s, harmful output gap "
-                     "closed %s", tot["modules_edited"], tot["modules"], _fmt(tot["change_ratio"]),
-                     _fmt(tot["harmful_gap_closed"]))
+                     "closed %s; %d forward passes, %d Gram sets from the cache", tot["modules_edited"], tot["modules"],
+                     _fmt(tot["change_ratio"]), _fmt(tot["harmful_gap_closed"]), editor.passes, editor.cache_hits)
             return man
 
         return write_output(out, opts, write, t0)

@@ -101,3 +101,79 @@ def accumulate_grams(model, sequences: list[list[int]], pad_id: int, modules: di
             h.remove()
         shared.clear()
     return stats
+
+
+# -- a content-keyed disk cache, one entry per (model, sequences, layer) ------------------------------
+# Why: the Grams do not depend on lambda, mu or the form, so a sweep over them (or `fgsn compare`
+# with several presets, each edit in its own process) takes them once. Entries are big (in x in
+# float64 per distinct input), so the caller decides whether a run is small enough to cache.
+def gram_key(**parts) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def sequences_digest(sequences: list[list[int]]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in sequences:
+        h.update(b",".join(str(i).encode() for i in s) + b";")
+    return h.hexdigest()
+
+
+def _gram_path(key: str):
+    from fgsn.models.hashing import cache_root
+
+    return cache_root() / "grams" / f"{key}.safetensors"
+
+
+def split_by_layer(stats: GramStats, layer_of: dict[str, int]) -> dict[int, GramStats]:
+    """One GramStats per layer (the modules of a layer share no input with another layer's)."""
+    out: dict[int, GramStats] = {}
+    for key, canon in stats.alias.items():
+        part = out.setdefault(layer_of[key], GramStats(n_tokens=stats.n_tokens, n_sequences=stats.n_sequences))
+        part.alias[key] = canon
+        part.sums[canon] = stats.sums[canon]
+    return out
+
+
+def merge(parts: list[GramStats]) -> GramStats:
+    out = GramStats(n_tokens=parts[0].n_tokens, n_sequences=parts[0].n_sequences)
+    for p in parts:
+        out.sums.update(p.sums)
+        out.alias.update(p.alias)
+    return out
+
+
+def load_grams(key: str) -> GramStats | None:
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    path = _gram_path(key)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {})["fgsn"])
+            sums = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None  # a damaged entry is recomputed, never trusted
+    return GramStats(sums=sums, alias=meta["alias"], n_tokens=int(meta["n_tokens"]),
+                     n_sequences=int(meta["n_sequences"]))
+
+
+def save_grams(key: str, stats: GramStats) -> None:
+    import json
+
+    from safetensors.torch import save
+
+    from fgsn.atomic import atomic_write_bytes
+
+    meta = {"fgsn": json.dumps({"alias": stats.alias, "n_tokens": stats.n_tokens, "n_sequences": stats.n_sequences},
+                               sort_keys=True)}
+    with contextlib.suppress(OSError):  # caching is an optimisation; a full disk must not fail the run
+        atomic_write_bytes(_gram_path(key), save({k: v.contiguous() for k, v in sorted(stats.sums.items())},
+                                                 metadata=meta))
