@@ -67,7 +67,8 @@ def run_kind(kind: str, paths, recipe, args) -> dict:
                       f"builtin:strongreject?sample={demo.eval_limit}"],
         benign_alarming=f"builtin:alarming?sample={demo.alarming_limit}",
         utility=[str(files["utility"])], utility_instruction="", utility_limit=demo.utility_limit,
-        reference=[str(files["reference"])], max_new_tokens=demo.max_new_tokens)
+        reference=[str(files["reference"])], max_new_tokens=demo.max_new_tokens,
+        cache_dir=str(Path(args.out) / "cache"))  # content-keyed: the aligned model is generated once for both
     trio, _ = check_inputs(copts, methods)
     t0 = time.time()
     costs = run_edits(copts, methods, out, trio.num_layers)
