@@ -96,13 +96,16 @@ def test_repair_end_to_end(llama_trio, files, tmp_path, capsys):
     out = tmp_path / "repaired"
     args = ["repair", "--base", llama_trio["base"], "--aligned", llama_trio["aligned"], "--finetuned",
             llama_trio["finetuned"], "--harmful", files / "harm.jsonl", "--task", files / "task.jsonl",
-            "--families", "resta", "--out", out, "--max-new-tokens", "3", "--device", "cpu", "--dtype", "float32",
+            "--out", out, "--max-new-tokens", "3", "--device", "cpu", "--dtype", "float32",
             "--eval-workers", "1", "--no-isolate"]
     assert main([str(a) for a in args]) == 0
     man = json.loads((out / "fgsn-manifest.json").read_text())
     doc = json.loads((out / "fgsn" / "repair.json").read_text())
-    assert doc["schema"] == "fgsn-repair/1" and set(doc["trials"]) == {n for n, _ in FAMILIES["resta"].trials()}
-    assert man["repair"]["winner"] == doc["winner"] and man["method"] == "resta"
+    default = FAMILIES["activation-match"]  # the default family
+    assert doc["schema"] == "fgsn-repair/1" and set(doc["trials"]) == {n for n, _ in default.trials()}
+    assert man["repair"]["winner"] == doc["winner"] and man["method"] == "activation-match"
+    costs = {n: r["cost"] for n, r in doc["trials"].items()}
+    assert costs[f"activation-match-lam{default.values[0]}"] < costs[f"activation-match-lam{default.values[-1]}"]
     assert doc["splits"]["harmful"]["fit"] + doc["splits"]["harmful"]["search"] + doc["splits"]["harmful"]["check"] \
         == len(HARMFUL)
     assert set(doc["check"]) == {"winner", "aligned", "finetuned"}

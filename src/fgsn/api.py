@@ -25,6 +25,14 @@ def project(*, options: ProjectOptions | None = None, **kw) -> ProjectResult:
     return run_project(opts)
 
 
+def activation_match(*, options=None, **kw):
+    """The closed-form activation-matching editor (fgsn.edit.activation_match_run): write the
+    repaired checkpoint to `out`; returns its BaselineResult (out, manifest)."""
+    from fgsn.edit.activation_match_run import ActivationMatchOptions, run_activation_match
+
+    return run_activation_match(with_overrides(ActivationMatchOptions, options, kw))
+
+
 def evaluate(*args, **kw):
     """Generate, judge and score models side by side (see fgsn.evaluate)."""
     from fgsn.evaluate import evaluate as _evaluate
@@ -32,4 +40,4 @@ def evaluate(*args, **kw):
     return _evaluate(*args, **kw)
 
 
-__all__ = ["locate", "project", "evaluate", "LocateOptions", "ProjectOptions", "LocateResult", "ProjectResult"]
+__all__ = ["locate", "project", "activation_match", "evaluate", "LocateOptions", "ProjectOptions", "LocateResult", "ProjectResult"]

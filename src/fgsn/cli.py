@@ -1,4 +1,4 @@
-"""Thin command line over fgsn.api: `fgsn locate | project | eval | report | organism | demo`.
+"""Thin command line over fgsn.api: `fgsn locate | project | activation-match | eval | report | organism | demo`.
 
 Every option can come from a YAML file (`--config run.yaml`); flags win. Errors fgsn raises on
 purpose print as one line `error: ...` with exit code 2; anything else is a bug and shows its
@@ -104,6 +104,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "baseline": ("fgsn.baselines.cli", "run one baseline (safelora, resta, wanda) and write its checkpoint"),
     "sweep": ("fgsn.sweep", "trace ASR / over-refusal / utility / NLL against the share of parameters modified, for "
                             "every score, with baselines as points"),
+    "activation-match": ("fgsn.edit.activation_match_run", "repair by closed-form activation matching: each linear "
+                                                           "module reproduces the aligned model on harmful inputs "
+                                                           "and the fine-tune on task inputs"),
     "bench": ("fgsn.bench", "every method on every organism scenario, on large held-out sets"),
     "repair": ("fgsn.repair", "search the repair methods and their strength; write the cheapest edit that restores "
                               "safety and keeps the task"),

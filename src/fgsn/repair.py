@@ -66,12 +66,17 @@ class Family:
 
 # Weakest first, so that among trials that meet the target the cheapest is found early in the table.
 FAMILIES: dict[str, Family] = {f.name: f for f in (
+    # closed-form activation matching: a larger lam keeps more of the task outputs (weaker edit)
+    Family("activation-match", "activation-match", "lam", (30.0, 10.0, 3.0, 1.0, 0.3)),
+    Family("activation-match-nullspace", "activation-match", "null_energy", (0.001, 0.01, 0.05),
+           (("form", "nullspace"),)),
     Family("fgsn-frontier", "fgsn", "budget", (0.05, 0.1, 0.2, 0.4),
            (("score", "snip-signed"), ("layers", "all"))),
     Family("resta", "resta", "beta", (0.25, 0.5, 1.0)),
     Family("safelora", "safelora", "threshold", (0.2, 0.35, 0.5)),
 )}
-DEFAULT_FAMILIES = ["fgsn-frontier", "resta"]
+# activation matching first: its Grams are computed once (cached per layer) for every strength.
+DEFAULT_FAMILIES = ["activation-match"]
 
 
 class RepairOptions(Options):
@@ -200,10 +205,13 @@ def trial_options(opts: RepairOptions, kind: str, params: dict[str, Any], files:
 
 
 def edit_cost(manifest: dict[str, Any]) -> float:
-    """How much a trial changes the fine-tuned model (lower is cheaper)."""
-    for key in ("change_ratio", "relative_change"):
-        if manifest.get(key) is not None:
-            return float(manifest[key])
+    """How much a trial changes the fine-tuned model (lower is cheaper): ||change|| / ||W_f - W_a||
+    where the method's manifest section reports it (dense closed-form edits change every entry a
+    little), else the share of parameters modified."""
+    for section in (manifest, *(v for v in manifest.values() if isinstance(v, dict))):
+        tot = section.get("totals") if isinstance(section.get("totals"), dict) else section
+        if tot.get("change_ratio") is not None:
+            return float(tot["change_ratio"])
     return float(manifest.get("modified_fraction") or 0.0)
 
 

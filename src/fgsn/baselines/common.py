@@ -79,10 +79,14 @@ def side_files(trio: Trio) -> list[Path]:
 
 
 def stream_rewrite(trio: Trio, tmp: Path, transform: Callable[[str, torch.Tensor], torch.Tensor | None],
-                   max_shard_gb: float = 5.0, desc: str = "rewrite") -> None:
+                   max_shard_gb: float = 5.0, desc: str = "rewrite", names: list[str] | None = None) -> None:
     """Write every tensor of the model into `tmp`: `transform(name, w_finetuned)` returns the new
-    tensor (same dtype and shape as stored) or None to keep the fine-tuned tensor as it is."""
-    names = trio.aligned.names
+    tensor (same dtype and shape as stored) or None to keep the fine-tuned tensor as it is.
+    `names`: the order in which tensors are visited and laid out (default: the checkpoint's), for
+    a method that computes them in another order (layer by layer)."""
+    names = list(trio.aligned.names) if names is None else names
+    if sorted(names) != sorted(trio.aligned.names):  # pragma: no cover - a method bug
+        raise RuntimeError("stream_rewrite: `names` must list every tensor of the model once")
     plan = [PlannedTensor(n, trio.aligned.dtype(n), trio.aligned.shape(n)) for n in names]
     writer = CheckpointWriter(tmp, plan, int(max_shard_gb * 1024**3))
     for name in tqdm(names, desc=desc, unit="tensor"):

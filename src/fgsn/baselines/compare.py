@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from fgsn.atomic import atomic_write_json, atomic_write_text
-from fgsn.baselines.methods import ALL_LAYERS, Method, option_class, parse_methods
+from fgsn.baselines.methods import ACTIVATION_MATCH, ALL_LAYERS, Method, option_class, parse_methods
 from fgsn.baselines.self_reminder import SUFFIX, SYSTEM, SelfReminder
 from fgsn.baselines.worker import measured_run
 from fgsn.edit.options import ProjectOptions
@@ -84,6 +84,13 @@ class CompareOptions(ProjectOptions, EvalOptions):
     wanda_group: Literal["row", "module"] = "row"
     wanda_granularity: Literal["weight", "neuron"] = "weight"
     wanda_score: Literal["wanda", "wanda-delta"] = "wanda"
+    # activation matching (defaults: the editor's own; presets in methods.AM_PRESETS override them)
+    activation_match_form: Literal["ridge", "nullspace"] = "ridge"
+    activation_match_lam: float = Field(1.0, ge=0)
+    activation_match_mu: float = Field(1e-3, ge=0)
+    activation_match_null_energy: float = Field(0.01, gt=0, lt=1)
+    activation_match_sequential: bool = False
+    activation_match_harmful_answer: Literal["none", "refusal", "aligned"] = "none"
     # Self-Reminder
     self_reminder_system: str = SYSTEM
     self_reminder_suffix: str = SUFFIX
@@ -96,7 +103,8 @@ class CompareOptions(ProjectOptions, EvalOptions):
 
 HELPS = {
     "methods": "comma list of methods: fgsn, fgsn-frontier, fgsn-layers-only, fgsn-neurons-only, fgsn-svd, fgsn-safelora, "
-               "fgsn-neuron, fgsn-weight, fgsn-no-task, safelora, resta, wanda, self-reminder",
+               "fgsn-neuron, fgsn-weight, fgsn-no-task, activation-match, activation-match-nullspace, "
+               "activation-match-seq, safelora, resta, wanda, self-reminder",
     "with_references": "also evaluate the aligned and fine-tuned models (entries `aligned`, `finetuned`)",
     "eval_harmful": "harmful prompts for ASR (separate from the locate --harmful)",
     "eval_attack": "harmful prompts wrapped in jailbreak templates, scored apart as asr_attack "
@@ -122,6 +130,12 @@ HELPS = {
     "wanda_group": "Wanda: top-q within each output row (Wanda's comparison group) or over the module",
     "wanda_granularity": "Wanda: weight, or neuron (whole rows; needs --wanda-group module)",
     "wanda_score": "Wanda: |W| (wanda) or |dW| (wanda-delta) times input norms",
+    "activation_match_form": "activation-match: ridge or nullspace (see fgsn activation-match --help)",
+    "activation_match_lam": "activation-match: lambda, weight of keeping the task outputs (ridge form)",
+    "activation_match_mu": "activation-match: damping mu, a multiple of mean diag(G_h)",
+    "activation_match_null_energy": "activation-match: share of the task input energy the null-space edit may touch",
+    "activation_match_sequential": "activation-match: Grams from the model repaired so far, layer after layer",
+    "activation_match_harmful_answer": "activation-match: none, refusal or aligned: what follows harmful prompts in G_h",
     "self_reminder_system": "Self-Reminder: system prompt",
     "self_reminder_suffix": "Self-Reminder: text appended to every user turn",
 }
@@ -139,6 +153,16 @@ def method_options(opts: CompareOptions, m: Method, rundir: Path, num_layers: in
         d.update(m.overrides, out=out, overwrite=True)
         if d.get("layers") == ALL_LAYERS:
             d["layers"] = f"0-{num_layers - 1}"
+        return d
+    if m.kind == ACTIVATION_MATCH:
+        d = {**common, "harmful": opts.harmful, "task": opts.task, "modules": opts.modules,
+             "form": opts.activation_match_form, "lam": opts.activation_match_lam, "mu": opts.activation_match_mu,
+             "null_energy": opts.activation_match_null_energy, "sequential": opts.activation_match_sequential,
+             "harmful_answer": opts.activation_match_harmful_answer, "refusal_text": opts.refusal_text,
+             "device": opts.device, "dtype": opts.dtype, "batch_size": opts.batch_size, "max_length": opts.max_length,
+             "use_chat_template": opts.use_chat_template, "system": opts.system,
+             "trust_remote_code": opts.trust_remote_code, "cache": opts.cache}
+        d.update(m.overrides)
         return d
     if m.kind == "safelora":
         return {**common, "select": opts.safelora_select, "threshold": opts.safelora_threshold,
@@ -382,10 +406,11 @@ def check_inputs(opts: CompareOptions, methods: list[Method]):
     if not opts.out:
         raise InputError("fgsn compare needs --out RUNDIR")
     kinds = {m.kind for m in methods}
-    if kinds & {"fgsn", "wanda"} and not opts.harmful:
-        raise InputError("fgsn and wanda need locate prompts: --harmful FILE (separate from --eval-harmful)")
-    if "fgsn" in kinds and not opts.task:
-        raise InputError("fgsn needs --task prompts (what the fine-tune is for)")
+    if kinds & {"fgsn", "wanda", ACTIVATION_MATCH} and not opts.harmful:
+        raise InputError("fgsn, activation-match and wanda need locate prompts: --harmful FILE (separate from "
+                         "--eval-harmful)")
+    if kinds & {"fgsn", ACTIVATION_MATCH} and not opts.task:
+        raise InputError("fgsn and activation-match need --task prompts (what the fine-tune is for)")
     if not opts.eval_harmful:
         raise InputError("no evaluation prompts: give --eval-harmful SOURCE")
     trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)

@@ -12,6 +12,12 @@ the same code path as `fgsn project`:
     fgsn-weight        granularity = weight (single weights)
     fgsn-no-task       p = 0: no task exclusion
     fgsn-frontier      --preset frontier: snip-signed scores, all layers, 10% of each edited module
+
+The closed-form activation-matching editor (fgsn.edit.activation_match_run) has presets too:
+
+    activation-match            ridge form, the editor's defaults (all layers, lam 1, mu 1e-3)
+    activation-match-nullspace  form = nullspace (AlphaEdit-style: the change avoids the task inputs)
+    activation-match-seq        sequential = true (each layer's Grams from the model repaired so far)
 """
 
 from __future__ import annotations
@@ -37,15 +43,21 @@ FGSN_PRESETS: dict[str, dict[str, Any]] = {
     "fgsn-no-task": {"p": 0.0},
     "fgsn-frontier": dict(PRESETS["frontier"]),
 }
+ACTIVATION_MATCH = "activation-match"
+AM_PRESETS: dict[str, dict[str, Any]] = {
+    "activation-match": {},
+    "activation-match-nullspace": {"form": "nullspace"},
+    "activation-match-seq": {"sequential": True},
+}
 BASELINES = ("safelora", "resta", "wanda")
 INFERENCE = ("self-reminder",)
-METHODS = (*FGSN_PRESETS, *BASELINES, *INFERENCE)
+METHODS = (*FGSN_PRESETS, *AM_PRESETS, *BASELINES, *INFERENCE)
 
 
 @dataclass(frozen=True)
 class Method:
     name: str           # as given in --methods (the results key)
-    kind: str           # fgsn | safelora | resta | wanda | self-reminder
+    kind: str           # fgsn | activation-match | safelora | resta | wanda | self-reminder
     overrides: dict[str, Any]
 
     @property
@@ -65,6 +77,8 @@ def parse_methods(names: list[str]) -> list[Method]:
             seen.add(name)
             if name in FGSN_PRESETS:
                 out.append(Method(name, "fgsn", FGSN_PRESETS[name]))
+            elif name in AM_PRESETS:
+                out.append(Method(name, ACTIVATION_MATCH, AM_PRESETS[name]))
             elif name in BASELINES or name in INFERENCE:
                 out.append(Method(name, name, {}))
             else:
@@ -83,10 +97,14 @@ def option_class(kind: str):
         from fgsn.edit.options import ProjectOptions
 
         return ProjectOptions
+    if kind == ACTIVATION_MATCH:
+        from fgsn.edit.activation_match_run import ActivationMatchOptions
+
+        return ActivationMatchOptions
     classes = {"safelora": bo.SafeLoRAOptions, "resta": bo.RestaOptions, "wanda": bo.WandaOptions}
     if kind in classes:
         return classes[kind]
-    raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {', '.join(BASELINES)} "
+    raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {ACTIVATION_MATCH}, {', '.join(BASELINES)} "
                      "(self-reminder writes no checkpoint)")
 
 
@@ -95,6 +113,10 @@ def runner(kind: str) -> Callable[[Any], Any]:
         from fgsn.edit.run import run_project
 
         return run_project
+    if kind == ACTIVATION_MATCH:
+        from fgsn.edit.activation_match_run import run_activation_match
+
+        return run_activation_match
     if kind == "safelora":
         from fgsn.baselines.safelora import run_safelora
 
@@ -107,7 +129,7 @@ def runner(kind: str) -> Callable[[Any], Any]:
         from fgsn.baselines.wanda import run_wanda
 
         return run_wanda
-    raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {', '.join(BASELINES)}")
+    raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {ACTIVATION_MATCH}, {', '.join(BASELINES)}")
 
 
 def run_method(kind: str, options: dict[str, Any]):

@@ -1,0 +1,113 @@
+"""Closed-form activation matching, one linear module at a time (the maths; the run is in
+activation_match_run.py).
+
+With K_h the module's inputs on harmful prompts, K_t its inputs on task examples and
+G = K Kᵀ / n their Grams (in x in), the repaired weight W is the exact minimiser of
+
+    ||W K_h - W_a K_h||² / n_h  +  λ ||W K_t - W_f K_t||² / n_t  +  μ ||W - W_f||²
+
+(reproduce the aligned model's outputs on harmful inputs, keep the fine-tuned model's outputs on
+task inputs, move no further than needed). Setting the gradient in D = W - W_f to zero,
+(D - (W_a - W_f)) G_h + λ D G_t + μ D = 0, gives the ridge form
+
+    W = W_f + (W_a - W_f) G_h (G_h + λ G_t + μ I)⁻¹.
+
+The null-space form (AlphaEdit-style) replaces the soft task term by a hard constraint: the
+change may only act on U, the eigenvectors of G_t whose eigenvalues hold at most a share ε of
+its trace, so W K_t moves by at most ||D||·sqrt(ε·tr G_t) per token (exactly not at all when
+G_t is rank-deficient and U its null space). Minimising the harmful term plus μ||D||² over
+D = B Uᵀ gives
+
+    W = W_f + (W_a - W_f) G_h U (Uᵀ G_h U + μ I)⁻¹ Uᵀ.
+
+Both are D = (W_a - W_f) M with one (in x in) matrix M per distinct input (q/k/v share it), so
+the cost is a Cholesky factorisation and a solve of (in x in), then one (out x in) @ (in x in)
+product per module; no (out x out) matrix is ever formed. μ is given relative to the mean
+diagonal of G_h, so that one setting means the same at every layer whatever its activation scale.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fgsn.errors import InputError, NumericalError
+
+
+def absolute_mu(G_h: torch.Tensor, mu: float) -> float:
+    """μ as a multiple of mean diag(G_h) (the mean squared input entry on harmful tokens)."""
+    return mu * float(G_h.diagonal().mean())
+
+
+def _cholesky(A: torch.Tensor, what: str, hint: str) -> torch.Tensor:
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) != 0 or not bool(torch.isfinite(L).all()):
+        raise NumericalError(f"{what} is singular or not positive definite (Cholesky failed at column {int(info)}); "
+                             f"{hint}")
+    return L
+
+
+def ridge_map(G_h: torch.Tensor, G_t: torch.Tensor | None, lam: float, mu: float, where: str = "module"
+              ) -> torch.Tensor:
+    """M = G_h (G_h + λ G_t + μ_abs I)⁻¹ (in x in, float64), so that D = (W_a - W_f) M.
+    `mu` is relative (see absolute_mu); `G_t` None means λ = 0."""
+    G_h = G_h.double()
+    A = G_h.clone()
+    if G_t is not None and lam:
+        A.add_(G_t.double(), alpha=lam)
+    A.diagonal().add_(absolute_mu(G_h, mu))
+    L = _cholesky(A, f"{where}: G_h + λ G_t + μ I",
+                  "too few harmful/task tokens for this input size with μ this small: raise --mu (e.g. 1e-3 or "
+                  "1e-2, relative to mean diag G_h) or give more prompts")
+    # A⁻¹ G_h is (in x in); M = (A⁻¹ G_h)ᵀ = G_h A⁻¹ because both are symmetric
+    return torch.cholesky_solve(G_h, L).T.contiguous()
+
+
+def null_basis(G_t: torch.Tensor, energy: float) -> tuple[torch.Tensor, dict]:
+    """U (in x k): the eigenvectors of G_t with the smallest eigenvalues whose sum is at most
+    `energy` x tr(G_t) (the task inputs' energy the edit may touch). Also its description."""
+    evals, evecs = torch.linalg.eigh(G_t.double())          # ascending
+    ev = evals.clamp_min(0)
+    total = float(ev.sum())
+    if total <= 0:
+        raise InputError("the task Gram is zero (no task tokens reached this module); check --task")
+    k = int((torch.cumsum(ev, 0) <= energy * total).sum())
+    info = {"null_dim": k, "null_energy": float(ev[:k].sum()) / total, "input_dim": int(G_t.shape[0])}
+    return evecs[:, :k].contiguous(), info
+
+
+def nullspace_map(G_h: torch.Tensor, U: torch.Tensor, mu: float, where: str = "module") -> torch.Tensor:
+    """M = G_h U (Uᵀ G_h U + μ_abs I)⁻¹ Uᵀ (in x in, float64); zero when U is empty."""
+    G_h = G_h.double()
+    n, k = U.shape
+    if k == 0:
+        return torch.zeros(n, n, dtype=torch.float64)
+    UG = U.T @ G_h                                           # (k, in) = (G_h U)ᵀ
+    S = UG @ U
+    S.diagonal().add_(absolute_mu(G_h, mu))
+    L = _cholesky(S, f"{where}: Uᵀ G_h U + μ I",
+                  "the harmful inputs have (almost) no energy in the task null space: raise --mu, or raise "
+                  "--null-energy to widen the space the edit may use")
+    return (torch.cholesky_solve(UG, L).T @ U.T).contiguous()
+
+
+def output_energy(D: torch.Tensor, G: torch.Tensor) -> float:
+    """tr(D G Dᵀ): the mean over the Gram's tokens of ||D x||² (no (out x out) matrix), computed in
+    D's dtype (float32 for the manifest's diagnostics) and summed in float64."""
+    return float(((D @ G.to(D.dtype)) * D).sum(dtype=torch.float64))
+
+
+def rank_profile(D: torch.Tensor, energy: float = 0.99) -> dict:
+    """`rank`: the numerical rank of D (numpy's tolerance: max singular value x max dim x float32
+    eps); `rank_99`: how many singular directions hold `energy` of ||D||_F² (a dense solve is
+    full rank numerically; this says how many directions carry the change)."""
+    if not bool(D.any()):
+        return {"rank": 0, "rank_99": 0}
+    s = torch.linalg.svdvals(D.float()).double()
+    tol = float(s[0]) * max(D.shape) * torch.finfo(torch.float32).eps
+    e = torch.cumsum(s * s, 0)
+    return {"rank": int((s > tol).sum()), "rank_99": int((e < energy * e[-1]).sum()) + 1}
+
+
+def check_correction(D: torch.Tensor, where: str) -> None:
+    if not bool(torch.isfinite(D).all()):
+        raise NumericalError(f"{where}: the closed-form change has NaN/Inf; raise --mu")

@@ -1,0 +1,608 @@
+"""`fgsn activation-match`: the closed-form activation-matching editor end to end.
+
+For every target linear module: the input Grams on harmful prompts (G_h) and on task examples
+(G_t) are accumulated with hooks on a live model (fgsn.locate.grams), the closed form of
+fgsn.edit.activation_match gives the change D = (W_a - W_f) M, and the checkpoint is rewritten
+tensor by tensor (fgsn.baselines.common.stream_rewrite) with a manifest in fgsn's schema.
+
+Memory: only the Grams of a chunk of consecutive layers are resident (`gram_memory_gb`); each
+chunk costs one forward pass per prompt set, stopped after its last layer. `sequential` makes
+every layer its own chunk and writes each layer's repaired weights back into the live model
+before the next layer's Grams are taken (inputs from the model repaired so far, as SparseGPT
+does); the forward passes then start from the embeddings each time (about L/2 full passes per
+prompt set for L layers) rather than storing the hidden states between layers.
+
+A LoRA fine-tune is read as W_f = W_a + scale·B A. The closed-form change is dense (its rank is
+bounded by the harmful tokens, not by the adapter's r), so the output is always a merged
+checkpoint, and the log and the manifest say so. Modules the adapter leaves alone have
+W_f = W_a: nothing to match, they are copied.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from fgsn.atomic import atomic_write_json
+from fgsn.baselines.common import (
+    BaselineOptions,
+    BaselineResult,
+    baseline_manifest,
+    layer_of,
+    require_out,
+    stream_rewrite,
+    write_output,
+)
+from fgsn.data.chat import render_all
+from fgsn.data.prompts import PromptSet, concat, load_prompts
+from fgsn.edit.activation_match import (
+    check_correction,
+    null_basis,
+    nullspace_map,
+    output_energy,
+    rank_profile,
+    ridge_map,
+)
+from fgsn.edit.projection import check_finite
+from fgsn.errors import InputError
+from fgsn.locate.attribution import _encode
+from fgsn.locate.grams import (
+    GramStats,
+    accumulate_grams,
+    gram_key,
+    load_grams,
+    merge,
+    save_grams,
+    sequences_digest,
+    split_by_layer,
+)
+from fgsn.locate.layers import parse_layers
+from fgsn.locate.options import DEFAULT_REFUSAL
+from fgsn.locate.run import LocateOptions, ProbeOptions
+from fgsn.models.finetune import LoraFinetune
+from fgsn.models.loading import input_device, load_model, load_tokenizer, resolve_device, resolve_dtype
+from fgsn.models.registry import EditTarget, edit_targets, from_out_in, live_layers, live_module, to_out_in
+from fgsn.models.trio import Trio, open_trio
+
+log = logging.getLogger(__name__)
+
+METHOD = "activation-match"
+# Grams are cached on disk (one entry per model, prompt set and layer) only when a run's Grams add
+# up to at most this much: the SmolLM2-135M organism's are 1.6 GB per prompt-set pair, a 7B model's
+# ~74 GB.
+GRAM_CACHE_LIMIT = 4 * 1024**3
+LORA_NOTE = ("LoRA input: the closed-form change is dense (rank bounded by the harmful tokens, not by the adapter's "
+             "r) and is not representable as a rank-r adapter, so the output is a merged checkpoint")
+
+
+class ActivationMatchOptions(BaselineOptions, ProbeOptions):
+    """Options of the closed-form activation-matching editor."""
+
+    harmful: list[str] = Field(default_factory=list, description=(
+        "harmful prompts (files or builtin:NAME?..): their module inputs form G_h, where the repaired model must "
+        "reproduce the aligned model's outputs"))
+    task: list[str] = Field(default_factory=list, description=(
+        "task examples, prompt + answer (what the fine-tune is for): their module inputs form G_t, where the "
+        "fine-tuned model's outputs are kept"))
+    form: Literal["ridge", "nullspace"] = Field("ridge", description=(
+        "ridge: W_f + (W_a-W_f) G_h (G_h + lam G_t + mu I)^-1 (a soft trade-off); nullspace: the change acts only on "
+        "the eigenvectors of G_t holding at most --null-energy of the task input energy (AlphaEdit-style hard "
+        "constraint)"))
+    lam: float = Field(1.0, ge=0, description=(
+        "lambda, ridge form: weight of keeping the task outputs against matching the harmful ones, both as mean "
+        "squared output error per token; 1 weighs a task token like a harmful token (measured on the SmolLM2 "
+        "organism: lower closes more of the safety gap, higher keeps more of the task; "
+        "benchmarks/activation_match_frontier.py)"))
+    mu: float = Field(1e-3, ge=0, description=(
+        "mu: damping, as a multiple of mean diag(G_h) (the mean squared harmful input), so it means the same at "
+        "every layer; raise it when a Gram is singular"))
+    null_energy: float = Field(0.01, gt=0, lt=1, description=(
+        "nullspace form: share of tr(G_t) the edited input subspace may hold (its smallest-eigenvalue "
+        "eigenvectors); bounds the task output change"))
+    sequential: bool = Field(False, description=(
+        "take each layer's Grams from the model repaired so far, layer after layer (SparseGPT-style); default: all "
+        "Grams from the unedited model"))
+    layers: str = Field("all", description=(
+        "layers to edit: all, search (the safety layers of fgsn locate's cosine-gap search on the aligned model), "
+        "or A-B / a comma list (0-based)"))
+    modules: list[str] | None = Field(None, description="target modules (e.g. q_proj); default: every linear module")
+    rows: Literal["all", "fgsn"] = Field("all", description=(
+        "all output rows, or only the rows (neurons) an FGSN mask selects (from --locate-run, else located now "
+        "with --granularity neuron, --fgsn-q, --fgsn-p), so that the paper's localisation composes with the "
+        "closed form"))
+    locate_run: str | None = Field(None, description="with --rows fgsn: an `fgsn locate --out RUN` folder")
+    fgsn_q: float = Field(0.1, ge=0, le=1, description="with --rows fgsn: FGSN's harmful top-q (neuron masks)")
+    fgsn_p: float = Field(0.1, ge=0, le=1, description="with --rows fgsn: FGSN's task top-p exclusion")
+    layer_eps: float = Field(0.05, ge=0, le=1, description="with --layers search: relative rise that counts")
+    harmful_answer: Literal["none", "refusal", "aligned"] = Field("none", description=(
+        "what follows each harmful prompt in G_h: none (prompt tokens only), refusal (--refusal-text), or aligned "
+        "(the aligned model's own greedy answer, --answer-tokens long)"))
+    refusal_text: str = Field(DEFAULT_REFUSAL, description="with --harmful-answer refusal: the answer appended")
+    answer_tokens: int = Field(32, ge=1, description="with --harmful-answer aligned: tokens generated per prompt")
+    harmful_from: Literal["finetuned", "aligned"] = Field("finetuned", description=(
+        "model whose module inputs on harmful prompts form G_h"))
+    task_from: Literal["finetuned", "aligned"] = Field("finetuned", description=(
+        "model whose module inputs on task examples form G_t"))
+    allow_no_task: bool = Field(False, description=(
+        "without --task, fit the harmful side alone (lambda = 0: nothing protects the task); off: an error"))
+    gram_memory_gb: float = Field(1.0, gt=0, description=(
+        "Grams (float64) resident at once; layers are processed in chunks that fit, one forward pass per chunk "
+        "(planned from the last layer down, so the early, cheap-to-reach layers take the extra passes)"))
+    max_batch_tokens: int = Field(4096, ge=64, description="padded tokens per forward batch")
+    exact_rank: bool = Field(True, description=(
+        "report each change's numerical rank and the directions holding 99% of it (an SVD per module); off: only "
+        "the bound min(rows, in, harmful tokens)"))
+
+    @field_validator("harmful", "task", "modules", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",")] if v and "," in v and not Path(v).exists() else [v]
+        return v
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def load_sets(opts: ActivationMatchOptions) -> tuple[PromptSet, PromptSet | None]:
+    if not opts.harmful:
+        raise InputError("activation-match needs harmful prompts: --harmful FILE or builtin:advbench?split=train")
+    harmful = concat("harmful", [load_prompts(s) for s in opts.harmful]).require(1, "harmful prompts")
+    if not opts.task:
+        if not opts.allow_no_task:
+            raise InputError("activation-match needs --task examples (prompt + answer: what the fine-tune is for) "
+                             "to keep the task; to fit the harmful side alone (lambda = 0, the task unprotected) "
+                             "pass --allow-no-task")
+        log.warning("no --task: lambda = 0, the edit matches the aligned outputs on harmful inputs with nothing "
+                    "protecting the task")
+        return harmful, None
+    task = concat("task", [load_prompts(s) for s in opts.task]).require(1, "task examples")
+    if not any(p.answer for p in task):
+        log.warning("the task examples have no answers: G_t comes from prompt tokens only")
+    return harmful, task
+
+
+def locate_options(opts: ActivationMatchOptions, layers: str | None, **over) -> LocateOptions:
+    """fgsn locate's options for what this editor borrows from it (layer search, neuron masks)."""
+    probe = {k: getattr(opts, k) for k in ProbeOptions.model_fields}
+    d = dict(aligned=opts.aligned, finetuned=opts.finetuned, base=opts.base, harmful=opts.harmful,
+             task=opts.task, layers=layers, layer_eps=opts.layer_eps, modules=opts.modules, q=opts.fgsn_q,
+             p=opts.fgsn_p, granularity="neuron", allow_pickle=opts.allow_pickle, seed=opts.seed,
+             refusal_text=opts.refusal_text, **probe)
+    d.update(over)
+    return LocateOptions(**d)
+
+
+def choose_layers(trio: Trio, opts: ActivationMatchOptions) -> tuple[list[int], dict | None]:
+    if opts.layers.strip().lower() != "search":
+        return parse_layers(opts.layers, trio.num_layers) or list(range(trio.num_layers)), None
+    from fgsn.locate.run import find_layers
+    from fgsn.locate.run import load_sets as locate_sets
+
+    if not opts.task:
+        raise InputError("--layers search needs --task prompts (the benign side of the cosine-gap search)")
+    lopts = locate_options(opts, None)
+    layers, search = find_layers(trio, locate_sets(lopts), lopts)
+    return layers, search.to_json() if search is not None else None
+
+
+def choose_targets(trio: Trio, layers: list[int], opts: ActivationMatchOptions) -> list[EditTarget]:
+    targets = edit_targets(trio.arch, trio.aligned.names, trio.num_layers, opts.modules, layers)
+    if isinstance(trio.finetuned, LoraFinetune):
+        targets = [t for t in targets if trio.finetuned.changed(t.tensor)]
+        if not targets:
+            raise InputError(f"adapter {trio.finetuned.path} changes none of the target modules in layers "
+                             f"{layers[0]}-{layers[-1]}; check --modules / --layers")
+    return targets
+
+
+def fgsn_rows(trio: Trio, targets: list[EditTarget], opts: ActivationMatchOptions) -> dict[str, torch.Tensor]:
+    """tensor name -> bool (out,) rows an FGSN mask selects (any masked entry in the row)."""
+    if opts.locate_run:
+        from fgsn.edit.run import _masks_from_run
+
+        masks = _masks_from_run(opts.locate_run, trio).masks
+    else:
+        from fgsn.locate.run import locate_masks
+
+        if not opts.task:
+            raise InputError("--rows fgsn locates FGSN's neurons, which needs --task prompts (or --locate-run)")
+        spec = ",".join(str(t) for t in sorted({t.layer for t in targets}))
+        masks = locate_masks(trio, locate_options(opts, spec)).masks
+    rows = {}
+    for t in targets:
+        if t.tensor in masks:
+            m = masks.get(t.tensor)
+            rows[t.tensor] = m.any(1) if m.dim() == 2 else m
+    if not any(bool(r.any()) for r in rows.values()):
+        raise InputError("--rows fgsn: the FGSN masks select no row of the target modules; raise --fgsn-q or "
+                         "check --locate-run")
+    return rows
+
+
+class LiveModels:
+    """The live models the Grams are taken from, loaded when first needed (the fine-tuned one with
+    a LoRA adapter merged in memory)."""
+
+    def __init__(self, trio: Trio, opts: ActivationMatchOptions):
+        self.trio, self.opts = trio, opts
+        self._models: dict[str, tuple] = {}
+
+    def get(self, which: str):
+        if which not in self._models:
+            trio, o = self.trio, self.opts
+            if which == "aligned":
+                path, adapter = trio.aligned.path, None
+            elif isinstance(trio.finetuned, LoraFinetune):
+                path, adapter = trio.aligned.path, trio.finetuned.path
+            else:
+                path, adapter = trio.finetuned.path, None
+            log.info("loading the %s model from %s%s", which, path, f" + adapter {adapter}" if adapter else "")
+            self._models[which] = load_model(path, device=o.device, dtype=o.dtype, adapter=adapter,
+                                             trust_remote_code=o.trust_remote_code, allow_pickle=o.allow_pickle)
+        return self._models[which]
+
+    def path(self, which: str) -> Path:
+        if which == "aligned" or isinstance(self.trio.finetuned, LoraFinetune):
+            return self.trio.aligned.path
+        return self.trio.finetuned.path
+
+    def tokenizer(self, which: str):
+        """The tokenizer alone (no model load: with every Gram cached, no model is loaded at all)."""
+        if which in self._models:
+            return self._models[which][1]
+        return load_tokenizer(self.path(which), trust_remote_code=self.opts.trust_remote_code)
+
+    def sha256(self, which: str) -> str:
+        if which == "aligned":
+            return self.trio.aligned.sha256
+        return f"{self.trio.aligned.sha256}+{self.trio.finetuned.sha256}"
+
+    def drop(self, which: str) -> None:
+        self._models.pop(which, None)
+        gc.collect()
+
+    def loaded(self, which: str):
+        return self._models.get(which, (None, None))[0]
+
+    def close(self) -> None:
+        self._models.clear()
+        gc.collect()
+
+
+@torch.no_grad()
+def greedy_answers(model, tok, prompts: list[str], *, max_new_tokens: int, batch_size: int,
+                   use_chat_template: bool, system: str | None) -> list[str]:
+    """The model's own greedy answers (the aligned model's refusals, for --harmful-answer aligned)."""
+    texts = render_all(tok, prompts, system=system, use_chat_template=use_chat_template)
+    dev = input_device(model)
+    out: list[str] = []
+    for i in range(0, len(texts), batch_size):
+        enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        gen = model.generate(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev),
+                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        new = gen[:, enc["input_ids"].shape[1]:]
+        out.extend(s.strip() for s in tok.batch_decode(new, skip_special_tokens=True))
+    return out
+
+
+def encode_sets(models: LiveModels, harmful: PromptSet, task: PromptSet | None, opts: ActivationMatchOptions
+                ) -> dict[str, list[list[int]]]:
+    """Token ids of every sequence the Grams are taken on, chat template applied."""
+    tok = models.tokenizer(opts.harmful_from)
+    kw = dict(use_chat_template=opts.use_chat_template, system=opts.system, max_length=opts.max_length)
+    if opts.harmful_answer == "none":
+        answers: list[str | None] = [None] * len(harmful)
+    elif opts.harmful_answer == "refusal":
+        answers = [opts.refusal_text] * len(harmful)
+    else:
+        model, atok = models.get("aligned")
+        answers = list(greedy_answers(model, atok, harmful.texts, max_new_tokens=opts.answer_tokens,
+                                      batch_size=opts.batch_size, use_chat_template=opts.use_chat_template,
+                                      system=opts.system))
+        if "aligned" not in (opts.harmful_from, opts.task_from):
+            models.drop("aligned")  # needed only for its answers
+    seqs = {"harmful": [_encode(tok, p, a, **kw)[0] for p, a in zip(harmful.texts, answers, strict=True)]}
+    if task is not None:
+        seqs["task"] = [_encode(tok, p.text, p.answer, **kw)[0] for p in task]
+    return seqs
+
+
+# -- the edit ---------------------------------------------------------------------------------------
+def gram_bytes(trio: Trio, t: EditTarget, sides: int) -> int:
+    """Upper bound of a module's Gram memory (float64; modules sharing an input share one)."""
+    shape = trio.aligned.shape(t.tensor)
+    d_in = shape[0] if trio.arch.transposed else shape[1]
+    return d_in * d_in * 8 * sides
+
+
+def plan_chunks(trio: Trio, targets: list[EditTarget], budget_bytes: int, sequential: bool, sides: int
+                ) -> list[list[int]]:
+    """Consecutive target layers grouped so that their Grams fit the budget (one layer each when
+    sequential; a layer alone may exceed it). Filled from the last layer down: a chunk's forward
+    pass runs up to its last layer, so the big chunks go where the passes are longest anyway."""
+    per_layer: dict[int, int] = {}
+    for t in targets:
+        per_layer[t.layer] = per_layer.get(t.layer, 0) + gram_bytes(trio, t, sides)
+    chunks: list[list[int]] = []
+    size = 0
+    for layer in sorted(per_layer, reverse=True):
+        if chunks and not sequential and size + per_layer[layer] <= budget_bytes:
+            chunks[0].insert(0, layer)
+            size += per_layer[layer]
+        else:
+            chunks.insert(0, [layer])
+            size = per_layer[layer]
+    return chunks
+
+
+class Editor:
+    """Computes each target's new weight when the checkpoint rewrite reaches it: the Grams of its
+    layer's chunk are taken on first need (and those of the previous chunk dropped)."""
+
+    def __init__(self, trio: Trio, opts: ActivationMatchOptions, targets: list[EditTarget], models: LiveModels,
+                 seqs: dict[str, list[list[int]]], rows: dict[str, torch.Tensor] | None):
+        self.trio, self.opts, self.models, self.seqs, self.rows = trio, opts, models, seqs, rows
+        self.by_name = {t.tensor: t for t in targets}
+        sides = len(seqs)
+        self.chunks = plan_chunks(trio, targets, int(opts.gram_memory_gb * 1024**3), opts.sequential, sides)
+        self.chunk_of = {layer: i for i, c in enumerate(self.chunks) for layer in c}
+        self.current: int | None = None
+        self.grams: dict[str, GramStats] = {}
+        self.maps: dict[tuple[str, str | None], dict] = {}
+        self.records: list[dict] = []
+        self.tokens = {side: 0 for side in seqs}
+        self.passes = 0
+        self.cache_hits = 0
+        self.peak_gram_bytes = 0
+        self.layer_of = {t.tensor: t.layer for t in targets}
+        total = sum(gram_bytes(trio, t, sides) for t in targets)
+        self.use_cache = opts.cache and not opts.sequential and total <= GRAM_CACHE_LIMIT
+        if opts.cache and not opts.sequential and not self.use_cache:
+            log.info("Grams of this run (up to %.1f GB) are over the cache limit; not cached", total / 1024**3)
+        # layer by layer (embeddings and the head first), so that a chunk's tensors come together
+        of = layer_of(trio)
+        pos = {n: i for i, n in enumerate(trio.aligned.names)}
+        self.order = sorted(pos, key=lambda n: (-1 if of(n) is None else of(n), pos[n]))
+
+    def _take_grams(self, chunk: int) -> None:
+        self.grams.clear()
+        self.maps.clear()
+        gc.collect()
+        layers = self.chunks[chunk]
+        targets = [t for t in self.by_name.values() if t.layer in layers]
+        sources = {"harmful": self.opts.harmful_from, "task": self.opts.task_from}
+        for side, seqs in self.seqs.items():
+            keys = {layer: self._cache_key(side, sources[side], seqs, layer, targets) for layer in layers
+                    } if self.use_cache else {}
+            hits = [load_grams(k) for k in keys.values()]
+            if keys and all(h is not None for h in hits):
+                stats = merge(hits)
+                self.cache_hits += 1
+            else:
+                model, tok = self.models.get(sources[side])
+                modules = {t.tensor: live_module(model, self.trio.arch, t) for t in targets}
+                stats = accumulate_grams(
+                    model, seqs, tok.pad_token_id, modules, layers=live_layers(model, self.trio.arch),
+                    stop_after_layer=max(layers), batch_size=self.opts.batch_size,
+                    max_batch_tokens=self.opts.max_batch_tokens, desc=f"grams {side} layers {layers[0]}-{layers[-1]}")
+                self.passes += 1
+                for layer, part in split_by_layer(stats, self.layer_of).items():
+                    if layer in keys:
+                        save_grams(keys[layer], part)
+            self.grams[side] = stats
+            self.tokens[side] = stats.n_tokens
+        self.peak_gram_bytes = max(self.peak_gram_bytes, sum(g.nbytes for g in self.grams.values()))
+        self.current = chunk
+
+    def _cache_key(self, side: str, source: str, seqs: list[list[int]], layer: int, targets: list[EditTarget]
+                   ) -> str:
+        o = self.opts
+        dev = resolve_device(o.device)
+        return gram_key(kind="grams", model=self.models.sha256(source), sequences=sequences_digest(seqs), side=side,
+                        layer=layer, modules=sorted(t.tensor for t in targets if t.layer == layer),
+                        dtype=str(resolve_dtype(o.dtype, dev)), device=dev.split(":")[0], batch=o.batch_size,
+                        max_batch_tokens=o.max_batch_tokens)
+
+    def _release_before(self, layer: int) -> None:
+        """Drop the Grams and maps of the chunk's layers already written (tensors come layer by layer)."""
+        done = {k for g in self.grams.values() for k in g.sums if self.by_name[k].layer < layer}
+        for g in self.grams.values():
+            for k in done & set(g.sums):
+                del g.sums[k]
+        for key in [k for k in self.maps if k[0] in done]:
+            del self.maps[key]
+
+    def _map(self, name: str) -> dict:
+        """M (float32) and the Grams of this module's input, computed once per distinct input."""
+        gh = self.grams["harmful"]
+        gt = self.grams.get("task")
+        key = (gh.canonical(name), gt.canonical(name) if gt is not None else None)
+        if key not in self.maps:
+            G_h = gh.gram(name)
+            G_t = gt.gram(name) if gt is not None else None
+            info: dict = {}
+            if self.opts.form == "nullspace" and G_t is not None:
+                U, info = null_basis(G_t, self.opts.null_energy)
+                M = nullspace_map(G_h, U, self.opts.mu, where=name)
+            else:
+                M = ridge_map(G_h, G_t, self.opts.lam, self.opts.mu, where=name)
+            self.maps[key] = {"M": M.float(), "G_h": G_h.float(), "G_t": None if G_t is None else G_t.float(),
+                              "info": info}
+        return self.maps[key]
+
+    def transform(self, name: str, w_ft: torch.Tensor) -> torch.Tensor | None:
+        t = self.by_name.get(name)
+        if t is None:
+            return None
+        arch = self.trio.arch
+        w_al = self.trio.aligned.get(name)
+        check_finite(w_al, name, "aligned")
+        wf = to_out_in(w_ft, arch).float()
+        R0 = to_out_in(w_al, arch).float() - wf
+        rows = self.rows.get(name) if self.rows is not None else None
+        rec = {"name": name, "layer": t.layer, "module": t.spec.name, "numel": wf.numel(), "masked": 0,
+               "changed": 0, "rows_edited": 0, "delta_norm": float(R0.norm())}
+        if not bool(R0.any()) or (rows is not None and not bool(rows.any())):
+            rec["skipped"] = "no fine-tuning update" if not bool(R0.any()) else "no FGSN row"
+            self.records.append(rec)
+            return None
+        if self.chunk_of[t.layer] != self.current:
+            self._take_grams(self.chunk_of[t.layer])
+        self._release_before(t.layer)
+        mp = self._map(name)
+        if rows is None:
+            D = R0 @ mp["M"]
+            n_rows = D.shape[0]
+        else:
+            D = torch.zeros_like(R0)
+            D[rows] = R0[rows] @ mp["M"]
+            n_rows = int(rows.sum())
+        check_correction(D, name)
+        new = from_out_in((wf + D).to(w_ft.dtype), arch)
+        changed = int((new != w_ft).sum())
+        D = to_out_in(new, arch).float() - wf  # the change as stored (after rounding to the stored dtype)
+        before = output_energy(R0, mp["G_h"])
+        after = output_energy(R0 - D, mp["G_h"])
+        n_h = self.tokens["harmful"]
+        rank_bound = min(n_rows, wf.shape[1], n_h, mp["info"].get("null_dim", wf.shape[1]))
+        rec.update(masked=changed, changed=changed, rows_edited=n_rows, share_changed=changed / wf.numel(),
+                   change_norm=float(D.norm()), change_ratio=float(D.norm()) / rec["delta_norm"],
+                   harmful_gap_before=before, harmful_gap_after=after,
+                   harmful_gap_closed=1 - after / before if before > 0 else None,
+                   rank_bound=rank_bound, **(rank_profile(D) if self.opts.exact_rank else {"rank": None}),
+                   **mp["info"])
+        if mp["G_t"] is not None:
+            base = output_energy(wf, mp["G_t"])
+            rec["task_drift"] = output_energy(D, mp["G_t"]) / base if base > 0 else None
+        self.records.append(rec)
+        if self.opts.sequential:
+            self._write_back(t, new)
+        return new
+
+    def _write_back(self, t: EditTarget, new: torch.Tensor) -> None:
+        """Sequential mode: later layers' Grams (those taken on the fine-tuned model) see this layer
+        repaired."""
+        model = self.models.loaded("finetuned")
+        if model is None:
+            return
+        p = live_module(model, self.trio.arch, t).weight
+        with torch.no_grad():
+            p.copy_(new.to(device=p.device, dtype=p.dtype))
+
+
+def totals(records: list[dict]) -> dict:
+    edited = [r for r in records if r.get("rows_edited")]
+    change_sq = sum(r["change_norm"] ** 2 for r in edited)
+    delta_sq = sum(r["delta_norm"] ** 2 for r in records)
+    before = sum(r["harmful_gap_before"] for r in edited)
+    after = sum(r["harmful_gap_after"] for r in edited)
+    drifts = [r["task_drift"] for r in edited if r.get("task_drift") is not None]
+    numel = sum(r["numel"] for r in records)
+    return {"modules": len(records), "modules_edited": len(edited), "changed": sum(r["changed"] for r in records),
+            "share_changed": sum(r["changed"] for r in records) / numel if numel else 0.0,
+            "change_norm": change_sq ** 0.5, "delta_norm": delta_sq ** 0.5,
+            "change_ratio": (change_sq / delta_sq) ** 0.5 if delta_sq else None,
+            "max_change_ratio": max((r["change_ratio"] for r in edited), default=None),
+            "harmful_gap_closed": 1 - after / before if before > 0 else None,
+            "mean_task_drift": sum(drifts) / len(drifts) if drifts else None,
+            "max_task_drift": max(drifts, default=None),
+            "max_rank": max((r["rank"] for r in edited if r.get("rank") is not None), default=None),
+            "max_rank_99": max((r["rank_99"] for r in edited if r.get("rank_99") is not None), default=None)}
+
+
+def run_activation_match(opts: ActivationMatchOptions) -> BaselineResult:
+    out = require_out(opts, METHOD)
+    t0 = time.time()
+    trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)
+    harmful, task = load_sets(opts)
+    torch.manual_seed(opts.seed)
+    lora = isinstance(trio.finetuned, LoraFinetune)
+    if lora:
+        log.warning("%s; writing %s", LORA_NOTE, out)
+    layers, search = choose_layers(trio, opts)
+    targets = choose_targets(trio, layers, opts)
+    rows = fgsn_rows(trio, targets, opts) if opts.rows == "fgsn" else None
+    models = LiveModels(trio, opts)
+    try:
+        seqs = encode_sets(models, harmful, task, opts)
+        editor = Editor(trio, opts, targets, models, seqs, rows)
+
+        def write(tmp: Path) -> dict:
+            stream_rewrite(trio, tmp, editor.transform, opts.max_shard_gb, desc=METHOD, names=editor.order)
+            tot = totals(editor.records)
+            extra = {"activation_match": {
+                "form": opts.form, "lam": opts.lam if task is not None else 0.0, "mu": opts.mu,
+                "null_energy": opts.null_energy if opts.form == "nullspace" else None,
+                "sequential": opts.sequential, "rows": opts.rows, "harmful_answer": opts.harmful_answer,
+                "harmful_from": opts.harmful_from, "task_from": opts.task_from,
+                "harmful_tokens": editor.tokens.get("harmful"), "task_tokens": editor.tokens.get("task"),
+                "chunks": editor.chunks,
+                "peak_gram_mb": round(editor.peak_gram_bytes / 2**20, 1),
+                "output": "merged", "lora_merged": lora, "note": LORA_NOTE if lora else None,
+                "layer_search": search, "totals": tot}}
+            man = baseline_manifest(METHOD, opts, trio, editor.records, layers=layers,
+                                    edited_params=sum(r["numel"] for r in editor.records), extra=extra)
+            man["prompt_counts"] = {"harmful": len(harmful), "task": len(task) if task is not None else 0}
+            # what varies with the cache stays out of the (deterministic) manifest
+            (tmp / "fgsn").mkdir(exist_ok=True)
+            atomic_write_json(tmp / "fgsn" / "activation-match.json",
+                              {"forward_passes": editor.passes, "gram_cache_hits": editor.cache_hits})
+            log.info("activation-match: %d/%d modules changed, ||change||/||W_f - W_a|| = %s, harmful output gap "
+                     "closed %s; %d forward passes, %d Gram sets from the cache", tot["modules_edited"], tot["modules"],
+                     _fmt(tot["change_ratio"]), _fmt(tot["harmful_gap_closed"]), editor.passes, editor.cache_hits)
+            return man
+
+        return write_output(out, opts, write, t0)
+    finally:
+        models.close()
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+# -- command line ---------------------------------------------------------------------------------------
+def add_parser(sub) -> None:
+    from fgsn.config import add_option_flags
+
+    doc = ("Closed-form activation matching: per linear module, W = W_f + (W_a - W_f) G_h (G_h + lam G_t + mu I)^-1 "
+           "from the input Grams on harmful prompts (G_h) and task examples (G_t), or its null-space form; writes the "
+           "repaired checkpoint and fgsn-manifest.json (share of entries changed, rank and relative size of each "
+           "change)")
+    p = sub.add_parser(METHOD, help="repair by closed-form activation matching (harmful: aligned outputs; task: kept)",
+                       description=doc)
+    p.add_argument("--config", help="YAML file with any of these options (flags win)")
+    add_option_flags(p, ActivationMatchOptions, _helps())
+    p.set_defaults(func=_handler)
+
+
+def _helps() -> dict[str, str]:
+    """The shared help texts of the CLI for the options this class does not describe itself."""
+    from fgsn.cli import HELPS
+
+    own = {k for k, f in ActivationMatchOptions.model_fields.items() if f.description}
+    return {k: v for k, v in HELPS.items() if k not in own}
+
+
+def _handler(args) -> int:
+    from fgsn.config import options_from_args
+
+    opts = options_from_args(ActivationMatchOptions, args)
+    res = run_activation_match(opts)
+    m = res.manifest
+    tot = m["activation_match"]["totals"]
+    print(f"activation-match checkpoint: {res.out}")
+    print(f"  form {opts.form}, lam {m['activation_match']['lam']}, mu {opts.mu}, "
+          f"{'sequential' if opts.sequential else 'one pass'}; modules changed: {tot['modules_edited']}/{tot['modules']}")
+    print(f"  entries changed: {m['changed']:,} = {100 * m['changed_fraction']:.2f}% of all parameters; "
+          f"||change|| / ||W_f - W_a|| = {_fmt(tot['change_ratio'])} (max per module {_fmt(tot['max_change_ratio'])})")
+    print(f"  harmful output gap closed (module level): {_fmt(tot['harmful_gap_closed'])}; mean task output drift "
+          f"{_fmt(tot['mean_task_drift'])}")
+    if m["activation_match"]["lora_merged"]:
+        print(f"  note: {LORA_NOTE}")
+    return 0

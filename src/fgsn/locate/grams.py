@@ -1,0 +1,179 @@
+"""Input Grams of linear modules, accumulated with forward hooks: G = sum over real tokens of x xᵀ.
+
+Why: closed-form editors (fgsn.edit.activation_match) need, per linear module, the second moment
+of its inputs on a set of sequences. The activations themselves are never kept: each batch's
+inputs are multiplied out in float32 (one (in x in) product per batch) and added to a float64
+sum, so memory is one (in x in) matrix per distinct input, whatever the number of tokens.
+
+Modules that read the same input tensor (q/k/v, gate/up) share one Gram: the hook sees the
+same tensor object and records an alias instead of a second copy. Padding is masked out; the
+forward pass stops after the last layer anything is needed from (no LM head, no logits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from fgsn.data.batching import length_batches
+from fgsn.locate.attribution import _left_pad
+from fgsn.locate.probes import _StopForward, position_ids
+from fgsn.models.loading import input_device
+
+
+@dataclass
+class GramStats:
+    """Sums of x xᵀ over the real tokens of a set of sequences, per distinct module input."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)   # canonical key -> (in, in) float64
+    alias: dict[str, str] = field(default_factory=dict)           # module key -> canonical key
+    n_tokens: int = 0
+    n_sequences: int = 0
+
+    def canonical(self, key: str) -> str:
+        return self.alias[key]
+
+    def gram(self, key: str) -> torch.Tensor:
+        """G = K Kᵀ / n, float64 (in, in)."""
+        return self.sums[self.alias[key]] / max(self.n_tokens, 1)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.sums.values())
+
+
+@torch.no_grad()
+def accumulate_grams(model, sequences: list[list[int]], pad_id: int, modules: dict[str, torch.nn.Module], *,
+                     layers=None, stop_after_layer: int | None = None, batch_size: int = 8,
+                     max_batch_tokens: int = 4096, desc: str = "grams") -> GramStats:
+    """Run token `sequences` (already encoded, chat template applied) through `model` and sum
+    x xᵀ of each module's input over every non-pad token. `modules` maps a key (the checkpoint
+    tensor name) to a live linear module; `layers` (the decoder-layer list) and
+    `stop_after_layer` end the forward pass early."""
+    stats = GramStats()
+    state: dict[str, torch.Tensor] = {}
+    shared: dict[str, object] = {}
+
+    def pre_hook(key: str):
+        def hook(_module, args):
+            x = args[0]
+            if shared.get("x") is x:  # the same input tensor as the previous module: one Gram
+                canon = shared["key"]
+            else:
+                canon = key
+                m = state["mask"].to(x.device).bool()
+                xs = x[m].float()                                   # (real tokens, in)
+                g = (xs.T @ xs).to(device="cpu", dtype=torch.float64)
+                if canon in stats.sums:
+                    stats.sums[canon] += g
+                else:
+                    stats.sums[canon] = g
+                # holding x keeps its memory from being reused, so `is` cannot be fooled
+                shared["x"], shared["key"] = x, canon
+            prev = stats.alias.setdefault(key, canon)
+            if prev != canon:  # pragma: no cover - a model whose modules share inputs differently per batch
+                raise RuntimeError(f"{key}: its input was shared with {prev} in one batch and {canon} in another")
+        return hook
+
+    def stop_hook(_module, _args, _output):
+        raise _StopForward
+
+    handles = [mod.register_forward_pre_hook(pre_hook(k)) for k, mod in modules.items()]
+    if layers is not None and stop_after_layer is not None:
+        handles.append(layers[stop_after_layer].register_forward_hook(stop_hook))
+    dev = input_device(model)
+    try:
+        for idx in tqdm(length_batches([len(s) for s in sequences], batch_size, max_batch_tokens), desc=desc,
+                        unit="batch", leave=False):
+            ids, _, mask = _left_pad([(sequences[i], sequences[i]) for i in idx], pad_id)
+            state["mask"] = mask
+            with contextlib.suppress(_StopForward):
+                model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=position_ids(mask).to(dev),
+                      use_cache=False)
+            shared.clear()
+            stats.n_sequences += len(idx)
+            stats.n_tokens += int(mask.sum())
+    finally:
+        for h in handles:
+            h.remove()
+        shared.clear()
+    return stats
+
+
+# -- a content-keyed disk cache, one entry per (model, sequences, layer) ------------------------------
+# Why: the Grams do not depend on lambda, mu or the form, so a sweep over them (or `fgsn compare`
+# with several presets, each edit in its own process) takes them once. Entries are big (in x in
+# float64 per distinct input), so the caller decides whether a run is small enough to cache.
+def gram_key(**parts) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def sequences_digest(sequences: list[list[int]]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in sequences:
+        h.update(b",".join(str(i).encode() for i in s) + b";")
+    return h.hexdigest()
+
+
+def _gram_path(key: str):
+    from fgsn.models.hashing import cache_root
+
+    return cache_root() / "grams" / f"{key}.safetensors"
+
+
+def split_by_layer(stats: GramStats, layer_of: dict[str, int]) -> dict[int, GramStats]:
+    """One GramStats per layer (the modules of a layer share no input with another layer's)."""
+    out: dict[int, GramStats] = {}
+    for key, canon in stats.alias.items():
+        part = out.setdefault(layer_of[key], GramStats(n_tokens=stats.n_tokens, n_sequences=stats.n_sequences))
+        part.alias[key] = canon
+        part.sums[canon] = stats.sums[canon]
+    return out
+
+
+def merge(parts: list[GramStats]) -> GramStats:
+    out = GramStats(n_tokens=parts[0].n_tokens, n_sequences=parts[0].n_sequences)
+    for p in parts:
+        out.sums.update(p.sums)
+        out.alias.update(p.alias)
+    return out
+
+
+def load_grams(key: str) -> GramStats | None:
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    path = _gram_path(key)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {})["fgsn"])
+            sums = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None  # a damaged entry is recomputed, never trusted
+    return GramStats(sums=sums, alias=meta["alias"], n_tokens=int(meta["n_tokens"]),
+                     n_sequences=int(meta["n_sequences"]))
+
+
+def save_grams(key: str, stats: GramStats) -> None:
+    import json
+
+    from safetensors.torch import save
+
+    from fgsn.atomic import atomic_write_bytes
+
+    meta = {"fgsn": json.dumps({"alias": stats.alias, "n_tokens": stats.n_tokens, "n_sequences": stats.n_sequences},
+                               sort_keys=True)}
+    with contextlib.suppress(OSError):  # caching is an optimisation; a full disk must not fail the run
+        atomic_write_bytes(_gram_path(key), save({k: v.contiguous() for k, v in sorted(stats.sums.items())},
+                                                 metadata=meta))
