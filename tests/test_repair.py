@@ -96,16 +96,13 @@ def test_repair_end_to_end(llama_trio, files, tmp_path, capsys):
     out = tmp_path / "repaired"
     args = ["repair", "--base", llama_trio["base"], "--aligned", llama_trio["aligned"], "--finetuned",
             llama_trio["finetuned"], "--harmful", files / "harm.jsonl", "--task", files / "task.jsonl",
-            "--out", out, "--max-new-tokens", "3", "--device", "cpu", "--dtype", "float32",
+            "--families", "resta", "--out", out, "--max-new-tokens", "3", "--device", "cpu", "--dtype", "float32",
             "--eval-workers", "1", "--no-isolate"]
     assert main([str(a) for a in args]) == 0
     man = json.loads((out / "fgsn-manifest.json").read_text())
     doc = json.loads((out / "fgsn" / "repair.json").read_text())
-    default = FAMILIES["activation-match"]  # the default family
-    assert doc["schema"] == "fgsn-repair/1" and set(doc["trials"]) == {n for n, _ in default.trials()}
-    assert man["repair"]["winner"] == doc["winner"] and man["method"] == "activation-match"
-    costs = {n: r["cost"] for n, r in doc["trials"].items()}
-    assert costs[f"activation-match-lam{default.values[0]}"] < costs[f"activation-match-lam{default.values[-1]}"]
+    assert doc["schema"] == "fgsn-repair/1" and set(doc["trials"]) == {n for n, _ in FAMILIES["resta"].trials()}
+    assert man["repair"]["winner"] == doc["winner"] and man["method"] == "resta"
     assert doc["splits"]["harmful"]["fit"] + doc["splits"]["harmful"]["search"] + doc["splits"]["harmful"]["check"] \
         == len(HARMFUL)
     assert set(doc["check"]) == {"winner", "aligned", "finetuned"}
@@ -117,3 +114,21 @@ def test_repair_end_to_end(llama_trio, files, tmp_path, capsys):
     assert doc["winner"] in printed and ("meets the target" in printed or "DOES NOT" in printed)
     assert main([str(a) for a in args]) != 0
     assert "exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_activation_match_trials_are_its_editor_options(llama_trio, files, tmp_path):
+    """The default family's trials are valid activation-match options, fit on the fit split."""
+    from fgsn.baselines.methods import option_class
+    from fgsn.repair import DEFAULT_FAMILIES, trial_options
+
+    assert DEFAULT_FAMILIES == ["activation-match"]
+    opts = _opts(tmp_path, base=str(llama_trio["base"]), aligned=str(llama_trio["aligned"]),
+                 finetuned=str(llama_trio["finetuned"]), harmful=[str(files / "harm.jsonl")],
+                 task=[str(files / "task.jsonl")])
+    split = write_splits(opts, tmp_path / "data")
+    fam = FAMILIES["activation-match"]
+    for name, params in fam.trials():
+        d = trial_options(opts, fam.kind, params, split, tmp_path / name, 4)
+        o = option_class(fam.kind)(**d)
+        assert o.lam == params["lam"] and o.harmful == [str(split["harmful"]["fit"])]
+        assert o.task == [str(split["task"]["fit"])] and o.out == str(tmp_path / name)
