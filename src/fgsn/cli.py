@@ -90,7 +90,7 @@ def print_manifest_summary(m: dict, out) -> None:
 
 
 SUBMODULES = ("fgsn.evaluate.cli", "fgsn.report.cli", "fgsn.organism.cli", "fgsn.demo", "fgsn.baselines.cli",
-              "fgsn.sweep")
+              "fgsn.sweep", "fgsn.edit.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,6 +74,12 @@ def options_from_args(cls: type[T], args: argparse.Namespace, skip: tuple[str, .
     return build_options(cls, values, where)
 
 
+def own_descriptions_first(cls: type[BaseModel], helps: dict[str, str]) -> dict[str, str]:
+    """A shared help table without the keys `cls` describes itself (a field's own description says
+    what it means for that command)."""
+    return {k: v for k, v in helps.items() if not (k in cls.model_fields and cls.model_fields[k].description)}
+
+
 def add_option_flags(parser: argparse.ArgumentParser, cls: type[BaseModel], helps: dict[str, str] | None = None,
                      skip: tuple[str, ...] = ()) -> None:
     """One flag per option field (`--batch-size` for `batch_size`), all defaulting to SUPPRESS so

@@ -41,9 +41,11 @@ from fgsn.atomic import atomic_write_json, atomic_write_text, dumps_json
 from fgsn.baselines.methods import ALL_LAYERS, Method, option_class, parse_methods
 from fgsn.baselines.self_reminder import SUFFIX, SYSTEM, SelfReminder
 from fgsn.baselines.worker import measured_run
+from fgsn.edit.compensate import CompensateOptions
 from fgsn.edit.run import ProjectOptions
 from fgsn.errors import ConfigError, FgsnError, InputError
 from fgsn.evaluate.options import EvalOptions
+from fgsn.locate.run import ProbeOptions
 from fgsn.report.manifest import MANIFEST
 
 log = logging.getLogger(__name__)
@@ -84,16 +86,31 @@ class CompareOptions(ProjectOptions, EvalOptions):
     # Self-Reminder
     self_reminder_system: str = SYSTEM
     self_reminder_suffix: str = SUFFIX
+    # any method's own options, by method name (IRR, SGDG and revert run at their defaults otherwise)
+    method_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per method name, options of that method that override what compare "
+                                          "passes it, e.g. {sgdg: {rounds: 5}} in YAML or '{\"sgdg\": {\"rounds\": "
+                                          "5}}' as a flag")
 
     @field_validator("methods", "eval_harmful", "utility", "reference", mode="before")
     @classmethod
     def _listify_compare(cls, v):
         return [v] if isinstance(v, str) else v
 
+    @field_validator("method_options", mode="before")
+    @classmethod
+    def _json_mapping(cls, v):
+        if isinstance(v, str):
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"not a JSON mapping of method name to options ({e})") from e
+        return v
+
 
 HELPS = {
     "methods": "comma list of methods: fgsn, fgsn-frontier, fgsn-layers-only, fgsn-neurons-only, fgsn-svd, fgsn-safelora, "
-               "fgsn-neuron, fgsn-weight, fgsn-no-task, safelora, resta, wanda, self-reminder",
+               "fgsn-neuron, fgsn-weight, fgsn-no-task, revert, safelora, resta, wanda, irr, sgdg, self-reminder",
     "with_references": "also evaluate the aligned and fine-tuned models (entries `aligned`, `finetuned`)",
     "eval_harmful": "harmful prompts for ASR (separate from the locate --harmful)",
     "benign_alarming": "harmless prompts that sound alarming, for over-refusal",
@@ -141,6 +158,15 @@ def method_options(opts: CompareOptions, m: Method, rundir: Path, num_layers: in
     if m.kind == "resta":
         return {**common, "unaligned": opts.resta_unaligned, "beta": opts.resta_beta, "dare": opts.resta_dare,
                 "scope": opts.resta_scope}
+    probe = {k: getattr(opts, k) for k in ProbeOptions.model_fields}
+    own = opts.method_options.get(m.name, {})
+    if m.kind == "irr":
+        return {**common, **probe, "task": opts.task, "modules": opts.modules, **own}
+    if m.kind in ("sgdg", "revert"):
+        d = {**common, **probe, "harmful": opts.harmful, "task": opts.task, "modules": opts.modules}
+        if m.kind == "revert":  # shared meaning with fgsn's: the refusal loss and the compensation
+            d.update({k: getattr(opts, k) for k in ("refusal_text", *CompensateOptions.model_fields)})
+        return {**d, **own}
     if m.kind == "wanda":
         return {**common, "harmful": opts.harmful, "q": opts.wanda_q, "target": opts.wanda_target,
                 "group": opts.wanda_group, "granularity": opts.wanda_granularity, "score": opts.wanda_score,
@@ -388,10 +414,14 @@ def check_inputs(opts: CompareOptions, methods: list[Method]):
     if not opts.out:
         raise InputError("fgsn compare needs --out RUNDIR")
     kinds = {m.kind for m in methods}
-    if kinds & {"fgsn", "wanda"} and not opts.harmful:
-        raise InputError("fgsn and wanda need locate prompts: --harmful FILE (separate from --eval-harmful)")
-    if "fgsn" in kinds and not opts.task:
-        raise InputError("fgsn needs --task prompts (what the fine-tune is for)")
+    needs_harmful = sorted(kinds & {"fgsn", "wanda", "revert", "sgdg"})
+    if needs_harmful and not opts.harmful:
+        raise InputError(f"{', '.join(needs_harmful)} need locate prompts: --harmful FILE (separate from "
+                         "--eval-harmful)")
+    needs_task = sorted(kinds & {"fgsn", "revert", "sgdg", "irr"})
+    if needs_task and not opts.task:
+        raise InputError(f"{', '.join(needs_task)} need --task prompts (what the fine-tune is for; revert and sgdg "
+                         "validate their rollback on them, irr recalibrates on them)")
     if not opts.eval_harmful:
         raise InputError("no evaluation prompts: give --eval-harmful SOURCE")
     trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)

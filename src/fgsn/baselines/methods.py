@@ -12,6 +12,9 @@ the same code path as `fgsn project`:
     fgsn-weight        granularity = weight (single weights)
     fgsn-no-task       p = 0: no task exclusion
     fgsn-frontier      --preset frontier: snip-signed scores, all layers, 10% of each edited module
+
+Beside the baselines, `revert` is fgsn's iterative reversion with rollback (fgsn.edit.revert) with
+its own defaults; `sgdg` is the same code at SGDG's published defaults.
 """
 
 from __future__ import annotations
@@ -37,15 +40,16 @@ FGSN_PRESETS: dict[str, dict[str, Any]] = {
     "fgsn-no-task": {"p": 0.0},
     "fgsn-frontier": dict(PRESETS["frontier"]),
 }
-BASELINES = ("safelora", "resta", "wanda")
+BASELINES = ("safelora", "resta", "wanda", "irr", "sgdg")
 INFERENCE = ("self-reminder",)
-METHODS = (*FGSN_PRESETS, *BASELINES, *INFERENCE)
+EDITORS = ("revert",)
+METHODS = (*FGSN_PRESETS, *EDITORS, *BASELINES, *INFERENCE)
 
 
 @dataclass(frozen=True)
 class Method:
     name: str           # as given in --methods (the results key)
-    kind: str           # fgsn | safelora | resta | wanda | self-reminder
+    kind: str           # fgsn | revert | safelora | resta | wanda | irr | sgdg | self-reminder
     overrides: dict[str, Any]
 
     @property
@@ -65,7 +69,7 @@ def parse_methods(names: list[str]) -> list[Method]:
             seen.add(name)
             if name in FGSN_PRESETS:
                 out.append(Method(name, "fgsn", FGSN_PRESETS[name]))
-            elif name in BASELINES or name in INFERENCE:
+            elif name in BASELINES or name in INFERENCE or name in EDITORS:
                 out.append(Method(name, name, {}))
             else:
                 raise InputError(f"--methods: unknown method {name!r}; known: {', '.join(METHODS)}")
@@ -92,7 +96,19 @@ def option_class(kind: str):
         from fgsn.baselines.wanda import WandaOptions
 
         return WandaOptions
-    raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {', '.join(BASELINES)} "
+    if kind == "irr":
+        from fgsn.baselines.irr import IRROptions
+
+        return IRROptions
+    if kind == "sgdg":
+        from fgsn.baselines.sgdg import SGDGOptions
+
+        return SGDGOptions
+    if kind == "revert":
+        from fgsn.edit.revert import RevertOptions
+
+        return RevertOptions
+    raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {', '.join((*EDITORS, *BASELINES))} "
                      "(self-reminder writes no checkpoint)")
 
 
@@ -113,7 +129,19 @@ def runner(kind: str) -> Callable[[Any], Any]:
         from fgsn.baselines.wanda import run_wanda
 
         return run_wanda
-    raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {', '.join(BASELINES)}")
+    if kind == "irr":
+        from fgsn.baselines.irr import run_irr
+
+        return run_irr
+    if kind == "sgdg":
+        from fgsn.baselines.sgdg import run_sgdg
+
+        return run_sgdg
+    if kind == "revert":
+        from fgsn.edit.revert import run_revert
+
+        return run_revert
+    raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {', '.join((*EDITORS, *BASELINES))}")
 
 
 def run_method(kind: str, options: dict[str, Any]):

@@ -53,6 +53,24 @@ def _left_pad(rows: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, labels, mask
 
 
+def answer_loss_sum(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, keeps_logits: bool
+                    ) -> torch.Tensor:
+    """Token-summed NLL of the labelled positions of one left-padded batch (a scalar with its graph).
+    Logits are computed only from the first labelled position on: the vocabulary projection of the
+    context would be wasted work and memory."""
+    dev = input_device(model)
+    width = ids.shape[1]
+    labelled = (labels != -100).any(0).nonzero()
+    # logits at positions first_label-1 .. width-1 predict every label (left padding: answers last)
+    keep = min(width, width - int(labelled[0]) + 1) if len(labelled) and keeps_logits else width
+    kw = {"logits_to_keep": keep} if keeps_logits else {}
+    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                   position_ids=position_ids(mask).to(dev), use_cache=False, **kw).logits[:, -keep:]
+    return torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                             labels[:, width - keep + 1:].reshape(-1).to(dev),
+                                             ignore_index=-100, reduction="sum")
+
+
 def gradient_sums(model, tok, prompts: list[str], answers: list[str | None], params: dict[str, torch.nn.Parameter],
                   *, batch_size: int = 8, use_chat_template: bool = True, system: str | None = None,
                   max_length: int | None = None, desc: str = "gradients", max_batch_tokens: int = 2048
@@ -69,7 +87,6 @@ def gradient_sums(model, tok, prompts: list[str], answers: list[str | None], par
     for p in params.values():
         p.requires_grad_(True)
         p.grad = None
-    dev = input_device(model)
     # A bfloat16 model's .grad is bfloat16: summing many batches there loses the small ones, so the
     # sum is kept in float32 (a float32 model accumulates in .grad as autograd does).
     acc = {k: torch.zeros(p.shape, dtype=torch.float32, device=p.device)
@@ -80,17 +97,7 @@ def gradient_sums(model, tok, prompts: list[str], answers: list[str | None], par
         for idx in tqdm(length_batches([len(r[0]) for r in rows], batch_size, max_batch_tokens), desc=desc,
                         unit="batch", leave=False):
             ids, labels, mask = _left_pad([rows[i] for i in idx], tok.pad_token_id)
-            width = ids.shape[1]
-            labelled = (labels != -100).any(0).nonzero()
-            # logits at positions first_label-1 .. width-1 predict every label (left padding: answers last)
-            keep = min(width, width - int(labelled[0]) + 1) if len(labelled) and keeps_logits else width
-            kw = {"logits_to_keep": keep} if keeps_logits else {}
-            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                           position_ids=position_ids(mask).to(dev), use_cache=False, **kw).logits[:, -keep:]
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                                     labels[:, width - keep + 1:].reshape(-1).to(dev),
-                                                     ignore_index=-100, reduction="sum")
-            loss.backward()
+            answer_loss_sum(model, ids, labels, mask, keeps_logits).backward()
             for k in acc:
                 if params[k].grad is not None:
                     acc[k] += params[k].grad.float()
