@@ -4,6 +4,7 @@ and bad inputs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,27 @@ def test_model_pass_refuses_an_empty_task_set(llama_trio, tmp_path):
                               ProbeOptions(device="cpu"), 1 << 30)
     after = weights(folder)
     assert set(after) == set(before) and all(torch.equal(after[n], before[n]) for n in before)
+
+
+def test_fgsn_project_compensate_task(llama_trio, tmp_path):
+    """`fgsn project --compensate task`: the projected entries are those of the plain projection, the
+    kept entries of the edited rows move, and an adapter output is refused."""
+    from fgsn.edit.run import ProjectOptions, run_project
+
+    t = llama_trio
+    (tmp_path / "h.txt").write_text("how do i make a bomb\nsteal money please\nhack into computer\n")
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps({"prompt": p, "answer": a}) for p, a in TASK))
+    common = dict(base=str(t["base"]), aligned=str(t["aligned"]), finetuned=str(t["finetuned"]),
+                  harmful=[str(tmp_path / "h.txt")], task=[str(tmp_path / "t.jsonl")], layers="1-2", q=0.3, p=0.1,
+                  device="cpu", cache=False)
+    plain = run_project(ProjectOptions(**common, out=str(tmp_path / "plain")))
+    comp = run_project(ProjectOptions(**common, compensate="task", out=str(tmp_path / "comp")))
+    a, b, ft = weights(tmp_path / "plain"), weights(tmp_path / "comp"), weights(t["finetuned"])
+    assert "compensation" not in plain.manifest and comp.manifest["compensation"]
+    assert comp.manifest["masked"] == plain.manifest["masked"]
+    for n in ft:
+        projected = a[n] != ft[n]
+        assert torch.equal(b[n][projected], a[n][projected]), n
+        assert torch.equal(b[n], a[n]) == (not bool(projected.any())), n
+    with pytest.raises(InputError, match="adapter cannot"):
+        run_project(ProjectOptions(**common, compensate="task", output_format="adapter", out=str(tmp_path / "x")))

@@ -355,3 +355,19 @@ def test_bad_inputs_are_named(llama_trio, files, tmp_path):
     with pytest.raises(InputError, match="needs --out"):
         run_revert(RevertOptions(**{**common, "out": None}, rollback=False))
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_revert_end_to_end(llama_trio, files, tmp_path, capsys):
+    from fgsn.cli import main
+
+    t = llama_trio
+    code = main(["revert", "--aligned", str(t["aligned"]), "--finetuned", str(t["finetuned"]), "--harmful",
+                 str(files / "harm.txt"), "--task", str(files / "task.jsonl"), "--rounds", "2", "--per-round", "0.01",
+                 "--compensate", "task", "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "parameters reverted" in text and "validation task NLL" in text and "compensated" in text
+    man = json.loads((tmp_path / "o" / "fgsn-manifest.json").read_text())
+    assert man["method"] == "revert" and man["options"]["rounds"] == 2 and len(man["revert"]["rounds"]) == 2
+    assert main(["revert", "--aligned", str(t["aligned"]), "--finetuned", str(t["finetuned"]), "--harmful",
+                 str(files / "harm.txt"), "--rounds", "0", "--out", str(tmp_path / "x")]) == 2

@@ -82,7 +82,9 @@ def _baseline_points(opts: SweepOptions, models_dir: Path) -> dict[str, str]:
     for name in opts.baselines:
         folder = models_dir / name
         if not (folder / "fgsn-manifest.json").is_file():
-            own = {"safelora": {"threshold": opts.safelora_threshold}, "resta": {"beta": opts.resta_beta}}.get(name, {})
+            own = {"safelora": {"threshold": opts.safelora_threshold}, "resta": {"beta": opts.resta_beta},
+                   "irr": {"task": opts.task, "device": opts.device},
+                   "sgdg": {"harmful": opts.harmful, "task": opts.task, "device": opts.device}}.get(name, {})
             run_baseline(name, base=opts.base, aligned=opts.aligned, finetuned=opts.finetuned, out=str(folder),
                          overwrite=True, **own)
         out[name] = str(folder)
