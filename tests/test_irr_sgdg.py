@@ -172,6 +172,8 @@ def test_compare_names_the_missing_task_prompts(llama_trio, files, tmp_path, cap
             "--out", tmp_path / "run"]
     assert main([str(a) for a in args]) == 2
     assert "irr need --task" in capsys.readouterr().err
+    assert main([str(a) for a in [*args, "--task", files / "task.jsonl", "--method-options", '{"sgdg": {}}']]) == 2
+    assert "not weight-editing methods of --methods" in capsys.readouterr().err
 
 
 def test_sweep_baseline_points_include_irr_and_sgdg(llama_trio, files, tmp_path):

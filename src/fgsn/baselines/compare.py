@@ -141,7 +141,14 @@ HELPS = {
 
 # -- per-method options ---------------------------------------------------------------------------
 def method_options(opts: CompareOptions, m: Method, rundir: Path, num_layers: int) -> dict[str, Any]:
-    """The full options of one method's run, as a plain dict (what its manifest records)."""
+    """The full options of one method's run, as a plain dict (what its manifest records): what
+    compare shares with the method, then --method-options for its name on top."""
+    own = dict(opts.method_options.get(m.name, {}))
+    own.pop("out", None)  # every method writes under RUNDIR/models/NAME
+    return {**_shared_options(opts, m, rundir, num_layers), **own}
+
+
+def _shared_options(opts: CompareOptions, m: Method, rundir: Path, num_layers: int) -> dict[str, Any]:
     out = str(rundir / "models" / m.name)
     common = {"aligned": opts.aligned, "finetuned": opts.finetuned, "base": opts.base,
               "allow_pickle": opts.allow_pickle, "seed": opts.seed, "max_shard_gb": opts.max_shard_gb,
@@ -159,14 +166,13 @@ def method_options(opts: CompareOptions, m: Method, rundir: Path, num_layers: in
         return {**common, "unaligned": opts.resta_unaligned, "beta": opts.resta_beta, "dare": opts.resta_dare,
                 "scope": opts.resta_scope}
     probe = {k: getattr(opts, k) for k in ProbeOptions.model_fields}
-    own = opts.method_options.get(m.name, {})
-    if m.kind == "irr":
-        return {**common, **probe, "task": opts.task, "modules": opts.modules, **own}
+    if m.kind == "irr":  # IRR and SGDG keep their published defaults unless --method-options says otherwise
+        return {**common, **probe, "task": opts.task, "modules": opts.modules}
     if m.kind in ("sgdg", "revert"):
         d = {**common, **probe, "harmful": opts.harmful, "task": opts.task, "modules": opts.modules}
         if m.kind == "revert":  # shared meaning with fgsn's: the refusal loss and the compensation
             d.update({k: getattr(opts, k) for k in ("refusal_text", *CompensateOptions.model_fields)})
-        return {**d, **own}
+        return d
     if m.kind == "wanda":
         return {**common, "harmful": opts.harmful, "q": opts.wanda_q, "target": opts.wanda_target,
                 "group": opts.wanda_group, "granularity": opts.wanda_granularity, "score": opts.wanda_score,
@@ -413,6 +419,9 @@ def check_inputs(opts: CompareOptions, methods: list[Method]):
                               f"checkpoint under RUNDIR/models); remove it")
     if not opts.out:
         raise InputError("fgsn compare needs --out RUNDIR")
+    stray = sorted(set(opts.method_options) - {m.name for m in methods if m.edits_weights})
+    if stray:
+        raise ConfigError(f"--method-options names {stray}, which are not weight-editing methods of --methods")
     kinds = {m.kind for m in methods}
     needs_harmful = sorted(kinds & {"fgsn", "wanda", "revert", "sgdg"})
     if needs_harmful and not opts.harmful:
