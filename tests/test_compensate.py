@@ -251,3 +251,46 @@ def test_fgsn_project_compensate_task(llama_trio, tmp_path):
         assert torch.equal(b[n], a[n]) == (not bool(projected.any())), n
     with pytest.raises(InputError, match="adapter cannot"):
         run_project(ProjectOptions(**common, compensate="task", output_format="adapter", out=str(tmp_path / "x")))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "gpt2"])
+def test_layer_replay_gives_the_grams_of_full_forward_passes(trio_factory, arch):
+    """Replaying layer after layer on stored inputs (batched, left-padded) gives every module the
+    Gram a plain forward pass of each example alone gives it."""
+    from operator import attrgetter
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fgsn.locate.grams import LayerReplay
+    from fgsn.models.checkpoint import Checkpoint
+    from fgsn.models.registry import architecture_for, edit_targets, live_layers, live_module
+
+    path = trio_factory(arch)["finetuned"]
+    ckpt = Checkpoint(path)
+    a = architecture_for(ckpt.config)
+    n_layers = a.num_layers(ckpt.config)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    targets = edit_targets(a, ckpt.names, n_layers)
+    replay = LayerReplay(model, tok, live_layers(model, a), [p for p, _ in TASK], [x for _, x in TASK], 0,
+                         n_layers - 1, batch_size=3)
+    for layer in range(n_layers):
+        mods = {t.tensor: live_module(model, a, t) for t in targets if t.layer == layer}
+        got = replay.grams(layer, mods)
+        for t in (t for t in targets if t.layer == layer):
+            xs = []
+            h = attrgetter(t.spec.path)(live_layers(model, a)[layer]).register_forward_pre_hook(
+                lambda _m, args, xs=xs: xs.append(args[0][0].double()))
+            with torch.no_grad():
+                for p, ans in TASK:
+                    text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                   add_generation_prompt=True)
+                    ids = tok(text, add_special_tokens=False)["input_ids"] + tok(ans, add_special_tokens=False)[
+                        "input_ids"] + [tok.eos_token_id]
+                    model(input_ids=torch.tensor([ids]))
+            h.remove()
+            X = torch.cat(xs)
+            torch.testing.assert_close(got[t.tensor].H, X.T @ X, rtol=1e-4, atol=1e-4)
+            assert got[t.tensor].n_tokens == X.shape[0]
+        replay.advance()

@@ -208,7 +208,7 @@ def compensate_checkpoint(folder: str | Path, trio, targets: list[EditTarget], t
     (fgsn.locate.run.ProbeOptions fields: device, batch size, chat template). Returns one record
     per edited target: entries edited, kept entries the compensation changed, and the relative
     task-output error before and after, task_error(W' - W_f) / task_error(W_f)."""
-    from fgsn.locate.grams import input_grams
+    from fgsn.locate.grams import LayerReplay
     from fgsn.models.checkpoint import Checkpoint
     from fgsn.models.finetune import LoraFinetune
     from fgsn.models.loading import load_model
@@ -240,18 +240,21 @@ def compensate_checkpoint(folder: str | Path, trio, targets: list[EditTarget], t
     records: list[dict] = []
     live: dict[str, torch.nn.Module] = {}
     try:
-        layers = live_layers(model, arch)
-        texts = [p.text for p in examples]
-        answers = [p.answer for p in examples]
-        for layer in sorted(by_layer):
-            mods = {t.tensor: live_module(model, arch, t) for t, _ in by_layer[layer]}
-            grams = input_grams(model, tok, texts, answers, mods, layers=layers, stop_after_layer=layer,
-                                batch_size=probe.batch_size, use_chat_template=probe.use_chat_template,
-                                system=probe.system, max_length=probe.max_length, desc=f"task grams layer {layer}")
-            for t, mask in by_layer[layer]:
-                records.append(_compensate_module(t, mask, grams[t.tensor], trio, edited, mods[t.tensor], opts))
-                live[t.tensor] = mods[t.tensor]
-            del grams
+        replay = LayerReplay(model, tok, live_layers(model, arch), [p.text for p in examples],
+                             [p.answer for p in examples], min(by_layer), max(by_layer),
+                             batch_size=probe.batch_size, use_chat_template=probe.use_chat_template,
+                             system=probe.system, max_length=probe.max_length)
+        for layer in range(min(by_layer), max(by_layer) + 1):
+            if layer in by_layer:
+                mods = {t.tensor: live_module(model, arch, t) for t, _ in by_layer[layer]}
+                grams = replay.grams(layer, mods)
+                for t, mask in by_layer[layer]:
+                    records.append(_compensate_module(t, mask, grams[t.tensor], trio, edited, mods[t.tensor], opts))
+                    live[t.tensor] = mods[t.tensor]
+                del grams
+            if layer < max(by_layer):
+                replay.advance()  # the next layer's inputs come from this layer as compensated: sequential
+        del replay
         # The compensated weights live in the model (float32 copies of stored-dtype values): write
         # them from there, every other tensor from the edited checkpoint.
         plan = [PlannedTensor(n, edited.dtype(n), edited.shape(n)) for n in edited.names]
