@@ -371,3 +371,12 @@ def test_cli_revert_end_to_end(llama_trio, files, tmp_path, capsys):
     assert man["method"] == "revert" and man["options"]["rounds"] == 2 and len(man["revert"]["rounds"]) == 2
     assert main(["revert", "--aligned", str(t["aligned"]), "--finetuned", str(t["finetuned"]), "--harmful",
                  str(files / "harm.txt"), "--rounds", "0", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_api_revert(llama_trio, files, tmp_path):
+    import fgsn.api as api
+
+    t = llama_trio
+    res = api.revert(aligned=str(t["aligned"]), finetuned=str(t["finetuned"]), harmful=[str(files / "harm.txt")],
+                     rounds=1, per_round=0.01, rollback=False, device="cpu", out=str(tmp_path / "o"))
+    assert res.out == tmp_path / "o" and res.manifest["method"] == "revert" and 0 < res.modified_fraction < 0.01

@@ -24,6 +24,14 @@ def project(*, options: ProjectOptions | None = None, **kw) -> ProjectResult:
     return run_project(opts)
 
 
+def revert(*, options=None, **kw):
+    """Iterative reversion with rollback (fgsn.edit.revert): write the repaired checkpoint to `out`."""
+    from fgsn.edit.revert import RevertOptions, run_revert
+
+    opts = options.model_copy(update=kw) if options else build_options(RevertOptions, kw)
+    return run_revert(opts)
+
+
 def evaluate(*args, **kw):
     """Generate, judge and score models side by side (see fgsn.evaluate)."""
     from fgsn.evaluate import evaluate as _evaluate
@@ -31,4 +39,4 @@ def evaluate(*args, **kw):
     return _evaluate(*args, **kw)
 
 
-__all__ = ["locate", "project", "evaluate", "LocateOptions", "ProjectOptions", "LocateResult", "ProjectResult"]
+__all__ = ["locate", "project", "revert", "evaluate", "LocateOptions", "ProjectOptions", "LocateResult", "ProjectResult"]
