@@ -52,7 +52,7 @@ from fgsn.models.trio import check_same_model, open_trio
 log = logging.getLogger(__name__)
 
 
-class IRROptions(BaselineOptions, ProbeOptions, CompensateOptions):
+class IRROptions(CompensateOptions, BaselineOptions, ProbeOptions):
     unaligned: str | None = Field(None, description="model the safety vector is measured from (paper: the aligned "
                                                     "model harmfully fine-tuned; default: --base)")
     task: list[str] = Field(default_factory=list, description="task examples for the recalibration's H")

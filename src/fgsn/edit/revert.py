@@ -76,7 +76,7 @@ MERGED_NOTE = ("written as a merged checkpoint: the edit changes single entries 
                "a LoRA adapter cannot represent")
 
 
-class RevertOptions(ProbeOptions, CompensateOptions):
+class RevertOptions(CompensateOptions, ProbeOptions):
     aligned: str = Field(description="aligned model folder: the values reverted entries take")
     finetuned: str = Field(description="fine-tuned model: a checkpoint folder, or a PEFT LoRA adapter over --aligned")
     base: str | None = Field(None, description="base model folder (recorded in the manifest; not needed)")

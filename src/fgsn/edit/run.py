@@ -35,7 +35,7 @@ from fgsn.report.manifest import MANIFEST, build_manifest
 log = logging.getLogger(__name__)
 
 
-class ProjectOptions(LocateOptions, CompensateOptions):
+class ProjectOptions(CompensateOptions, LocateOptions):
     base: str  # type: ignore[assignment]  (required here: the safety direction is aligned - base)
     harmful: list[str] = Field(default_factory=list)
     task: list[str] = Field(default_factory=list)
