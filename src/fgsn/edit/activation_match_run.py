@@ -568,14 +568,14 @@ def _fmt(x: float | None) -> str:
 
 # -- command line ---------------------------------------------------------------------------------------
 def add_parser(sub) -> None:
+    from fgsn.cli import COMMANDS
     from fgsn.config import add_option_flags
 
     doc = ("Closed-form activation matching: per linear module, W = W_f + (W_a - W_f) G_h (G_h + lam G_t + mu I)^-1 "
            "from the input Grams on harmful prompts (G_h) and task examples (G_t), or its null-space form; writes the "
            "repaired checkpoint and fgsn-manifest.json (share of entries changed, rank and relative size of each "
            "change)")
-    p = sub.add_parser(METHOD, help="repair by closed-form activation matching (harmful: aligned outputs; task: kept)",
-                       description=doc)
+    p = sub.add_parser(METHOD, help=COMMANDS[METHOD][1], description=doc)
     p.add_argument("--config", help="YAML file with any of these options (flags win)")
     add_option_flags(p, ActivationMatchOptions, _helps())
     p.set_defaults(func=_handler)
@@ -584,9 +584,9 @@ def add_parser(sub) -> None:
 def _helps() -> dict[str, str]:
     """The shared help texts of the CLI for the options this class does not describe itself."""
     from fgsn.cli import HELPS
+    from fgsn.config import own_descriptions_first
 
-    own = {k for k, f in ActivationMatchOptions.model_fields.items() if f.description}
-    return {k: v for k, v in HELPS.items() if k not in own}
+    return own_descriptions_first(ActivationMatchOptions, HELPS)
 
 
 def _handler(args) -> int:
