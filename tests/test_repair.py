@@ -45,12 +45,15 @@ def test_split_is_by_hash_disjoint_and_complete(tmp_path):
     assert split_rows(rows, _opts(tmp_path, split_seed=1)) != parts
 
 
-def test_splits_refuse_eval_overlap_and_task_without_answers(files, tmp_path):
+def test_splits_leave_out_eval_prompts_and_refuse_task_without_answers(files, tmp_path):
     ok = _opts(tmp_path, harmful=[str(files / "harm.jsonl")], task=[str(files / "task.jsonl")])
-    got = write_splits(ok, tmp_path / "data")
+    got, dropped = write_splits(ok, tmp_path / "data")
     assert set(got) == {"harmful", "task"} and all(f.is_file() for f in got["task"].values())
-    with pytest.raises(InputError, match="also in --eval-harmful"):
-        write_splits(ok.model_copy(update={"eval_harmful": [str(files / "eval.jsonl")]}), tmp_path / "d2")
+    assert dropped == {"harmful": 0, "task": 0}
+    got, dropped = write_splits(ok.model_copy(update={"eval_harmful": [str(files / "eval.jsonl")]}), tmp_path / "d2")
+    assert dropped == {"harmful": 1, "task": 0}  # the evaluation prompt is left out of every part
+    texts = [json.loads(x)["prompt"] for f in got["harmful"].values() for x in f.read_text().splitlines()]
+    assert HARMFUL[0] not in texts and len(texts) == len(HARMFUL) - 1
     with pytest.raises(InputError, match="prompt/answer"):
         write_splits(ok.model_copy(update={"task": [str(files / "task.txt")]}), tmp_path / "d3")
     with pytest.raises(InputError, match="nothing to check"):
@@ -125,7 +128,7 @@ def test_activation_match_trials_are_its_editor_options(llama_trio, files, tmp_p
     opts = _opts(tmp_path, base=str(llama_trio["base"]), aligned=str(llama_trio["aligned"]),
                  finetuned=str(llama_trio["finetuned"]), harmful=[str(files / "harm.jsonl")],
                  task=[str(files / "task.jsonl")])
-    split = write_splits(opts, tmp_path / "data")
+    split, _ = write_splits(opts, tmp_path / "data")
     fam = FAMILIES["activation-match"]
     for name, params in fam.trials():
         d = trial_options(opts, fam.kind, params, split, tmp_path / name, 4)

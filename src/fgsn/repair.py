@@ -5,7 +5,8 @@ Given base, aligned and fine-tuned models, harmful prompts and the fine-tune's t
 1. splits the harmful prompts and the task examples by a hash of their text into three disjoint
    parts: `fit` (what every edit computes its statistics on: masks, Grams, gradients), `search`
    (what the trials are scored on) and `check` (scored once, on the winner, as an estimate no
-   choice has seen); none of them may overlap the evaluation sets given with --eval-harmful;
+   choice has seen); a prompt that is also in an evaluation set given with --eval-harmful is left
+   out (public sets share prompts) and counted;
 2. runs a grid of trials, a family (an edit method) at several strengths each, every edit in
    its own process like `fgsn compare` (resumable, options-checked);
 3. scores every trial and the aligned / fine-tuned references on the search part: ASR (greedy
@@ -145,9 +146,9 @@ def split_rows(rows: list[dict], opts: RepairOptions) -> dict[str, list[dict]]:
     return parts
 
 
-def write_splits(opts: RepairOptions, data: Path) -> dict[str, dict[str, Path]]:
+def write_splits(opts: RepairOptions, data: Path) -> tuple[dict[str, dict[str, Path]], dict[str, int]]:
     """The fit / search / check files of the harmful prompts, the task examples and (if given)
-    the alarming prompts, after checking they do not overlap the evaluation sets."""
+    the alarming prompts, without any evaluation prompt (their count, per kind, is returned)."""
     from fgsn.atomic import atomic_write_jsonl
     from fgsn.data.prompts import load_prompts
 
@@ -158,6 +159,7 @@ def write_splits(opts: RepairOptions, data: Path) -> dict[str, dict[str, Path]]:
     sources = {"harmful": opts.harmful, "task": opts.task,
                **({"alarming": [opts.benign_alarming]} if opts.benign_alarming else {})}
     files: dict[str, dict[str, Path]] = {}
+    dropped: dict[str, int] = {}
     for kind, specs in sources.items():
         rows = [{"prompt": p.text, "category": p.category, **({"answer": p.answer} if p.answer else {})}
                 for s in specs for p in load_prompts(s)]
@@ -165,10 +167,12 @@ def write_splits(opts: RepairOptions, data: Path) -> dict[str, dict[str, Path]]:
         if kind == "task" and not all("answer" in r for r in rows):
             raise InputError("--task needs prompt/answer examples (the fine-tune's data: a .jsonl with prompt and "
                              "answer) to measure what the repair keeps of the task")
-        leak = sum(r["prompt"] in evaluated for r in rows)
-        if leak:
-            raise InputError(f"{leak} {kind} prompts are also in --eval-harmful; the repair must never see the "
-                             "evaluation prompts: use ?split=train sources for the repair")
+        leak = [r for r in rows if r["prompt"] in evaluated]
+        if leak:  # public sets share prompts (AdvBench, HarmBench, StrongREJECT): the repair never sees them
+            log.warning("fgsn repair: %d %s prompts are also evaluation prompts (--eval-harmful); left out of the "
+                        "repair", len(leak), kind)
+            rows = [r for r in rows if r["prompt"] not in evaluated]
+        dropped[kind] = len(leak)
         parts = split_rows(rows, opts)
         small = [p for p, r in parts.items() if len(r) < 2]
         if small:
@@ -179,7 +183,7 @@ def write_splits(opts: RepairOptions, data: Path) -> dict[str, dict[str, Path]]:
             path = data / f"{kind}-{part}.jsonl"
             atomic_write_jsonl(path, part_rows)
             files[kind][part] = path
-    return files
+    return files, dropped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +311,7 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
         raise InputError(f"--out {out} exists; pass --overwrite to replace it, or choose another folder")
     work = out.with_name(out.name + ".work")
     trio = open_trio(opts.aligned, opts.finetuned, opts.base)
-    files = write_splits(opts, work / "data")
+    files, dropped = write_splits(opts, work / "data")
     trials: dict[str, tuple[str, dict[str, Any]]] = {}
     for fam in (FAMILIES[f] for f in opts.families):
         for name, params in fam.trials():
@@ -330,6 +334,7 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
         log.warning("fgsn repair: %s", judged["why"])
     doc = {"schema": SCHEMA, "options": opts.model_dump(mode="json"), "splits": {
         k: {p: len(f.read_text(encoding="utf-8").splitlines()) for p, f in v.items()} for k, v in files.items()},
+        "left_out_as_evaluation_prompts": dropped,
         **judged, "check": {"winner": check[win], **{k: check[k] for k in refs}},
         "edit_costs": edit_costs, "wall_s": round(time.time() - t0, 1)}
     src = Path(models[win])
