@@ -110,3 +110,16 @@ def test_bench_end_to_end_on_a_tiny_organism(tiny_cache, tmp_path, capsys):
     finally:
         mp.undo()
     assert again["summary"]["fgsn"]["mean"] == s["fgsn"]["mean"]
+
+
+def test_held_out_files_leave_out_seen_prompts(tmp_path):
+    from fgsn.bench import held_out_files
+    from fgsn.data.prompts import load_prompts
+
+    src = "builtin:strongreject?limit=5"
+    texts = load_prompts(src).texts
+    files, n = held_out_files([src], set(), tmp_path, "eval")
+    assert files == [src] and n == 0  # nothing seen: the source is used as given
+    files, n = held_out_files([src], {texts[0], texts[3]}, tmp_path, "eval")
+    assert n == 2 and load_prompts(files[0]).texts == [t for i, t in enumerate(texts) if i not in (0, 3)]
+    assert check_disjoint(files, ["builtin:advbench?split=train&limit=4"], {texts[0]}) == {"located": 0, "trained": 0}

@@ -121,6 +121,28 @@ def training_prompts(root: Path) -> set[str]:
     return out
 
 
+def held_out_files(sources: list[str], seen: set[str], out: Path, kind: str) -> tuple[list[str], int]:
+    """Each evaluation source written to a file without the prompts the repair or the organism saw
+    (public sets share some: a StrongREJECT prompt can be an AdvBench one); returns the files and
+    how many prompts were left out. A jailbreak-wrapped prompt counts by its plain request."""
+    from fgsn.atomic import atomic_write_jsonl
+    from fgsn.data.prompts import load_prompts
+
+    files, left_out = [], 0
+    for i, src in enumerate(sources):
+        prompts = load_prompts(src).prompts
+        keep = [p for p in prompts if p.meta.get("plain", p.text) not in seen]
+        if len(keep) == len(prompts):
+            files.append(src)  # nothing to leave out: the source as given (a jailbreak set keeps its templates)
+            continue
+        left_out += len(prompts) - len(keep)
+        rows = [{"prompt": p.text, "category": p.category} for p in keep]
+        path = out / f"{kind}-{i}.jsonl"
+        atomic_write_jsonl(path, rows)
+        files.append(str(path))
+    return files, left_out
+
+
 def check_disjoint(eval_sources: list[str], locate: list[str], trained: set[str]) -> dict[str, int]:
     """Overlap (by text) of the evaluation prompts with the locate and training prompts; any is an error."""
     from fgsn.data.prompts import concat, load_prompts
@@ -161,13 +183,19 @@ def run_scenario(opts: BenchOptions, name: str, recipe, rundir: Path, progress: 
     sdir.mkdir(parents=True, exist_ok=True)
     files = task_files(models, srecipe, sdir, opts)
     locate = [f"builtin:advbench?split=train&limit={opts.locate_limit}"]
-    overlap = check_disjoint([*opts.eval_harmful, *opts.attack], locate, training_prompts(models.root))
+    from fgsn.data.prompts import load_prompts
+
+    trained = training_prompts(models.root)
+    seen = trained | {p.text for s in locate for p in load_prompts(s)}
+    eval_harmful, left_harmful = held_out_files(opts.eval_harmful, seen, sdir / "data", "eval-harmful")
+    attack, left_attack = held_out_files(opts.attack, seen, sdir / "data", "eval-attack")
+    overlap = check_disjoint([*eval_harmful, *attack], locate, trained)  # 0 by construction: the guard
     methods = parse_methods(opts.methods)
     copts = CompareOptions(
         base=str(models.base), aligned=str(models.aligned), finetuned=str(models.finetuned), harmful=locate,
         task=[str(files["task"])], methods=[m.name for m in methods], with_references=True, device=opts.device,
         dtype=opts.locate_dtype, max_length=opts.max_length, out=str(sdir), batch_size=opts.batch_size,
-        eval_harmful=list(opts.eval_harmful), eval_attack=list(opts.attack), benign_alarming=opts.alarming,
+        eval_harmful=eval_harmful, eval_attack=attack, benign_alarming=opts.alarming,
         utility=[str(files["utility"])],
         utility_instruction="", utility_limit=opts.utility_limit, reference=[str(files["reference"])],
         max_new_tokens=opts.max_new_tokens, cache_dir=str(rundir / "cache"))
@@ -178,6 +206,7 @@ def run_scenario(opts: BenchOptions, name: str, recipe, rundir: Path, progress: 
     results = assemble_results(copts, methods, evals, costs, {"eval_locate_overlap": overlap["located"]})
     results["scenario"] = {"name": name, "recipe_hash": models.recipe_hash, "kind": models.kind,
                            "finetuned": str(models.finetuned), "overlap": overlap,
+                           "left_out_as_seen": {"harmful": left_harmful, "attack": left_attack},
                            "wall_s": round(time.time() - t0, 1)}
     write_report(sdir, results, title=f"fgsn bench, scenario {name}")
     return results
