@@ -96,9 +96,10 @@ class ActivationMatchOptions(BaselineOptions, ProbeOptions):
         "constraint)"))
     lam: float = Field(1.0, ge=0, description=(
         "lambda, ridge form: weight of keeping the task outputs against matching the harmful ones, both as mean "
-        "squared output error per token; 1 weighs a task token like a harmful token (measured on the SmolLM2 "
-        "organism: lower closes more of the safety gap, higher keeps more of the task; "
-        "benchmarks/activation_match_frontier.py)"))
+        "squared output error per token (1: a task token weighs what a harmful token does). Lower closes more of "
+        "the safety gap, higher keeps more of the task; on the SmolLM2 organism's full fine-tune 1 is the "
+        "strongest of 0.3/1/3 that keeps 95% of the fine-tune's task-NLL gain "
+        "(benchmarks/activation_match_frontier.py)"))
     mu: float = Field(1e-3, ge=0, description=(
         "mu: damping, as a multiple of mean diag(G_h) (the mean squared harmful input), so it means the same at "
         "every layer; raise it when a Gram is singular"))
