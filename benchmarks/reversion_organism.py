@@ -48,12 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     from fgsn.demo import DemoOptions, task_files
     from fgsn.evaluate.parallel import default_model_workers
     from fgsn.organism import OrganismRecipe
-    from fgsn.organism.build import OrganismPaths, is_complete
+    from fgsn.organism.build import OrganismPaths, stage_complete
     from fgsn.report.manifest import MANIFEST
 
     recipe = OrganismRecipe()
     org = OrganismPaths.for_recipe(recipe)
-    if not is_complete(org, recipe):
+    stage = "finetuned-full" if args.finetuned == "full" else "finetuned-lora"
+    if not all(stage_complete(org.stage_dir(s), org.recipe_hash, recipe.aligned_key() if s == "aligned" else None)
+               for s in ("aligned", stage)):
         raise SystemExit(f"the organism {org.root} is not built; run `make demo` or `fgsn organism build` first")
     out = Path(args.out)
     demo = DemoOptions(out=str(out))

@@ -95,6 +95,7 @@ def _exact(delta: torch.Tensor, mask: torch.Tensor, Hd: torch.Tensor) -> torch.T
     use_f = partial & ~use_r                       # fewer kept entries: the normal equations over F
     Hinv = torch.cholesky_inverse(torch.linalg.cholesky(Hd)) if bool(use_r.any()) else None
     g = delta @ Hd if bool(use_f.any()) else None  # (delta_R H_R,:) for every row
+    C = torch.zeros_like(delta) if Hinv is not None else None  # OBS form: E_row = c_row H^-1, c on R
     for form, rows_mask in (("R", use_r), ("F", use_f)):
         rows = rows_mask.nonzero().squeeze(1)
         if not len(rows):
@@ -105,27 +106,26 @@ def _exact(delta: torch.Tensor, mask: torch.Tensor, Hd: torch.Tensor) -> torch.T
         rows, side, sizes = rows[order], side[order], sizes[order]
         start = 0
         while start < len(rows):
-            k = int(sizes[min(len(rows) - 1, start)])
-            step = max(1, _BLOCK_ELEMENTS // max(1, k * max(k, d)))
-            stop = min(len(rows), start + step)
+            k = int(sizes[start])
+            stop = min(len(rows), start + max(1, _BLOCK_ELEMENTS // max(1, k * k)))
             k = int(sizes[start:stop].max())
             r, s = rows[start:stop], side[start:stop]
             idx, valid = _gather(s, k)
             pair = valid.unsqueeze(2) & valid.unsqueeze(1)
             eye = torch.eye(k, dtype=torch.float64).expand(len(r), k, k)
-            src = Hinv if form == "R" else Hd
-            A = torch.where(pair, src[idx.unsqueeze(2), idx.unsqueeze(1)], eye)
+            rr = r.unsqueeze(1).expand_as(idx)
             if form == "R":
-                rhs = torch.where(valid, delta[r.unsqueeze(1), idx], 0.0)
-                c = _spd_solve(A, rhs)
-                c = torch.where(valid, c, 0.0)
-                E[r] = torch.bmm(c.unsqueeze(1), Hinv[idx]).squeeze(1)
+                A = torch.where(pair, Hinv[idx.unsqueeze(2), idx.unsqueeze(1)], eye)
+                c = _spd_solve(A, torch.where(valid, delta[r.unsqueeze(1), idx], 0.0))
+                C[rr[valid], idx[valid]] = c[valid]
             else:
-                rhs = torch.where(valid, -g[r.unsqueeze(1), idx], 0.0)
-                eF = _spd_solve(A, rhs)
-                rr = r.unsqueeze(1).expand_as(idx)
+                A = torch.where(pair, Hd[idx.unsqueeze(2), idx.unsqueeze(1)], eye)
+                eF = _spd_solve(A, torch.where(valid, -g[r.unsqueeze(1), idx], 0.0))
                 E[rr[valid], idx[valid]] = eF[valid]
             start = stop
+    if C is not None:
+        r_rows = use_r.nonzero().squeeze(1)
+        E[r_rows] = C[r_rows] @ Hinv
     return torch.where(mask, delta, E)
 
 
