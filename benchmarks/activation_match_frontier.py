@@ -88,7 +88,7 @@ def table(kind: str, results: dict) -> list[str]:
              f"aligned: ASR {al['asr']:.3f}, over-refusal {al['over_refusal']:.3f}, task NLL {al['nll']:.3f}; "
              f"fine-tuned: ASR {ft['asr']:.3f}, over-refusal {ft['over_refusal']:.3f}, task NLL {ft['nll']:.3f}", "",
              "| setting | ASR | over-refusal | task NLL | gap closed | ‖change‖/‖W_f−W_a‖ (max module) "
-             "| harmful module gap closed | mean task drift | entries changed | edit wall / peak RSS |",
+             "| harmful module gap closed | mean task drift | entries changed | edit wall / peak RSS (Grams) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name in results["order"]:
         if name in ("aligned", "finetuned"):
@@ -96,12 +96,14 @@ def table(kind: str, results: dict) -> list[str]:
         e = models[name]
         man = json.loads((Path(e["path"]) / "fgsn-manifest.json").read_text(encoding="utf-8"))
         tot = man["activation_match"]["totals"]
+        run = json.loads((Path(e["path"]) / "fgsn" / "activation-match.json").read_text(encoding="utf-8"))
+        grams = "cached" if run["gram_cache_hits"] and not run["forward_passes"] else "computed"
         closed = (ft["asr"] - e["asr"]) / gap if gap else float("nan")
         lines.append(
             f"| {name} | {e['asr']:.3f} | {e['over_refusal']:.3f} | {e['nll']:.3f} | {100 * closed:.0f}% "
             f"| {tot['change_ratio']:.2f} ({tot['max_change_ratio']:.2f}) | {100 * tot['harmful_gap_closed']:.0f}% "
-            f"| {tot['mean_task_drift']:.4f} | {100 * man['changed_fraction']:.1f}% "
-            f"| {e['edit_wall_s']:.0f} s / {e['edit_peak_rss_mb'] / 1024:.2f} GB |")
+            f"| {tot['mean_task_drift']:.1e} | {100 * man['changed_fraction']:.1f}% "
+            f"| {e['edit_wall_s']:.0f} s / {e['edit_peak_rss_mb'] / 1024:.2f} GB ({grams}) |")
     return lines + [""]
 
 
@@ -126,16 +128,19 @@ def main(argv: list[str] | None = None) -> int:
 
     args.lams, args.null_energies, args.sequential = floats(args.lams), floats(args.null_energies), floats(args.sequential)
     from fgsn.organism import OrganismRecipe
-    from fgsn.organism.build import OrganismPaths, is_complete
+    from fgsn.organism.build import OrganismPaths, stage_complete
 
     recipe = OrganismRecipe()
     paths = OrganismPaths.for_recipe(recipe)
-    if not is_complete(paths, recipe):
-        print(f"the organism is not in the cache ({paths.root}); build it first: make demo (or fgsn organism build)",
-              file=sys.stderr)
-        return 2
+    kinds = [k.strip() for k in args.finetuned.split(",") if k.strip()]
+    for stage in ("aligned", *(f"finetuned-{k}" for k in kinds)):
+        key = recipe.aligned_key() if stage == "aligned" else None
+        if not stage_complete(paths.stage_dir(stage), paths.recipe_hash, key):
+            print(f"the organism's {stage} model is not in the cache ({paths.root}); build it first: make demo "
+                  "(or fgsn organism build)", file=sys.stderr)
+            return 2
     lines = [f"Command: python benchmarks/activation_match_frontier.py {' '.join(argv or sys.argv[1:])}", ""]
-    for kind in [k.strip() for k in args.finetuned.split(",") if k.strip()]:
+    for kind in kinds:
         lines += table(kind, run_kind(kind, paths, recipe, args))
     text = "\n".join(lines)
     Path(args.out).mkdir(parents=True, exist_ok=True)

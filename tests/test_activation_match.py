@@ -405,7 +405,7 @@ def test_fgsn_rows_edit_only_the_masked_rows(llama_trio, files, tmp_path):
 
 def test_harmful_answers_layer_search_and_gram_sources(llama_trio, files, tmp_path):
     from fgsn.data.chat import render_chat
-    from fgsn.locate.attribution import DEFAULT_REFUSAL
+    from fgsn.locate.options import DEFAULT_REFUSAL
     from fgsn.models.loading import load_tokenizer
 
     t = llama_trio

@@ -21,8 +21,12 @@ print(json.dumps({"code": code, "heavy": sorted(m for m in ("torch", "transforme
                                                    if m in sys.modules)}))
 """
 
-NAMES = ["locate", "project", "eval", "report", "demo", "compare", "baseline", "sweep", "bench", "repair", "organism"]
-CASES = [[], *([c] for c in NAMES), ["organism", "build"], ["baseline", "safelora"], ["baseline", "wanda"]]
+NAMES = ["locate", "project", "eval", "report", "demo", "compare", "baseline", "sweep", "bench", "repair", "organism",
+         "revert", "activation-match"]
+# activation-match's options still live next to its torch code (fgsn.edit.activation_match_run)
+TORCH_FREE = [n for n in NAMES if n != "activation-match"]
+CASES = [[], *([c] for c in TORCH_FREE), ["organism", "build"], ["baseline", "safelora"], ["baseline", "wanda"],
+         ["baseline", "irr"], ["baseline", "sgdg"]]
 
 
 def help_run(args: list[str]) -> tuple[dict, str]:

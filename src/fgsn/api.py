@@ -33,6 +33,14 @@ def activation_match(*, options=None, **kw):
     return run_activation_match(with_overrides(ActivationMatchOptions, options, kw))
 
 
+def revert(*, options=None, **kw):
+    """Iterative reversion with rollback (fgsn.edit.revert): write the repaired checkpoint to `out`.
+    `options` and keyword overrides are validated together, as the CLI validates flags."""
+    from fgsn.edit.revert import RevertOptions, run_revert
+
+    return run_revert(with_overrides(RevertOptions, options, kw))
+
+
 def evaluate(*args, **kw):
     """Generate, judge and score models side by side (see fgsn.evaluate)."""
     from fgsn.evaluate import evaluate as _evaluate
@@ -40,4 +48,5 @@ def evaluate(*args, **kw):
     return _evaluate(*args, **kw)
 
 
-__all__ = ["locate", "project", "activation_match", "evaluate", "LocateOptions", "ProjectOptions", "LocateResult", "ProjectResult"]
+__all__ = ["locate", "project", "activation_match", "revert", "evaluate", "LocateOptions", "ProjectOptions",
+           "LocateResult", "ProjectResult"]

@@ -1,4 +1,4 @@
-"""Thin command line over fgsn.api: `fgsn locate | project | activation-match | eval | report | organism | demo`.
+"""Thin command line over fgsn.api: `fgsn locate | project | activation-match | revert | eval | report | organism | demo`.
 
 Every option can come from a YAML file (`--config run.yaml`); flags win. Errors fgsn raises on
 purpose print as one line `error: ...` with exit code 2; anything else is a bug and shows its
@@ -101,12 +101,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fgsn.demo", "build the SmolLM2 organism, repair it with FGSN, evaluate and report"),
     "compare": ("fgsn.baselines.cli", "run FGSN, its ablations and the baselines on the same inputs; evaluate them "
                                       "side by side"),
-    "baseline": ("fgsn.baselines.cli", "run one baseline (safelora, resta, wanda) and write its checkpoint"),
+    "baseline": ("fgsn.baselines.cli", "run one baseline (safelora, resta, wanda, irr, sgdg) and write its checkpoint"),
     "sweep": ("fgsn.sweep", "trace ASR / over-refusal / utility / NLL against the share of parameters modified, for "
                             "every score, with baselines as points"),
     "activation-match": ("fgsn.edit.activation_match_run", "repair by closed-form activation matching: each linear "
                                                            "module reproduces the aligned model on harmful inputs "
                                                            "and the fine-tune on task inputs"),
+    "revert": ("fgsn.edit.cli", "iterative reversion with rollback: revert the fine-tuned entries whose return to the "
+                                "aligned value lowers a safety loss, round after round"),
     "bench": ("fgsn.bench", "every method on every organism scenario, on large held-out sets"),
     "repair": ("fgsn.repair", "search the repair methods and their strength; write the cheapest edit that restores "
                               "safety and keeps the task"),

@@ -94,6 +94,12 @@ def options_from_args(cls: type[T], args: argparse.Namespace, skip: tuple[str, .
     return build_options(cls, values, where)
 
 
+def own_descriptions_first(cls: type[BaseModel], helps: dict[str, str]) -> dict[str, str]:
+    """A shared help table without the keys `cls` describes itself (a field's own description says
+    what it means for that command)."""
+    return {k: v for k, v in helps.items() if not (k in cls.model_fields and cls.model_fields[k].description)}
+
+
 def parse_pairs(values: list[str], flag: str, metavar: str = "NAME=VALUE") -> dict[str, str]:
     """Repeated `NAME=VALUE` flag values as a dict; a malformed or repeated NAME is an error."""
     out: dict[str, str] = {}
@@ -127,7 +133,8 @@ def add_option_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
                      only: tuple[str, ...] | None = None) -> None:
     """One flag per option field (`--batch-size` for `batch_size`, plus the field's aliases), all
     defaulting to SUPPRESS so that YAML values survive; lists are repeatable flags, mappings
-    repeatable NAME=VALUE flags, booleans get --x/--no-x. `only`: just these fields, in this order
+    repeatable NAME=VALUE flags (or one JSON text, for a field marked json_schema_extra={"json": True}),
+    booleans get --x/--no-x. `only`: just these fields, in this order
     (e.g. one argument group's)."""
     from pydantic_core import PydanticUndefined
 
@@ -150,10 +157,11 @@ def add_option_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
             text = f"{text} (required)".strip()
         if ann is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
-        elif _is_dict(ann):
+        elif _is_dict(ann) and not _extra(field).get("json"):
             parser.add_argument(*flags, action="append", default=argparse.SUPPRESS,
                                 metavar=_extra(field).get("metavar", "NAME=VALUE"), help=text + " [repeatable]")
         elif is_list:
             parser.add_argument(*flags, action="append", default=argparse.SUPPRESS, metavar="X", help=text + " [repeatable]")
         else:
-            parser.add_argument(*flags, default=argparse.SUPPRESS, metavar=name.upper(), help=text)
+            parser.add_argument(*flags, default=argparse.SUPPRESS, metavar=_extra(field).get("metavar", name.upper()),
+                                help=text)

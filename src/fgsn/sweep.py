@@ -85,7 +85,9 @@ def _baseline_points(opts: SweepOptions, models_dir: Path) -> dict[str, str]:
     out = {}
     for name in opts.baselines:
         folder = models_dir / name
-        own = {"safelora": {"threshold": opts.safelora_threshold}, "resta": {"beta": opts.resta_beta}}.get(name, {})
+        own = {"safelora": {"threshold": opts.safelora_threshold}, "resta": {"beta": opts.resta_beta},
+               "irr": {"task": opts.task, "device": opts.device},
+               "sgdg": {"harmful": opts.harmful, "task": opts.task, "device": opts.device}}.get(name, {})
         bopts = build_options(option_class(name), dict(base=opts.base, aligned=opts.aligned, finetuned=opts.finetuned,
                                                        out=str(folder), overwrite=True, **own), f"{name} options")
         if not is_complete(folder, name, bopts):

@@ -5,13 +5,15 @@
     fgsn baseline safelora --base B --aligned A --finetuned F --out OUT [--select number --k 10]
     fgsn baseline resta    --base B --aligned A --finetuned F --out OUT [--beta 0.5 --dare 0.3]
     fgsn baseline wanda    --aligned A --finetuned F --harmful H --out OUT [--q 0.1 --target update]
+    fgsn baseline irr      --base B --aligned A --finetuned F --task T --out OUT [--compensate none]
+    fgsn baseline sgdg     --aligned A --finetuned F --harmful H --task T --out OUT [--rounds 20]
 """
 
 from __future__ import annotations
 
 import argparse
 
-from fgsn.config import add_option_flags, options_from_args
+from fgsn.config import add_option_flags, options_from_args, own_descriptions_first
 
 SKIP = ("func", "config", "command", "verbose", "kind", "baseline_method")
 
@@ -57,16 +59,22 @@ def add_parser(subparsers) -> None:
     add_option_flags(p, CompareOptions, _helps(COMPARE_HELPS), skip=(*NOT_FOR_COMPARE, "report"))
     p.set_defaults(func=_compare)
 
-    b = subparsers.add_parser("baseline", help="run one baseline (safelora, resta, wanda) and write its checkpoint")
+    from fgsn.cli import COMMANDS
+
+    b = subparsers.add_parser("baseline", help=COMMANDS["baseline"][1])
     bs = b.add_subparsers(dest="baseline_method", metavar="METHOD")
     docs = {"safelora": "SafeLoRA (Hsu et al. 2024): project low-cosine modules' updates onto V V^T/||V||_F",
             "resta": "RESTA (Bhardwaj et al. 2024): add beta * (aligned - unaligned), optional DARE",
             "wanda": "Wanda safety-neuron pruning (Antidote-style): remove top Wanda-scored weights on harmful "
-                     "prompts"}
+                     "prompts",
+            "irr": "IRR (Wu et al. 2025): revert update entries whose sign opposes aligned - base, then recalibrate "
+                   "the kept ones on task inputs (OBS / SparseGPT)",
+            "sgdg": "SGDG rollback (Yang et al. 2025): 20 rounds of gradient-selected reversion to the aligned "
+                    "values on a hidden-state cosine loss, with a rollback on a task floor"}
     for kind in BASELINES:
         q = bs.add_parser(kind, help=docs[kind], description=docs[kind])
         q.add_argument("--config", help="YAML file with any of these options (flags win)")
-        add_option_flags(q, option_class(kind), _helps(BASELINE_HELPS))
+        add_option_flags(q, option_class(kind), own_descriptions_first(option_class(kind), _helps(BASELINE_HELPS)))
         q.set_defaults(func=_baseline, kind=kind)
     b.set_defaults(func=lambda args: (b.print_help(), 1)[1])
 

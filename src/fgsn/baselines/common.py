@@ -1,11 +1,7 @@
-"""What every weight-editing baseline shares: options, the streamed rewrite of a checkpoint, and a
-manifest in fgsn's schema (`fgsn-manifest.json`) so that the report reads a baseline's output the
-same way as an fgsn output.
-
-A baseline walks the checkpoint once, tensor by tensor (like `fgsn.edit.run.stream_edit`): only
-the tensors of one module are in memory at a time, and the output folder appears only when
-complete (`fgsn.atomic.atomic_dir`). Tensors a method leaves alone are copied from the fine-tuned
-model bit for bit.
+"""What every weight-editing baseline shares: options, the streamed rewrite of a checkpoint
+(`fgsn.edit.rewrite`, shared with the edit stage's own entry-wise methods), and a manifest in
+fgsn's schema (`fgsn-manifest.json`) so that the report reads a baseline's output the same way as
+an fgsn output.
 """
 
 from __future__ import annotations
@@ -13,39 +9,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import resource
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from fgsn.atomic import atomic_dir, atomic_write_json
 from fgsn.baselines.options import BaselineOptions
-from fgsn.edit.projection import check_finite
+from fgsn.edit.rewrite import RUN_INFO, run_info, side_files, stream_rewrite, write_output
+from fgsn.edit.rewrite import EditResult as BaselineResult
 from fgsn.errors import InputError
-from fgsn.models.finetune import LoraFinetune
 from fgsn.models.registry import layer_prefix
-from fgsn.models.safetensors_io import PlannedTensor
 from fgsn.models.trio import Trio
-from fgsn.models.writer import CheckpointWriter, copy_side_files
-from fgsn.report.manifest import MANIFEST, assemble_manifest, write_card
+from fgsn.report.manifest import assemble_manifest
 
 log = logging.getLogger(__name__)
 
-RUN_INFO = "fgsn/run.json"
-
-
-@dataclass
-class BaselineResult:
-    out: Path
-    manifest: dict
-
-    @property
-    def modified_fraction(self) -> float:
-        return self.manifest["modified_fraction"]
+__all__ = ["RUN_INFO", "BaselineOptions", "BaselineResult", "baseline_manifest", "count_changed", "layer_of",
+           "require_out", "run_info", "side_files", "stream_rewrite", "tensor_seed", "write_output"]
 
 
 def require_out(opts: BaselineOptions, method: str) -> Path:
@@ -71,38 +51,6 @@ def layer_of(trio: Trio) -> Callable[[str], int | None]:
     return f
 
 
-def side_files(trio: Trio) -> list[Path]:
-    """Config and tokenizer files of the output: the aligned model's for a LoRA fine-tune, else
-    the fine-tuned checkpoint's (as `fgsn project` does)."""
-    src = trio.aligned if isinstance(trio.finetuned, LoraFinetune) else trio.finetuned.ckpt
-    return src.side_files()
-
-
-def stream_rewrite(trio: Trio, tmp: Path, transform: Callable[[str, torch.Tensor], torch.Tensor | None],
-                   max_shard_gb: float = 5.0, desc: str = "rewrite", names: list[str] | None = None) -> None:
-    """Write every tensor of the model into `tmp`: `transform(name, w_finetuned)` returns the new
-    tensor (same dtype and shape as stored) or None to keep the fine-tuned tensor as it is.
-    `names`: the order in which tensors are visited and laid out (default: the checkpoint's), for
-    a method that computes them in another order (layer by layer)."""
-    names = list(trio.aligned.names) if names is None else names
-    if sorted(names) != sorted(trio.aligned.names):  # pragma: no cover - a method bug
-        raise RuntimeError("stream_rewrite: `names` must list every tensor of the model once")
-    plan = [PlannedTensor(n, trio.aligned.dtype(n), trio.aligned.shape(n)) for n in names]
-    writer = CheckpointWriter(tmp, plan, int(max_shard_gb * 1024**3))
-    for name in tqdm(names, desc=desc, unit="tensor"):
-        w_ft = trio.finetuned.get(name)
-        check_finite(w_ft, name, "fine-tuned")
-        out = transform(name, w_ft)
-        if out is None:
-            out = w_ft
-        elif out.dtype != w_ft.dtype or tuple(out.shape) != tuple(w_ft.shape):  # pragma: no cover - a method bug
-            raise RuntimeError(f"{name}: baseline produced {out.dtype} {tuple(out.shape)}, stored is "
-                               f"{w_ft.dtype} {tuple(w_ft.shape)}")
-        writer.write(name, out.contiguous())
-    writer.close()
-    copy_side_files(side_files(trio), tmp)
-
-
 def baseline_manifest(method: str, opts: BaselineOptions, trio: Trio, modules: list[dict], *,
                       edited_params: int, layers: list[int], extra_inputs: dict | None = None,
                       extra: dict | None = None) -> dict:
@@ -112,23 +60,6 @@ def baseline_manifest(method: str, opts: BaselineOptions, trio: Trio, modules: l
                             layers=layers, extra_inputs=extra_inputs)
     doc.update(extra or {})
     return doc
-
-
-def write_output(out: Path, opts: BaselineOptions, write: Callable[[Path], dict], t0: float) -> BaselineResult:
-    """Run `write(tmp) -> manifest` inside an atomic output folder; add the manifest and run info."""
-    with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-        manifest = write(tmp)
-        atomic_write_json(tmp / MANIFEST, manifest)
-        (tmp / "fgsn").mkdir(exist_ok=True)
-        write_card(tmp, manifest, opts, f"fgsn baseline {manifest['method']}")
-        atomic_write_json(tmp / RUN_INFO, run_info(t0))
-    log.info("wrote %s: %.3f%% of all parameters modified", out, 100 * manifest["modified_fraction"])
-    return BaselineResult(out, manifest)
-
-
-def run_info(t0: float) -> dict:
-    return {"wall_s": round(time.time() - t0, 3),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def count_changed(new: torch.Tensor, old: torch.Tensor) -> int:

@@ -41,9 +41,10 @@ from fgsn.atomic import atomic_write_json, atomic_write_text
 from fgsn.baselines.methods import ACTIVATION_MATCH, ALL_LAYERS, Method, option_class, parse_methods
 from fgsn.baselines.self_reminder import SUFFIX, SYSTEM, SelfReminder
 from fgsn.baselines.worker import measured_run
-from fgsn.edit.options import ProjectOptions
+from fgsn.edit.options import CompensateOptions, ProjectOptions
 from fgsn.errors import ConfigError, FgsnError, InputError
 from fgsn.evaluate.options import EvalOptions
+from fgsn.locate.options import ProbeOptions
 from fgsn.report.manifest import is_complete as manifest_is_complete
 
 log = logging.getLogger(__name__)
@@ -94,17 +95,32 @@ class CompareOptions(ProjectOptions, EvalOptions):
     # Self-Reminder
     self_reminder_system: str = SYSTEM
     self_reminder_suffix: str = SUFFIX
+    # any method's own options, by method name (IRR, SGDG and revert run at their defaults otherwise)
+    method_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per method name, options of that method that override what compare "
+                                          "passes it, e.g. {sgdg: {rounds: 5}} in YAML or '{\"sgdg\": {\"rounds\": "
+                                          "5}}' as a flag", json_schema_extra={"json": True, "metavar": "JSON"})
 
     @field_validator("methods", "eval_harmful", "eval_attack", "utility", "reference", mode="before")
     @classmethod
     def _listify_compare(cls, v):
         return [v] if isinstance(v, str) else v
 
+    @field_validator("method_options", mode="before")
+    @classmethod
+    def _json_mapping(cls, v):
+        if isinstance(v, str):
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"not a JSON mapping of method name to options ({e})") from e
+        return v
+
 
 HELPS = {
     "methods": "comma list of methods: fgsn, fgsn-frontier, fgsn-layers-only, fgsn-neurons-only, fgsn-svd, fgsn-safelora, "
                "fgsn-neuron, fgsn-weight, fgsn-no-task, activation-match, activation-match-nullspace, "
-               "activation-match-seq, safelora, resta, wanda, self-reminder",
+               "activation-match-seq, revert, safelora, resta, wanda, irr, sgdg, self-reminder",
     "with_references": "also evaluate the aligned and fine-tuned models (entries `aligned`, `finetuned`)",
     "eval_harmful": "harmful prompts for ASR (separate from the locate --harmful)",
     "eval_attack": "harmful prompts wrapped in jailbreak templates, scored apart as asr_attack "
@@ -143,7 +159,14 @@ HELPS = {
 
 # -- per-method options ---------------------------------------------------------------------------
 def method_options(opts: CompareOptions, m: Method, rundir: Path, num_layers: int) -> dict[str, Any]:
-    """The full options of one method's run, as a plain dict (what its manifest records)."""
+    """The full options of one method's run, as a plain dict (what its manifest records): what
+    compare shares with the method, then --method-options for its name on top."""
+    own = dict(opts.method_options.get(m.name, {}))
+    own.pop("out", None)  # every method writes under RUNDIR/models/NAME
+    return {**_shared_options(opts, m, rundir, num_layers), **own}
+
+
+def _shared_options(opts: CompareOptions, m: Method, rundir: Path, num_layers: int) -> dict[str, Any]:
     out = str(rundir / "models" / m.name)
     common = {"aligned": opts.aligned, "finetuned": opts.finetuned, "base": opts.base,
               "allow_pickle": opts.allow_pickle, "seed": opts.seed, "max_shard_gb": opts.max_shard_gb,
@@ -170,6 +193,14 @@ def method_options(opts: CompareOptions, m: Method, rundir: Path, num_layers: in
     if m.kind == "resta":
         return {**common, "unaligned": opts.resta_unaligned, "beta": opts.resta_beta, "dare": opts.resta_dare,
                 "scope": opts.resta_scope}
+    probe = {k: getattr(opts, k) for k in ProbeOptions.model_fields}
+    if m.kind == "irr":  # IRR and SGDG keep their published defaults unless --method-options says otherwise
+        return {**common, **probe, "task": opts.task, "modules": opts.modules}
+    if m.kind in ("sgdg", "revert"):
+        d = {**common, **probe, "harmful": opts.harmful, "task": opts.task, "modules": opts.modules}
+        if m.kind == "revert":  # shared meaning with fgsn's: the refusal loss and the compensation
+            d.update({k: getattr(opts, k) for k in ("refusal_text", *CompensateOptions.model_fields)})
+        return d
     if m.kind == "wanda":
         return {**common, "harmful": opts.harmful, "q": opts.wanda_q, "target": opts.wanda_target,
                 "group": opts.wanda_group, "granularity": opts.wanda_granularity, "score": opts.wanda_score,
@@ -405,12 +436,18 @@ def check_inputs(opts: CompareOptions, methods: list[Method]):
                               f"remove it")
     if not opts.out:
         raise InputError("fgsn compare needs --out RUNDIR")
+    stray = sorted(set(opts.method_options) - {m.name for m in methods if m.edits_weights})
+    if stray:
+        raise ConfigError(f"--method-options names {stray}, which are not weight-editing methods of --methods")
     kinds = {m.kind for m in methods}
-    if kinds & {"fgsn", "wanda", ACTIVATION_MATCH} and not opts.harmful:
-        raise InputError("fgsn, activation-match and wanda need locate prompts: --harmful FILE (separate from "
+    needs_harmful = sorted(kinds & {"fgsn", "wanda", ACTIVATION_MATCH, "revert", "sgdg"})
+    if needs_harmful and not opts.harmful:
+        raise InputError(f"{', '.join(needs_harmful)} need locate prompts: --harmful FILE (separate from "
                          "--eval-harmful)")
-    if kinds & {"fgsn", ACTIVATION_MATCH} and not opts.task:
-        raise InputError("fgsn and activation-match need --task prompts (what the fine-tune is for)")
+    needs_task = sorted(kinds & {"fgsn", ACTIVATION_MATCH, "revert", "sgdg", "irr"})
+    if needs_task and not opts.task:
+        raise InputError(f"{', '.join(needs_task)} need --task prompts (what the fine-tune is for; revert and sgdg "
+                         "validate their rollback on them, irr recalibrates on them)")
     if not opts.eval_harmful:
         raise InputError("no evaluation prompts: give --eval-harmful SOURCE")
     trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)

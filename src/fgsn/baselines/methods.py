@@ -18,6 +18,9 @@ The closed-form activation-matching editor (fgsn.edit.activation_match_run) has 
     activation-match            ridge form, the editor's defaults (all layers, lam 1, mu 1e-3)
     activation-match-nullspace  form = nullspace (AlphaEdit-style: the change avoids the task inputs)
     activation-match-seq        sequential = true (each layer's Grams from the model repaired so far)
+
+Beside the baselines, `revert` is fgsn's iterative reversion with rollback (fgsn.edit.revert) with
+its own defaults; `sgdg` is the same code at SGDG's published defaults.
 """
 
 from __future__ import annotations
@@ -49,15 +52,16 @@ AM_PRESETS: dict[str, dict[str, Any]] = {
     "activation-match-nullspace": {"form": "nullspace"},
     "activation-match-seq": {"sequential": True},
 }
-BASELINES = ("safelora", "resta", "wanda")
+BASELINES = ("safelora", "resta", "wanda", "irr", "sgdg")
 INFERENCE = ("self-reminder",)
-METHODS = (*FGSN_PRESETS, *AM_PRESETS, *BASELINES, *INFERENCE)
+EDITORS = ("revert",)
+METHODS = (*FGSN_PRESETS, *AM_PRESETS, *EDITORS, *BASELINES, *INFERENCE)
 
 
 @dataclass(frozen=True)
 class Method:
     name: str           # as given in --methods (the results key)
-    kind: str           # fgsn | activation-match | safelora | resta | wanda | self-reminder
+    kind: str           # fgsn | activation-match | revert | safelora | resta | wanda | irr | sgdg | self-reminder
     overrides: dict[str, Any]
 
     @property
@@ -79,7 +83,7 @@ def parse_methods(names: list[str]) -> list[Method]:
                 out.append(Method(name, "fgsn", FGSN_PRESETS[name]))
             elif name in AM_PRESETS:
                 out.append(Method(name, ACTIVATION_MATCH, AM_PRESETS[name]))
-            elif name in BASELINES or name in INFERENCE:
+            elif name in BASELINES or name in INFERENCE or name in EDITORS:
                 out.append(Method(name, name, {}))
             else:
                 raise InputError(f"--methods: unknown method {name!r}; known: {', '.join(METHODS)}")
@@ -101,10 +105,16 @@ def option_class(kind: str):
         from fgsn.edit.activation_match_run import ActivationMatchOptions
 
         return ActivationMatchOptions
-    classes = {"safelora": bo.SafeLoRAOptions, "resta": bo.RestaOptions, "wanda": bo.WandaOptions}
+    if kind == "revert":
+        from fgsn.edit.options import RevertOptions
+
+        return RevertOptions
+    classes = {"safelora": bo.SafeLoRAOptions, "resta": bo.RestaOptions, "wanda": bo.WandaOptions,
+               "irr": bo.IRROptions, "sgdg": bo.SGDGOptions}
     if kind in classes:
         return classes[kind]
-    raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {ACTIVATION_MATCH}, {', '.join(BASELINES)} "
+    raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {ACTIVATION_MATCH}, "
+                     f"{', '.join((*EDITORS, *BASELINES))} "
                      "(self-reminder writes no checkpoint)")
 
 
@@ -129,7 +139,20 @@ def runner(kind: str) -> Callable[[Any], Any]:
         from fgsn.baselines.wanda import run_wanda
 
         return run_wanda
-    raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {ACTIVATION_MATCH}, {', '.join(BASELINES)}")
+    if kind == "irr":
+        from fgsn.baselines.irr import run_irr
+
+        return run_irr
+    if kind == "sgdg":
+        from fgsn.baselines.sgdg import run_sgdg
+
+        return run_sgdg
+    if kind == "revert":
+        from fgsn.edit.revert import run_revert
+
+        return run_revert
+    raise InputError(f"unknown weight-editing method {kind!r}; use fgsn, {ACTIVATION_MATCH}, "
+                     f"{', '.join((*EDITORS, *BASELINES))}")
 
 
 def run_method(kind: str, options: dict[str, Any]):

@@ -246,3 +246,23 @@ def concat(name: str, sets: Iterable[PromptSet]) -> PromptSet:
 
 def relabel(pset: PromptSet, category: str) -> PromptSet:
     return PromptSet(pset.name, [replace(p, category=category) for p in pset])
+
+
+def validation_split(pset: PromptSet, share: float) -> tuple[PromptSet, PromptSet]:
+    """(rest, validation): the prompts whose text hashes into the top `share` of the hash range
+    are the validation part, so the split does not depend on file order and a prompt never sits
+    on both sides. When the hash leaves one side empty and there are two prompts or more, the
+    prompt nearest the boundary moves over: small task sets still get both parts."""
+    if not 0.0 < share < 1.0:
+        raise InputError(f"validation share {share} must lie strictly between 0 and 1")
+
+    def bucket(p: Prompt) -> int:
+        return int(hashlib.sha256(p.text.encode("utf-8")).hexdigest()[:8], 16)
+
+    ranked = sorted(pset.prompts, key=lambda p: (bucket(p), p.text))
+    cut = sum(1 for p in ranked if bucket(p) / 0xFFFFFFFF < 1.0 - share)
+    if len(ranked) >= 2:
+        cut = min(max(cut, 1), len(ranked) - 1)
+    val = {p.text for p in ranked[cut:]}
+    return (PromptSet(pset.name, [p for p in pset.prompts if p.text not in val]),
+            PromptSet(f"{pset.name}-validation", [p for p in pset.prompts if p.text in val]))

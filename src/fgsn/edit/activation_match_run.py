@@ -96,9 +96,10 @@ class ActivationMatchOptions(BaselineOptions, ProbeOptions):
         "constraint)"))
     lam: float = Field(1.0, ge=0, description=(
         "lambda, ridge form: weight of keeping the task outputs against matching the harmful ones, both as mean "
-        "squared output error per token; 1 weighs a task token like a harmful token (measured on the SmolLM2 "
-        "organism: lower closes more of the safety gap, higher keeps more of the task; "
-        "benchmarks/activation_match_frontier.py)"))
+        "squared output error per token (1: a task token weighs what a harmful token does). Lower closes more of "
+        "the safety gap, higher keeps more of the task; on the SmolLM2 organism's full fine-tune 1 is the "
+        "strongest of 0.3/1/3 that keeps 95% of the fine-tune's task-NLL gain "
+        "(benchmarks/activation_match_frontier.py)"))
     mu: float = Field(1e-3, ge=0, description=(
         "mu: damping, as a multiple of mean diag(G_h) (the mean squared harmful input), so it means the same at "
         "every layer; raise it when a Gram is singular"))
@@ -568,14 +569,14 @@ def _fmt(x: float | None) -> str:
 
 # -- command line ---------------------------------------------------------------------------------------
 def add_parser(sub) -> None:
+    from fgsn.cli import COMMANDS
     from fgsn.config import add_option_flags
 
     doc = ("Closed-form activation matching: per linear module, W = W_f + (W_a - W_f) G_h (G_h + lam G_t + mu I)^-1 "
            "from the input Grams on harmful prompts (G_h) and task examples (G_t), or its null-space form; writes the "
            "repaired checkpoint and fgsn-manifest.json (share of entries changed, rank and relative size of each "
            "change)")
-    p = sub.add_parser(METHOD, help="repair by closed-form activation matching (harmful: aligned outputs; task: kept)",
-                       description=doc)
+    p = sub.add_parser(METHOD, help=COMMANDS[METHOD][1], description=doc)
     p.add_argument("--config", help="YAML file with any of these options (flags win)")
     add_option_flags(p, ActivationMatchOptions, _helps())
     p.set_defaults(func=_handler)
@@ -584,9 +585,9 @@ def add_parser(sub) -> None:
 def _helps() -> dict[str, str]:
     """The shared help texts of the CLI for the options this class does not describe itself."""
     from fgsn.cli import HELPS
+    from fgsn.config import own_descriptions_first
 
-    own = {k for k, f in ActivationMatchOptions.model_fields.items() if f.description}
-    return {k: v for k, v in HELPS.items() if k not in own}
+    return own_descriptions_first(ActivationMatchOptions, HELPS)
 
 
 def _handler(args) -> int:

@@ -16,6 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from fgsn.atomic import atomic_dir, atomic_write_json
+from fgsn.data.prompts import concat, load_prompts
+from fgsn.edit.compensate import compensate_checkpoint
 from fgsn.edit.ledger import Ledger
 from fgsn.edit.masks_io import PackedMasks
 from fgsn.edit.options import ProjectOptions
@@ -83,6 +85,9 @@ def _masks_from_run(run: str | Path, trio: Trio) -> LocateResult:
 def _check_adapter_output(trio: Trio, opts: ProjectOptions) -> None:
     if opts.output_format != "adapter":
         return
+    if opts.compensate != "none":
+        raise InputError("--compensate task changes single entries of the merged update, which an adapter cannot "
+                         "hold; use --output-format merged (the default)")
     if not isinstance(trio.finetuned, LoraFinetune):
         raise InputError("--output-format adapter needs a LoRA adapter as --finetuned; a full fine-tune gives a "
                          "full checkpoint")
@@ -236,6 +241,7 @@ def _project(trio: Trio, opts: ProjectOptions, ledger: Ledger | None, category: 
     targets_by_name = {t.tensor: t for t in loc.targets}
     settings = ProjectionSettings(opts.projector, opts.rank, opts.energy)
     out = Path(opts.out)
+    compensation = None
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
         if opts.output_format == "adapter":
             edits = stream_edit(trio, masks, targets_by_name, settings, None, edit_device, opts.prefetch)
@@ -246,12 +252,18 @@ def _project(trio: Trio, opts: ProjectOptions, ledger: Ledger | None, category: 
             edits = stream_edit(trio, masks, targets_by_name, settings, writer, edit_device, opts.prefetch)
             writer.close()
             copy_side_files(_side_files(trio), tmp)
+            if opts.compensate != "none":
+                task = concat("task", [load_prompts(s) for s in opts.task])
+                compensation = compensate_checkpoint(tmp, trio, loc.targets, task, opts, opts,
+                                                     int(opts.max_shard_gb * 1024**3))
         (tmp / "fgsn").mkdir()
         masks.save(tmp / "fgsn" / "masks.safetensors", meta={"category": category})
         _keep_locate_run(tmp / LOCATE_RUN_IN_OUTPUT, loc, trio, opts)
         step = len(ledger.steps) if ledger is not None else None
         manifest = build_manifest(opts=opts, trio=trio, loc=loc, edits=edits, category=category,
                                   cat_stats=cat_stats, ledger_step=step)
+        if compensation is not None:
+            manifest["compensation"] = compensation
         atomic_write_json(tmp / MANIFEST, manifest)
         write_card(tmp, manifest, opts, "fgsn project")
         atomic_write_json(tmp / "fgsn" / "run.json", _run_info(t0, edit_device=edit_device, prefetch=opts.prefetch))

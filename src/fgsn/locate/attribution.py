@@ -55,20 +55,38 @@ def _left_pad(rows: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, labels, mask
 
 
+def _logits_kept(labels: torch.Tensor, keeps_logits: bool) -> int:
+    """How many final positions' logits predict every label of a left-padded batch (left padding
+    puts the answers last): the positions first_label-1 .. width-1, or all when the model cannot
+    keep fewer."""
+    width = labels.shape[1]
+    labelled = (labels != -100).any(0).nonzero()
+    return min(width, width - int(labelled[0]) + 1) if len(labelled) and keeps_logits else width
+
+
 def _answer_batches(tok, prompts: list[str], answers: list[str | None], *, batch_size: int, max_batch_tokens: int,
                     use_chat_template: bool, system: str | None, max_length: int | None, keeps_logits: bool,
                     desc: str):
     """(ids, labels, mask, keep) per batch: left-padded, with `keep` the number of final positions
-    whose logits predict every label (left padding puts the answers last)."""
+    whose logits predict every label (`_logits_kept`)."""
     rows = [_encode(tok, p, a, use_chat_template, system, max_length) for p, a in zip(prompts, answers, strict=True)]
     for idx in tqdm(length_batches([len(r[0]) for r in rows], batch_size, max_batch_tokens), desc=desc,
                     unit="batch", leave=False):
         ids, labels, mask = _left_pad([rows[i] for i in idx], tok.pad_token_id)
-        width = ids.shape[1]
-        labelled = (labels != -100).any(0).nonzero()
-        # logits at positions first_label-1 .. width-1 predict every label
-        keep = min(width, width - int(labelled[0]) + 1) if len(labelled) and keeps_logits else width
-        yield ids, labels, mask, keep
+        yield ids, labels, mask, _logits_kept(labels, keeps_logits)
+
+
+def answer_loss_sum(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, keeps_logits: bool
+                    ) -> torch.Tensor:
+    """Token-summed NLL of the labelled positions of one left-padded batch (a scalar with its graph).
+    Logits are computed only from the first labelled position on: the vocabulary projection of the
+    context would be wasted work and memory."""
+    dev = input_device(model)
+    keep = _logits_kept(labels, keeps_logits)
+    kw = {"logits_to_keep": keep} if keeps_logits else {}
+    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                   position_ids=position_ids(mask).to(dev), use_cache=False, **kw).logits
+    return _answer_nll(logits, labels, keep)
 
 
 def _answer_nll(logits: torch.Tensor, labels: torch.Tensor, keep: int) -> torch.Tensor:
@@ -96,21 +114,17 @@ def gradient_sums(model, tok, prompts: list[str], answers: list[str | None], par
     for p in params.values():
         p.requires_grad_(True)
         p.grad = None
-    dev = input_device(model)
     # A bfloat16 model's .grad is bfloat16: summing many batches there loses the small ones, so the
     # sum is kept in float32 (a float32 model accumulates in .grad as autograd does).
     acc = {k: torch.zeros(p.shape, dtype=torch.float32, device=p.device)
            for k, p in params.items() if p.dtype != torch.float32}
     try:
         keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-        for ids, labels, mask, keep in _answer_batches(
+        for ids, labels, mask, _ in _answer_batches(
                 tok, prompts, answers, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                 use_chat_template=use_chat_template, system=system, max_length=max_length,
                 keeps_logits=keeps_logits, desc=desc):
-            kw = {"logits_to_keep": keep} if keeps_logits else {}
-            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                           position_ids=position_ids(mask).to(dev), use_cache=False, **kw).logits
-            _answer_nll(logits, labels, keep).backward()
+            answer_loss_sum(model, ids, labels, mask, keeps_logits).backward()
             for k in acc:
                 if params[k].grad is not None:
                     acc[k] += params[k].grad.float()
