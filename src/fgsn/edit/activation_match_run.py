@@ -64,10 +64,10 @@ from fgsn.locate.grams import (
 )
 from fgsn.locate.layers import parse_layers
 from fgsn.locate.options import DEFAULT_REFUSAL
-from fgsn.locate.run import LocateOptions, ProbeOptions
+from fgsn.locate.run import LocateOptions, ProbeOptions, lora_aware_targets
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.loading import input_device, load_model, load_tokenizer, resolve_device, resolve_dtype
-from fgsn.models.registry import EditTarget, edit_targets, from_out_in, live_layers, live_module, to_out_in
+from fgsn.models.registry import EditTarget, from_out_in, live_layers, live_module, to_out_in
 from fgsn.models.trio import Trio, open_trio
 
 log = logging.getLogger(__name__)
@@ -192,13 +192,7 @@ def choose_layers(trio: Trio, opts: ActivationMatchOptions) -> tuple[list[int], 
 
 
 def choose_targets(trio: Trio, layers: list[int], opts: ActivationMatchOptions) -> list[EditTarget]:
-    targets = edit_targets(trio.arch, trio.aligned.names, trio.num_layers, opts.modules, layers)
-    if isinstance(trio.finetuned, LoraFinetune):
-        targets = [t for t in targets if trio.finetuned.changed(t.tensor)]
-        if not targets:
-            raise InputError(f"adapter {trio.finetuned.path} changes none of the target modules in layers "
-                             f"{layers[0]}-{layers[-1]}; check --modules / --layers")
-    return targets
+    return lora_aware_targets(trio, layers, opts.modules)
 
 
 def fgsn_rows(trio: Trio, targets: list[EditTarget], opts: ActivationMatchOptions) -> dict[str, torch.Tensor]:
@@ -236,21 +230,14 @@ class LiveModels:
     def get(self, which: str):
         if which not in self._models:
             trio, o = self.trio, self.opts
-            if which == "aligned":
-                path, adapter = trio.aligned.path, None
-            elif isinstance(trio.finetuned, LoraFinetune):
-                path, adapter = trio.aligned.path, trio.finetuned.path
-            else:
-                path, adapter = trio.finetuned.path, None
+            path, adapter = trio.source(which)
             log.info("loading the %s model from %s%s", which, path, f" + adapter {adapter}" if adapter else "")
             self._models[which] = load_model(path, device=o.device, dtype=o.dtype, adapter=adapter,
                                              trust_remote_code=o.trust_remote_code, allow_pickle=o.allow_pickle)
         return self._models[which]
 
     def path(self, which: str) -> Path:
-        if which == "aligned" or isinstance(self.trio.finetuned, LoraFinetune):
-            return self.trio.aligned.path
-        return self.trio.finetuned.path
+        return self.trio.source(which)[0]
 
     def tokenizer(self, which: str):
         """The tokenizer alone (no model load: with every Gram cached, no model is loaded at all)."""

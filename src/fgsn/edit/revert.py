@@ -178,12 +178,7 @@ class _Runner:
     # -- models ---------------------------------------------------------------------------------
     def _load(self, which: str):
         trio = self.trio
-        if which == "aligned":
-            path, adapter = trio.aligned.path, None
-        elif isinstance(trio.finetuned, LoraFinetune):
-            path, adapter = trio.aligned.path, trio.finetuned.path
-        else:
-            path, adapter = trio.finetuned.path, None
+        path, adapter = trio.source(which)
         return load_model(path, device=self.opts.device, dtype=self.opts.dtype, adapter=adapter,
                           trust_remote_code=self.opts.trust_remote_code, allow_pickle=self.opts.allow_pickle)
 

@@ -123,12 +123,7 @@ def _open_model(trio: Trio, opts: LocateOptions, which: str, mode: str):
 
 
 def _load_live(trio: Trio, opts: LocateOptions, which: str):
-    if which == "aligned":
-        path, adapter = trio.aligned.path, None
-    elif isinstance(trio.finetuned, LoraFinetune):
-        path, adapter = trio.aligned.path, trio.finetuned.path
-    else:
-        path, adapter = trio.finetuned.path, None
+    path, adapter = trio.source(which)
     log.info("loading the %s model from %s%s", which, path, f" + adapter {adapter}" if adapter else "")
     return load_model(path, device=opts.device, dtype=opts.dtype, adapter=adapter,
                       trust_remote_code=opts.trust_remote_code, allow_pickle=opts.allow_pickle)
@@ -151,8 +146,9 @@ def find_layers(trio: Trio, sets: dict[str, PromptSet], opts: LocateOptions) -> 
     return search.layers, search
 
 
-def _targets(trio: Trio, layers: list[int], opts: LocateOptions) -> list[EditTarget]:
-    targets = edit_targets(trio.arch, trio.aligned.names, trio.num_layers, opts.modules, layers)
+def lora_aware_targets(trio: Trio, layers: list[int], modules: list[str] | None) -> list[EditTarget]:
+    """The target modules of `layers`; of a LoRA fine-tune only those its adapter changes."""
+    targets = edit_targets(trio.arch, trio.aligned.names, trio.num_layers, modules, layers)
     if isinstance(trio.finetuned, LoraFinetune):
         targets = [t for t in targets if trio.finetuned.changed(t.tensor)]
         if not targets:
@@ -279,7 +275,7 @@ def collect_stats(trio: Trio, targets: list[EditTarget], sets: dict[str, PromptS
 def locate_masks(trio: Trio, opts: LocateOptions, sets: dict[str, PromptSet] | None = None) -> LocateResult:
     sets = sets or load_sets(opts)
     layers, search = find_layers(trio, sets, opts)
-    targets = _targets(trio, layers, opts)
+    targets = lora_aware_targets(trio, layers, opts.modules)
     side_stats = collect_stats(trio, targets, sets, opts)
     masks, stats = score_masks(trio, targets, side_stats, opts)
     return LocateResult(layers, search, masks, targets, stats, {k: len(v) for k, v in sets.items()})

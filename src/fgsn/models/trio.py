@@ -64,6 +64,16 @@ class Trio:
     def num_layers(self) -> int:
         return self.arch.num_layers(self.aligned.config)
 
+    def source(self, which: str) -> tuple[Path, Path | None]:
+        """(checkpoint folder, LoRA adapter or None) that loads the `aligned` or `finetuned` model live."""
+        from fgsn.models.finetune import LoraFinetune
+
+        if which == "aligned":
+            return self.aligned.path, None
+        if isinstance(self.finetuned, LoraFinetune):
+            return self.aligned.path, self.finetuned.path
+        return self.finetuned.path, None
+
 
 def open_trio(aligned: str | os.PathLike, finetuned: str | os.PathLike, base: str | os.PathLike | None = None,
               allow_pickle: bool = False) -> Trio:
