@@ -97,7 +97,8 @@ def table(kind: str, results: dict) -> list[str]:
         man = json.loads((Path(e["path"]) / "fgsn-manifest.json").read_text(encoding="utf-8"))
         tot = man["activation_match"]["totals"]
         run = json.loads((Path(e["path"]) / "fgsn" / "activation-match.json").read_text(encoding="utf-8"))
-        grams = "cached" if run["gram_cache_hits"] and not run["forward_passes"] else "computed"
+        grams = ("cached" if not run["forward_passes"] else "partly cached" if run["gram_cache_hits"]
+                 else "computed")
         closed = (ft["asr"] - e["asr"]) / gap if gap else float("nan")
         lines.append(
             f"| {name} | {e['asr']:.3f} | {e['over_refusal']:.3f} | {e['nll']:.3f} | {100 * closed:.0f}% "
