@@ -2,7 +2,7 @@
 SmolLM2 organism, on the demo's inputs and evaluated with the demo's settings.
 
     python benchmarks/reversion_organism.py [--out runs/reversion] [--finetuned full|lora]
-                                            [--variants irr,irr-nocomp,sgdg,revert,revert-comp]
+                                            [--variants irr,irr-nocomp,sgdg,revert,revert-comp,...]
 
 Needs the organism in the cache (`make demo` or `fgsn organism build`; this script does not build
 it). Every method sees what the demo's FGSN sees: AdvBench `split=train` (64 prompts) as harmful
@@ -32,6 +32,9 @@ def variants(harmful: str, task: str) -> dict[str, tuple[str, dict]]:
         "sgdg": ("sgdg", {"harmful": [harmful], "task": [task]}),             # 20 rounds, 0.1%, cosine
         "revert": ("revert", {"harmful": [harmful], "task": [task]}),         # 5 x 2% per module, refusal NLL
         "revert-comp": ("revert", {"harmful": [harmful], "task": [task], "compensate": "task"}),
+        "revert-10r": ("revert", {"harmful": [harmful], "task": [task], "rounds": 10}),
+        # the one-round reversion it generalises: snip-signed over all layers, 10% of each module
+        "fgsn-frontier": ("fgsn", {"harmful": [harmful], "task": [task], "preset": "frontier"}),
     }
 
 
