@@ -5,6 +5,7 @@ such and the others still run."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 
-def check(*args, timeout: float = 600) -> dict:
+def check(*args, timeout: float = 600, hang: str = "") -> dict:
     out = Path(args[args.index("--out") + 1])
     p = subprocess.run([sys.executable, str(SCRIPT), "--tiny", *map(str, args)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=timeout)
+                       text=True, timeout=timeout, env={**os.environ, "GPU_CHECK_HANG": hang})
     assert p.returncode == 0, p.stdout + p.stderr
     return json.loads(out.read_text())
 
@@ -85,7 +86,7 @@ def test_organism_built_repaired_and_evaluated(result):
 
 def test_a_failing_or_slow_part_is_recorded_and_the_rest_still_run(tmp_path):
     res = check("--out", tmp_path / "a.json", "--workdir", tmp_path / "w", "--parts", "slice,probe,edit",
-                "--part-timeout", "slice=1", "--part-timeout", "edit=0")
+                "--part-timeout", "slice=1", "--part-timeout", "edit=0", hang="slice")
     assert res["parts"]["slice"]["status"] == "error" and "timed out after 1 s" in res["parts"]["slice"]["error"]
     assert res["parts"]["probe"]["status"] == "error"  # it ran, and says why it could not measure
     assert "the slice part did not finish" in res["parts"]["probe"]["error"]
