@@ -223,7 +223,7 @@ def streamed_available() -> bool:
 def part_streamed(work: Path, tiny: bool) -> dict:
     if not streamed_available():
         return {"status": "not available", "reason": "this fgsn has no --probe-memory option"}
-    from fgsn.edit.masks_io import PackedMasks
+    from fgsn.artifacts.masks import PackedMasks
     from fgsn.locate.run import LocateOptions, run_locate
 
     info = _slice_info(work)

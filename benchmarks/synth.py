@@ -254,8 +254,8 @@ def write_locate_run(trio: dict[str, Path], out: str | Path, layers: list[int], 
     writes it: random weight masks of `density` on all seven modules of `layers`. The sha256
     fields are the real hashes of the aligned and fine-tuned checkpoints (as `fgsn project`
     checks them); they land in the hash cache of `$FGSN_CACHE`."""
+    from fgsn.artifacts.masks import PackedMasks
     from fgsn.atomic import atomic_dir, atomic_write_json
-    from fgsn.edit.masks_io import PackedMasks
     from fgsn.locate.run import inputs_json
     from fgsn.models.registry import edit_targets
     from fgsn.models.trio import open_trio

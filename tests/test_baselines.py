@@ -273,7 +273,7 @@ def test_wanda_zeroes_exactly_the_top_scored_entries(llama_trio, harm_file, tmp_
     res = run_baseline("wanda", aligned=str(t["aligned"]), finetuned=str(t["finetuned"]), harmful=[str(harm_file)],
                        q=0.1, target=target, device="cpu", cache=False, save_masks=True, out=str(tmp_path / "o"))
     new = weights(tmp_path / "o")
-    from fgsn.edit.masks_io import PackedMasks
+    from fgsn.artifacts.masks import PackedMasks
 
     masks = PackedMasks.load(tmp_path / "o" / "fgsn" / "masks.safetensors")
     linear = [n for n in ft if is_linear(n)]

@@ -4,7 +4,7 @@ Large Language Models", NeurIPS 2024; reference code IBM/SafeLoRA).
 Per linear module, with the alignment matrix V = W_aligned - W_base and the fine-tuning update
 dW = W_finetuned - W_aligned (for a LoRA adapter dW = scale * B A):
 
-    C      = V V^T / ||V||_F                         (never materialised: fgsn.edit.projectors)
+    C      = V V^T / ||V||_F                         (never materialised: fgsn.direction)
     cos    = <C dW, dW>_F / (||C dW||_F ||dW||_F)      (flattened cosine, as in the reference code)
     W_out  = W_aligned + C dW     if the module is selected
              W_finetuned          otherwise (bit for bit)
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from fgsn.artifacts.masks import PackedMasks
 from fgsn.baselines.common import (
     BaselineResult,
     baseline_manifest,
@@ -41,9 +42,8 @@ from fgsn.baselines.common import (
     write_output,
 )
 from fgsn.baselines.options import SafeLoRAOptions
-from fgsn.edit.masks_io import PackedMasks
+from fgsn.direction import part_projectors, safety_direction
 from fgsn.edit.projection import ProjectionSettings, check_finite
-from fgsn.edit.projectors import Projector
 from fgsn.edit.run import stream_edit
 from fgsn.errors import InputError
 from fgsn.locate.layers import parse_layers
@@ -76,7 +76,7 @@ def module_cosine(trio: Trio, t: EditTarget) -> dict:
     check_finite(w_al, t.tensor, "aligned")
     check_finite(w_base, t.tensor, "base")
     wa = to_out_in(w_al, arch).float()
-    V = wa - to_out_in(w_base, arch).float()
+    V = safety_direction(wa, to_out_in(w_base, arch))
     factors = trio.finetuned.factors(t.tensor)
     if factors is not None:
         delta = factors.delta()
@@ -87,16 +87,13 @@ def module_cosine(trio: Trio, t: EditTarget) -> dict:
     parts = arch.part_sizes(t.spec, trio.aligned.config, delta.shape[0])
     cdw = torch.empty_like(delta)
     zero_v = []
-    r0 = 0
-    for part, size in parts:
-        proj = Projector("safelora", V[r0:r0 + size])
+    for part, r0, r1, proj in part_projectors("safelora", V, parts):
         if factors is not None:
-            cdw[r0:r0 + size] = proj.apply(factors.B[r0:r0 + size]) @ factors.A
+            cdw[r0:r1] = proj.apply(factors.B[r0:r1]) @ factors.A
         else:
-            cdw[r0:r0 + size] = proj.apply(delta[r0:r0 + size])
+            cdw[r0:r1] = proj.apply(delta[r0:r1])
         if proj.is_zero:
             zero_v.append(part)
-        r0 += size
     dn = float(delta.double().norm())
     cn = float(cdw.double().norm())
     rec = {"name": t.tensor, "layer": t.layer, "module": t.spec.name, "numel": delta.numel(),

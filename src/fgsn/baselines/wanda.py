@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from fgsn.artifacts.masks import PackedMasks
 from fgsn.baselines.common import (
     BaselineResult,
     baseline_manifest,
@@ -36,7 +37,6 @@ from fgsn.baselines.common import (
 )
 from fgsn.baselines.options import WandaOptions
 from fgsn.data.prompts import concat, load_prompts
-from fgsn.edit.masks_io import PackedMasks
 from fgsn.edit.projection import check_finite
 from fgsn.errors import InputError
 from fgsn.locate.layers import parse_layers

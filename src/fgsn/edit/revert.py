@@ -53,9 +53,9 @@ from pathlib import Path
 
 import torch
 
+from fgsn.artifacts.masks import PackedMasks
 from fgsn.data.prompts import PromptSet, concat, load_prompts, validation_split
 from fgsn.edit.compensate import compensate_checkpoint
-from fgsn.edit.masks_io import PackedMasks
 from fgsn.edit.options import RevertOptions
 from fgsn.edit.rewrite import EditResult, stream_rewrite, write_output
 from fgsn.errors import InputError

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from fgsn.artifacts.masks import PackedMasks
 from fgsn.atomic import atomic_dir, atomic_write_json
 from fgsn.data.prompts import concat, load_prompts
 from fgsn.edit.compensate import compensate_checkpoint
 from fgsn.edit.ledger import Ledger
-from fgsn.edit.masks_io import PackedMasks
 from fgsn.edit.options import ProjectOptions
 from fgsn.edit.projection import ProjectionSettings, TensorEdit, check_finite, project_tensor
 from fgsn.errors import InputError

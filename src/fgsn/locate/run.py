@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from fgsn.artifacts.masks import PackedMasks
 from fgsn.atomic import atomic_dir, atomic_write_json
 from fgsn.data.prompts import PromptSet, concat, load_prompts
-from fgsn.edit.masks_io import PackedMasks
-from fgsn.edit.projectors import Projector
+from fgsn.direction import project_parts, safety_direction
 from fgsn.errors import InputError
 from fgsn.locate.attribution import (
     contrast_sums,
@@ -185,18 +185,9 @@ def score_masks(trio: Trio, targets: list[EditTarget], stats_in: SideStats, opts
             stats.append({"name": t.tensor, "layer": t.layer, "module": t.spec.name, "numel": delta.numel(),
                           "masked": 0, "skipped": "no fine-tuning update"})
             continue
-        V = w_al - to_out_in(trio.base.get(t.tensor), trio.arch).float() if trio.base is not None else None
+        V = safety_direction(w_al, to_out_in(trio.base.get(t.tensor), trio.arch)) if trio.base is not None else None
         parts = trio.arch.part_sizes(t.spec, trio.aligned.config, delta.shape[0])
-
-        def project(Y, V=V, parts=parts):
-            out = torch.empty_like(Y)
-            r0 = 0
-            for _, size in parts:
-                out[r0:r0 + size] = Projector(opts.projector, V[r0:r0 + size], opts.rank, opts.energy).apply(
-                    Y[r0:r0 + size])
-                r0 += size
-            return out
-
+        project = partial(project_parts, V=V, parts=parts, kind=opts.projector, rank=opts.rank, energy=opts.energy)
         inputs = ScoreInputs(t.tensor, w_ft, delta, project, seed=opts.seed * 100003 + i,
                              **stats_in.for_tensor(t.tensor, trio.arch))
         h, s = score_pair(opts.score, inputs)
