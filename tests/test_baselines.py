@@ -336,7 +336,7 @@ def test_self_reminder_changes_only_the_rendered_prompt(llama_trio):
 def test_ablation_presets_are_project_options(llama_trio, tmp_path):
     from fgsn.baselines.compare import CompareOptions, method_options
     from fgsn.baselines.methods import parse_methods
-    from fgsn.edit.run import ProjectOptions
+    from fgsn.edit.options import ProjectOptions
 
     t = llama_trio
     opts = CompareOptions(base=str(t["base"]), aligned=str(t["aligned"]), finetuned=str(t["finetuned"]),

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from fgsn.artifacts.manifest import is_complete as manifest_is_complete
 from fgsn.atomic import atomic_write_json, atomic_write_text
 from fgsn.baselines.methods import ACTIVATION_MATCH, ALL_LAYERS, Method, option_class, parse_methods
 from fgsn.baselines.self_reminder import SUFFIX, SYSTEM, SelfReminder
@@ -45,7 +46,6 @@ from fgsn.edit.options import CompensateOptions, ProjectOptions
 from fgsn.errors import ConfigError, FgsnError, InputError
 from fgsn.evaluate.options import EvalOptions
 from fgsn.locate.options import ProbeOptions
-from fgsn.report.manifest import is_complete as manifest_is_complete
 
 log = logging.getLogger(__name__)
 
@@ -403,8 +403,8 @@ def write_report(rundir: Path, results: dict[str, Any], title: str = "fgsn compa
                  extra_tables: list | None = None) -> None:
     """results.json, plots/, report.md and report.html of a comparison: the evaluation report plus
     the edit-cost table and `extra_tables`."""
+    from fgsn.artifacts.manifest import read_manifest
     from fgsn.atomic import atomic_write_bytes
-    from fgsn.report.build import read_manifest
     from fgsn.report.html import render_html
     from fgsn.report.markdown import render_markdown
     from fgsn.report.plots import make_figures

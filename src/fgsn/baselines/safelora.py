@@ -33,18 +33,13 @@ from pathlib import Path
 
 import torch
 
+from fgsn.artifacts.manifest import assemble_manifest
 from fgsn.artifacts.masks import PackedMasks
-from fgsn.baselines.common import (
-    BaselineResult,
-    baseline_manifest,
-    require_out,
-    side_files,
-    write_output,
-)
 from fgsn.baselines.options import SafeLoRAOptions
 from fgsn.direction import part_projectors, safety_direction
 from fgsn.edit.projection import ProjectionSettings, check_finite
-from fgsn.edit.run import stream_edit
+from fgsn.edit.rewrite import EditResult, require_out, side_files, write_output
+from fgsn.edit.stream import stream_edit, write_adapter
 from fgsn.errors import InputError
 from fgsn.locate.layers import parse_layers
 from fgsn.models.finetune import LoraFinetune
@@ -118,7 +113,7 @@ def select_modules(records: list[dict], select: str, threshold: float, k: int) -
     raise InputError(f"unknown SafeLoRA selection {select!r}; use threshold or number")
 
 
-def run_safelora(opts: SafeLoRAOptions) -> BaselineResult:
+def run_safelora(opts: SafeLoRAOptions) -> EditResult:
     out = require_out(opts, "safelora")
     t0 = time.time()
     trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)
@@ -138,8 +133,7 @@ def run_safelora(opts: SafeLoRAOptions) -> BaselineResult:
 
     def write(tmp: Path) -> dict:
         if opts.output_format == "adapter":
-            from fgsn.edit.run import write_adapter  # the core's adapter writer (lora_B' = C B / scale)
-
+            # the core's adapter writer (lora_B' = C B / scale)
             edits = stream_edit(trio, masks, by_name, settings, None)
             write_adapter(tmp, trio, edits)
         else:
@@ -161,7 +155,7 @@ def run_safelora(opts: SafeLoRAOptions) -> BaselineResult:
                               "k": opts.k if opts.select == "number" else None, "projected_modules": len(chosen),
                               "candidate_modules": len(targets),
                               "mean_cos": sum(cosines) / len(cosines) if cosines else None}}
-        return baseline_manifest("safelora", opts, trio, modules, layers=layers,
+        return assemble_manifest(method="safelora", opts=opts, trio=trio, modules=modules, layers=layers,
                                  edited_params=sum(r["numel"] for r in records), extra=extra)
 
     return write_output(out, opts, write, t0)

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+from fgsn.artifacts.manifest import assemble_manifest
 from fgsn.artifacts.masks import PackedMasks
 from fgsn.data.prompts import PromptSet, concat, load_prompts, validation_split
 from fgsn.edit.compensate import compensate_checkpoint
@@ -66,7 +67,6 @@ from fgsn.models.finetune import LoraFinetune
 from fgsn.models.loading import load_model
 from fgsn.models.registry import EditTarget, edit_targets, live_layers, live_module, to_out_in
 from fgsn.models.trio import Trio, open_trio
-from fgsn.report.manifest import assemble_manifest
 
 log = logging.getLogger(__name__)
 
