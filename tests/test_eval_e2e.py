@@ -10,8 +10,9 @@ import shutil
 import pytest
 import torch
 
+from fgsn.api import evaluate  # the stage's evaluate() and then the report
 from fgsn.errors import ConfigError, InputError
-from fgsn.evaluate import EvalOptions, evaluate
+from fgsn.evaluate import EvalOptions
 from fgsn.evaluate import cli as eval_cli
 from fgsn.evaluate.generation import HFGenerator
 from fgsn.evaluate.judges import KeywordJudge

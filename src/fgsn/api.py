@@ -44,10 +44,19 @@ def revert(*, options=None, **kw):
 
 
 def evaluate(*args, **kw):
-    """Generate, judge and score models side by side (see fgsn.evaluate)."""
-    from fgsn.evaluate import evaluate as _evaluate
+    """Generate, judge and score models side by side (fgsn.evaluate.evaluate, which stops at
+    results.json), then render the report of the run folder unless `options.report` is off."""
+    import inspect
 
-    return _evaluate(*args, **kw)
+    from fgsn.evaluate import EvalOptions
+    from fgsn.evaluate import evaluate as _evaluate
+    from fgsn.report import write_report
+
+    res = _evaluate(*args, **kw)
+    opts = inspect.signature(_evaluate).bind(*args, **kw).arguments.get("options") or EvalOptions()
+    if opts.report:
+        write_report(res.rundir, res.results)
+    return res
 
 
 __all__ = ["locate", "project", "activation_match", "revert", "evaluate", "LocateOptions", "ProjectOptions",

@@ -97,9 +97,10 @@ def _baseline_points(opts: SweepOptions, models_dir: Path) -> dict[str, str]:
 
 
 def run_sweep(opts: SweepOptions) -> dict:
+    from fgsn.api import evaluate
     from fgsn.artifacts.manifest import is_complete
     from fgsn.edit.options import ProjectOptions
-    from fgsn.evaluate import EvalOptions, evaluate
+    from fgsn.evaluate import EvalOptions
     from fgsn.pipeline.project import run_project
 
     out = Path(opts.out)
