@@ -179,7 +179,7 @@ def make_edit(trio, tmp_path, name_filter=".mlp.", seed=0):
 
 @pytest.mark.parametrize("solver", ["exact", "sparsegpt"])
 def test_model_pass_uses_the_task_grams_of_the_finetuned_model(llama_trio, tmp_path, solver):
-    from fgsn.data.prompts import Prompt, PromptSet
+    from fgsn.data.promptset import Prompt, PromptSet
     from fgsn.locate.run import ProbeOptions
     from fgsn.models.registry import edit_targets
 
@@ -215,7 +215,7 @@ def test_model_pass_uses_the_task_grams_of_the_finetuned_model(llama_trio, tmp_p
 
 
 def test_model_pass_refuses_an_empty_task_set(llama_trio, tmp_path):
-    from fgsn.data.prompts import PromptSet
+    from fgsn.data.promptset import PromptSet
     from fgsn.locate.run import ProbeOptions
     from fgsn.models.registry import edit_targets
 

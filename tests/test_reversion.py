@@ -221,7 +221,8 @@ def task_finetune(llama_trio, tmp_path_factory):
 def test_rollback_puts_back_the_most_task_important_entries_when_the_floor_is_crossed(llama_trio, task_finetune,
                                                                                        files, tmp_path):
     from fgsn.artifacts.masks import PackedMasks
-    from fgsn.data.prompts import load_prompts, validation_split
+    from fgsn.data.prompts import load_prompts
+    from fgsn.data.promptset import validation_split
 
     t = llama_trio
     opts = RevertOptions(aligned=str(t["aligned"]), finetuned=str(task_finetune), harmful=[str(files / "harm.txt")],

@@ -412,7 +412,8 @@ def write_report(rundir: Path, results: dict[str, Any], title: str = "fgsn compa
 # -- checks and the entry point --------------------------------------------------------------------
 def check_inputs(opts: CompareOptions, methods: list[Method]):
     """Everything that can be checked before hours of work: models, prompts, method needs."""
-    from fgsn.data.prompts import concat, load_prompts
+    from fgsn.data.prompts import load_prompts
+    from fgsn.data.promptset import concat
     from fgsn.models.trio import open_trio
 
     for k in NOT_FOR_COMPARE:

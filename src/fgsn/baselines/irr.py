@@ -31,7 +31,8 @@ import torch
 
 from fgsn.artifacts.manifest import assemble_manifest
 from fgsn.baselines.options import IRROptions
-from fgsn.data.prompts import PromptSet, concat, load_prompts
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import PromptSet, concat
 from fgsn.edit.compensate import compensate_checkpoint
 from fgsn.edit.projection import check_finite
 from fgsn.edit.revert import MERGED_NOTE, revert_targets

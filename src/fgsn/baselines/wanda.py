@@ -30,7 +30,8 @@ import torch
 from fgsn.artifacts.manifest import assemble_manifest
 from fgsn.artifacts.masks import PackedMasks
 from fgsn.baselines.options import WandaOptions
-from fgsn.data.prompts import concat, load_prompts
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import concat
 from fgsn.edit.projection import check_finite
 from fgsn.edit.rewrite import EditResult, require_out, stream_rewrite, write_output
 from fgsn.errors import InputError

@@ -33,7 +33,8 @@ from fgsn.artifacts.locate_run import LocateRun
 from fgsn.artifacts.manifest import assemble_manifest
 from fgsn.atomic import atomic_write_json
 from fgsn.data.chat import render_all
-from fgsn.data.prompts import PromptSet, concat, load_prompts
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import PromptSet, concat
 from fgsn.edit.activation_match import (
     check_correction,
     null_basis,

@@ -55,7 +55,8 @@ import torch
 
 from fgsn.artifacts.manifest import assemble_manifest
 from fgsn.artifacts.masks import PackedMasks
-from fgsn.data.prompts import PromptSet, concat, load_prompts, validation_split
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import PromptSet, concat, validation_split
 from fgsn.edit.compensate import compensate_checkpoint
 from fgsn.edit.options import RevertOptions
 from fgsn.edit.rewrite import EditResult, stream_rewrite, write_output

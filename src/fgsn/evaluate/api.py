@@ -26,7 +26,8 @@ from typing import Any
 
 from fgsn.artifacts.eval_run import EVAL_SCHEMA
 from fgsn.atomic import atomic_write_json, atomic_write_jsonl
-from fgsn.data.prompts import Prompt, PromptSet, load_prompts
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import Prompt, PromptSet
 from fgsn.errors import InputError
 from fgsn.evaluate.cache import EvalCache, sha256_text
 from fgsn.evaluate.generation import GenSettings

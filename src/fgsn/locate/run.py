@@ -20,7 +20,8 @@ from fgsn.artifacts.locate_run import LAYER_SEARCH_PNG, LayerSearch, LocateRun
 from fgsn.artifacts.masks import PackedMasks
 from fgsn.artifacts.provenance import inputs_json
 from fgsn.atomic import atomic_dir
-from fgsn.data.prompts import PromptSet, concat, load_prompts
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import PromptSet, concat
 from fgsn.direction import project_parts, safety_direction
 from fgsn.errors import InputError
 from fgsn.locate.attribution import (

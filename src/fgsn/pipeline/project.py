@@ -21,7 +21,8 @@ from fgsn.artifacts.locate_run import LOCATE_RUN_FILES, LOCATE_RUN_IN_OUTPUT, Lo
 from fgsn.artifacts.manifest import MANIFEST, build_manifest
 from fgsn.artifacts.masks import PackedMasks
 from fgsn.atomic import atomic_dir, atomic_write_json
-from fgsn.data.prompts import concat, load_prompts
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import concat
 from fgsn.edit.compensate import compensate_checkpoint
 from fgsn.edit.ledger import Ledger
 from fgsn.edit.options import ProjectOptions
