@@ -31,13 +31,7 @@ def read_eval_spec(rundir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{rundir} has no eval.json; it is not a finished `fgsn eval` run folder "
                          f"(rerun `fgsn eval ... --out {rundir}`: cached completions are reused)")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IntegrityError(f"{path} is corrupt ({e}); rerun fgsn eval into this folder to rewrite it") from e
-    if not isinstance(spec, dict) or "order" not in spec or "models" not in spec:
-        raise IntegrityError(f"{path} is not an fgsn eval record (no 'order'/'models'); rerun fgsn eval")
-    return spec
+    return _read_doc(path, "an fgsn eval record", "rerun fgsn eval into this folder")
 
 
 def read_records(rundir: Path, name: str) -> list[dict[str, Any]]:
@@ -67,11 +61,16 @@ def read_results(rundir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path.parent} has no results.json; run `fgsn eval --out {path.parent}` (or `fgsn report "
                          f"{path.parent}` on a run folder with records) first")
+    return _read_doc(path, "an fgsn results file", f"rerun `fgsn report {path.parent}`")
+
+
+def _read_doc(path: Path, what: str, rerun: str) -> dict[str, Any]:
+    """eval.json or results.json: a JSON object with 'order' and 'models', or an error saying how
+    to rewrite it."""
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IntegrityError(f"{path} is corrupt ({e}); rerun `fgsn report {path.parent}` to rewrite it") from e
-    if not isinstance(results, dict) or "order" not in results or "models" not in results:
-        raise IntegrityError(f"{path} is not an fgsn results file (no 'order'/'models'); rerun `fgsn report "
-                             f"{path.parent}`")
-    return results
+        raise IntegrityError(f"{path} is corrupt ({e}); {rerun} to rewrite it") from e
+    if not isinstance(doc, dict) or "order" not in doc or "models" not in doc:
+        raise IntegrityError(f"{path} is not {what} (no 'order'/'models'); {rerun}")
+    return doc
