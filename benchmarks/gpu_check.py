@@ -223,7 +223,7 @@ def streamed_available() -> bool:
 def part_streamed(work: Path, tiny: bool) -> dict:
     if not streamed_available():
         return {"status": "not available", "reason": "this fgsn has no --probe-memory option"}
-    from fgsn.edit.masks_io import PackedMasks
+    from fgsn.artifacts.masks import PackedMasks
     from fgsn.locate.run import LocateOptions, run_locate
 
     info = _slice_info(work)
@@ -254,7 +254,8 @@ def part_streamed(work: Path, tiny: bool) -> dict:
 
 
 def _project_s(trio: dict, run_dir: str, out: Path, **kw) -> tuple[float, dict]:
-    from fgsn.edit.run import ProjectOptions, run_project
+    from fgsn.edit.options import ProjectOptions
+    from fgsn.pipeline.project import run_project
 
     t = time.perf_counter()
     res = run_project(ProjectOptions(base=trio["base"], aligned=trio["aligned"], finetuned=trio["finetuned"],

@@ -46,13 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16, help="prompts per forward/backward pass of the edits")
     args = ap.parse_args(argv)
 
+    from fgsn.artifacts.manifest import MANIFEST
     from fgsn.atomic import atomic_write_json
     from fgsn.baselines.compare import CompareOptions, assemble_results, run_evals, run_isolated, write_report
     from fgsn.demo import DemoOptions, task_files
     from fgsn.evaluate.parallel import default_model_workers
     from fgsn.organism import OrganismRecipe
     from fgsn.organism.build import OrganismPaths, stage_complete
-    from fgsn.report.manifest import MANIFEST
 
     recipe = OrganismRecipe()
     org = OrganismPaths.for_recipe(recipe)

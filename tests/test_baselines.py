@@ -273,7 +273,7 @@ def test_wanda_zeroes_exactly_the_top_scored_entries(llama_trio, harm_file, tmp_
     res = run_baseline("wanda", aligned=str(t["aligned"]), finetuned=str(t["finetuned"]), harmful=[str(harm_file)],
                        q=0.1, target=target, device="cpu", cache=False, save_masks=True, out=str(tmp_path / "o"))
     new = weights(tmp_path / "o")
-    from fgsn.edit.masks_io import PackedMasks
+    from fgsn.artifacts.masks import PackedMasks
 
     masks = PackedMasks.load(tmp_path / "o" / "fgsn" / "masks.safetensors")
     linear = [n for n in ft if is_linear(n)]
@@ -336,7 +336,7 @@ def test_self_reminder_changes_only_the_rendered_prompt(llama_trio):
 def test_ablation_presets_are_project_options(llama_trio, tmp_path):
     from fgsn.baselines.compare import CompareOptions, method_options
     from fgsn.baselines.methods import parse_methods
-    from fgsn.edit.run import ProjectOptions
+    from fgsn.edit.options import ProjectOptions
 
     t = llama_trio
     opts = CompareOptions(base=str(t["base"]), aligned=str(t["aligned"]), finetuned=str(t["finetuned"]),

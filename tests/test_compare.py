@@ -129,8 +129,8 @@ def test_rerun_recomputes_an_fgsn_edit_whose_options_changed(run, llama_trio, fi
 
 
 def test_is_complete_needs_the_same_method_and_options(tmp_path):
-    from fgsn.edit.run import ProjectOptions
-    from fgsn.report.manifest import MANIFEST, is_complete, manifest_options
+    from fgsn.artifacts.manifest import MANIFEST, is_complete, manifest_options
+    from fgsn.edit.options import ProjectOptions
 
     opts = ProjectOptions(base="B", aligned="A", finetuned="F", harmful=["h"], task=["t"], out=str(tmp_path / "x"))
     out = tmp_path / "o"

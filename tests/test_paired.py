@@ -25,9 +25,8 @@ from fgsn.evaluate.paired import (
     pairs,
     references,
 )
-from fgsn.report import build_report
-from fgsn.report.build import compute_results
-from helpers_eval import check_html, harmful_row, write_run
+from fgsn.evaluate.results import compute_results
+from helpers_eval import build_report, check_html, harmful_row, write_run
 
 
 # -- McNemar ------------------------------------------------------------------------------------------

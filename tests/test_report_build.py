@@ -10,10 +10,9 @@ import pytest
 
 from fgsn.errors import InputError, IntegrityError
 from fgsn.evaluate.metrics import wilson_interval
-from fgsn.report import build_report
-from fgsn.report.build import compute_results
+from fgsn.evaluate.results import compute_results
 from fgsn.report.cli import add_parser
-from helpers_eval import check_html, harmful_row, write_manifest, write_run
+from helpers_eval import build_report, check_html, harmful_row, write_manifest, write_run
 
 OPENAI = {"judge": "openai", "model": "gpt-x", "rubric": "fgsn-harm-1", "success_score": 3}
 
@@ -152,6 +151,22 @@ def test_bad_manifest_is_ignored_not_fatal(tmp_path):
     (m / "fgsn-manifest.json").write_text("{oops")
     run = write_run(tmp_path / "run", {"m": (m, [harmful_row("x", True)])})
     assert compute_results(run)["models"]["m"]["modified_fraction"] is None
+
+
+def test_the_report_renders_results_json_and_computes_nothing(run, tmp_path):
+    """write_report reads RUNDIR/results.json as it is (fgsn.evaluate wrote it): an edited number
+    there is the number in the report; without results.json it says how to get one."""
+    from fgsn.evaluate.results import write_results
+    from fgsn.report import write_report
+
+    results = write_results(run)
+    results["models"]["before"]["asr"] = 0.123456
+    (run / "results.json").write_text(json.dumps(results))
+    assert write_report(run)["models"]["before"]["asr"] == 0.123456
+    assert "12.3%" in (run / "report.md").read_text() and (run / "report.html").is_file()
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(InputError, match="no results.json"):
+        write_report(tmp_path / "bare")
 
 
 def test_report_cli(run, capsys):

@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+from fgsn.artifacts.locate_run import LocateRun
 from fgsn.config import with_overrides
-from fgsn.edit.run import ProjectOptions, ProjectResult, run_project
-from fgsn.locate.run import LocateOptions, LocateResult, run_locate
+from fgsn.edit.options import ProjectOptions
+from fgsn.locate.run import LocateOptions, run_locate
+from fgsn.pipeline.project import ProjectResult, run_project
 
 
-def locate(*, out: str | None = None, options: LocateOptions | None = None, **kw) -> LocateResult:
+def locate(*, out: str | None = None, options: LocateOptions | None = None, **kw) -> LocateRun:
     """Find safety layers and neuron masks; with `out`, save them as a locate run folder.
     `options` and keyword overrides are validated together, as the CLI validates flags."""
     opts = with_overrides(LocateOptions, options, kw)
@@ -27,7 +29,7 @@ def project(*, options: ProjectOptions | None = None, **kw) -> ProjectResult:
 
 def activation_match(*, options=None, **kw):
     """The closed-form activation-matching editor (fgsn.edit.activation_match_run): write the
-    repaired checkpoint to `out`; returns its BaselineResult (out, manifest)."""
+    repaired checkpoint to `out`; returns its EditResult (out, manifest)."""
     from fgsn.edit.activation_match_run import ActivationMatchOptions, run_activation_match
 
     return run_activation_match(with_overrides(ActivationMatchOptions, options, kw))
@@ -42,11 +44,20 @@ def revert(*, options=None, **kw):
 
 
 def evaluate(*args, **kw):
-    """Generate, judge and score models side by side (see fgsn.evaluate)."""
-    from fgsn.evaluate import evaluate as _evaluate
+    """Generate, judge and score models side by side (fgsn.evaluate.evaluate, which stops at
+    results.json), then render the report of the run folder unless `options.report` is off."""
+    import inspect
 
-    return _evaluate(*args, **kw)
+    from fgsn.evaluate import EvalOptions
+    from fgsn.evaluate import evaluate as _evaluate
+    from fgsn.report import write_report
+
+    res = _evaluate(*args, **kw)
+    opts = inspect.signature(_evaluate).bind(*args, **kw).arguments.get("options") or EvalOptions()
+    if opts.report:
+        write_report(res.rundir, res.results)
+    return res
 
 
 __all__ = ["locate", "project", "activation_match", "revert", "evaluate", "LocateOptions", "ProjectOptions",
-           "LocateResult", "ProjectResult"]
+           "LocateRun", "ProjectResult"]

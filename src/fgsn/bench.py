@@ -145,7 +145,8 @@ def held_out_files(sources: list[str], seen: set[str], out: Path, kind: str) -> 
 
 def check_disjoint(eval_sources: list[str], locate: list[str], trained: set[str]) -> dict[str, int]:
     """Overlap (by text) of the evaluation prompts with the locate and training prompts; any is an error."""
-    from fgsn.data.prompts import concat, load_prompts
+    from fgsn.data.prompts import load_prompts
+    from fgsn.data.promptset import concat
 
     # a jailbreak-wrapped prompt counts by its plain request
     evaluated = {p.meta.get("plain", p.text) for s in eval_sources for p in load_prompts(s)}

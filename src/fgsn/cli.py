@@ -66,7 +66,8 @@ def _locate(args) -> int:
 
 
 def _project(args) -> int:
-    from fgsn.edit.run import ProjectOptions, run_project
+    from fgsn.edit.options import ProjectOptions
+    from fgsn.pipeline.project import run_project
 
     opts = options_from_args(ProjectOptions, args)
     res = run_project(opts)

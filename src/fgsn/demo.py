@@ -123,7 +123,8 @@ def task_files(organism, recipe, out: Path, opts: DemoOptions) -> dict[str, Path
 def run_continual(opts: DemoOptions, common: dict, finetuned: str, layers: str, models_dir: Path) -> dict[str, str]:
     """FGSN over opts.continual, one harm dimension after another on one ledger; every step reuses
     the safety layers of the all-harm run (a property of the aligned model)."""
-    from fgsn.edit.run import ProjectOptions, run_project
+    from fgsn.edit.options import ProjectOptions
+    from fgsn.pipeline.project import run_project
 
     ledger = models_dir / "ledger"
     if ledger.exists():
@@ -143,7 +144,7 @@ def run_continual(opts: DemoOptions, common: dict, finetuned: str, layers: str, 
 
 
 def continual_table(results: dict, steps: dict[str, str]):
-    from fgsn.report.build import read_manifest
+    from fgsn.artifacts.manifest import read_manifest
     from fgsn.report.tables import Table, pct
 
     rows = []
@@ -184,6 +185,7 @@ def run_demo_repair(opts: DemoOptions, org, finetuned: str, files: dict[str, Pat
 
 
 def run_demo(opts: DemoOptions) -> dict:
+    from fgsn.artifacts.manifest import read_manifest
     from fgsn.baselines.compare import (
         CompareOptions,
         assemble_results,
@@ -196,7 +198,6 @@ def run_demo(opts: DemoOptions) -> dict:
     from fgsn.evaluate.parallel import default_model_workers
     from fgsn.organism import build_organism
     from fgsn.organism.recipe import load_recipe
-    from fgsn.report.build import read_manifest
     from fgsn.report.tables import summary_text
 
     t0 = time.time()

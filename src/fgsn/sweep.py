@@ -79,8 +79,8 @@ def _baseline_points(opts: SweepOptions, models_dir: Path) -> dict[str, str]:
     except ImportError:
         log.warning("fgsn.baselines is not available; the frontier has no baseline points")
         return {}
+    from fgsn.artifacts.manifest import is_complete
     from fgsn.config import build_options
-    from fgsn.report.manifest import is_complete
 
     out = {}
     for name in opts.baselines:
@@ -97,9 +97,11 @@ def _baseline_points(opts: SweepOptions, models_dir: Path) -> dict[str, str]:
 
 
 def run_sweep(opts: SweepOptions) -> dict:
-    from fgsn.edit.run import ProjectOptions, run_project
-    from fgsn.evaluate import EvalOptions, evaluate
-    from fgsn.report.manifest import is_complete
+    from fgsn.api import evaluate
+    from fgsn.artifacts.manifest import is_complete
+    from fgsn.edit.options import ProjectOptions
+    from fgsn.evaluate import EvalOptions
+    from fgsn.pipeline.project import run_project
 
     out = Path(opts.out)
     models_dir = out / "models"

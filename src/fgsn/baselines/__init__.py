@@ -20,7 +20,7 @@ __all__ = ["compare", "run_baseline"]
 
 def run_baseline(method: str, **options):
     """Run one weight-editing baseline ("safelora", "resta" or "wanda") with keyword options;
-    returns its BaselineResult (out, manifest)."""
+    returns its EditResult (out, manifest)."""
     from fgsn.baselines.methods import run_method
 
     return run_method(method, options)

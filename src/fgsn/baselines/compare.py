@@ -37,7 +37,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from fgsn.atomic import atomic_write_json, atomic_write_text
+from fgsn.artifacts.manifest import is_complete as manifest_is_complete
+from fgsn.atomic import atomic_write_json
 from fgsn.baselines.methods import ACTIVATION_MATCH, ALL_LAYERS, Method, option_class, parse_methods
 from fgsn.baselines.self_reminder import SUFFIX, SYSTEM, SelfReminder
 from fgsn.baselines.worker import measured_run
@@ -45,7 +46,6 @@ from fgsn.edit.options import CompensateOptions, ProjectOptions
 from fgsn.errors import ConfigError, FgsnError, InputError
 from fgsn.evaluate.options import EvalOptions
 from fgsn.locate.options import ProbeOptions
-from fgsn.report.manifest import is_complete as manifest_is_complete
 
 log = logging.getLogger(__name__)
 
@@ -403,29 +403,17 @@ def write_report(rundir: Path, results: dict[str, Any], title: str = "fgsn compa
                  extra_tables: list | None = None) -> None:
     """results.json, plots/, report.md and report.html of a comparison: the evaluation report plus
     the edit-cost table and `extra_tables`."""
-    from fgsn.atomic import atomic_write_bytes
-    from fgsn.report.build import read_manifest
-    from fgsn.report.html import render_html
-    from fgsn.report.markdown import render_markdown
-    from fgsn.report.plots import make_figures
+    from fgsn.report import write_report as render
 
-    manifests = {n: read_manifest(results["models"][n].get("path") or "") for n in results["order"]}
-    manifests = {n: m for n, m in manifests.items() if results["models"][n]["kind"] != "reference" or m}
-    figures = make_figures(results, manifests)
-    for fig in figures:
-        atomic_write_bytes(rundir / "plots" / fig.filename, fig.png)
-    tables = [cost_table(results), *(extra_tables or [])]
-    md = render_markdown(results, figures, title=title, extra_tables=tables)
-    html = render_html(results, figures, title=title, extra_tables=tables)
     atomic_write_json(rundir / "results.json", results)
-    atomic_write_text(rundir / "report.md", md)
-    atomic_write_text(rundir / "report.html", html)
+    render(rundir, results, title=title, extra_tables=[cost_table(results), *(extra_tables or [])])
 
 
 # -- checks and the entry point --------------------------------------------------------------------
 def check_inputs(opts: CompareOptions, methods: list[Method]):
     """Everything that can be checked before hours of work: models, prompts, method needs."""
-    from fgsn.data.prompts import concat, load_prompts
+    from fgsn.data.prompts import load_prompts
+    from fgsn.data.promptset import concat
     from fgsn.models.trio import open_trio
 
     for k in NOT_FOR_COMPARE:

@@ -120,7 +120,7 @@ def option_class(kind: str):
 
 def runner(kind: str) -> Callable[[Any], Any]:
     if kind == "fgsn":
-        from fgsn.edit.run import run_project
+        from fgsn.pipeline.project import run_project
 
         return run_project
     if kind == ACTIVATION_MATCH:

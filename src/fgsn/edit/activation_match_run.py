@@ -3,7 +3,7 @@
 For every target linear module: the input Grams on harmful prompts (G_h) and on task examples
 (G_t) are accumulated with hooks on a live model (fgsn.locate.grams), the closed form of
 fgsn.edit.activation_match gives the change D = (W_a - W_f) M, and the checkpoint is rewritten
-tensor by tensor (fgsn.baselines.common.stream_rewrite) with a manifest in fgsn's schema.
+tensor by tensor (fgsn.edit.rewrite.stream_rewrite) with a manifest in fgsn's schema.
 
 Memory: only the Grams of a chunk of consecutive layers are resident (`gram_memory_gb`); each
 chunk costs one forward pass per prompt set, stopped after its last layer. `sequential` makes
@@ -29,18 +29,12 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
+from fgsn.artifacts.locate_run import LocateRun
+from fgsn.artifacts.manifest import assemble_manifest
 from fgsn.atomic import atomic_write_json
-from fgsn.baselines.common import (
-    BaselineOptions,
-    BaselineResult,
-    baseline_manifest,
-    layer_of,
-    require_out,
-    stream_rewrite,
-    write_output,
-)
 from fgsn.data.chat import render_all
-from fgsn.data.prompts import PromptSet, concat, load_prompts
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import PromptSet, concat
 from fgsn.edit.activation_match import (
     check_correction,
     null_basis,
@@ -49,7 +43,9 @@ from fgsn.edit.activation_match import (
     rank_profile,
     ridge_map,
 )
+from fgsn.edit.options import EditOptions
 from fgsn.edit.projection import check_finite
+from fgsn.edit.rewrite import EditResult, require_out, stream_rewrite, write_output
 from fgsn.errors import InputError
 from fgsn.locate.attribution import _encode
 from fgsn.locate.grams import (
@@ -68,7 +64,7 @@ from fgsn.locate.run import LocateOptions, ProbeOptions, lora_aware_targets
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.loading import input_device, load_model, load_tokenizer, resolve_device, resolve_dtype
 from fgsn.models.registry import EditTarget, from_out_in, live_layers, live_module, to_out_in
-from fgsn.models.trio import Trio, open_trio
+from fgsn.models.trio import Trio, layer_of, open_trio
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +77,7 @@ LORA_NOTE = ("LoRA input: the closed-form change is dense (rank bounded by the h
              "r) and is not representable as a rank-r adapter, so the output is a merged checkpoint")
 
 
-class ActivationMatchOptions(BaselineOptions, ProbeOptions):
+class ActivationMatchOptions(EditOptions, ProbeOptions):
     """Options of the closed-form activation-matching editor."""
 
     harmful: list[str] = Field(default_factory=list, description=(
@@ -198,9 +194,7 @@ def choose_targets(trio: Trio, layers: list[int], opts: ActivationMatchOptions) 
 def fgsn_rows(trio: Trio, targets: list[EditTarget], opts: ActivationMatchOptions) -> dict[str, torch.Tensor]:
     """tensor name -> bool (out,) rows an FGSN mask selects (any masked entry in the row)."""
     if opts.locate_run:
-        from fgsn.edit.run import _masks_from_run
-
-        masks = _masks_from_run(opts.locate_run, trio).masks
+        masks = LocateRun.load(opts.locate_run, trio).masks
     else:
         from fgsn.locate.run import locate_masks
 
@@ -503,7 +497,7 @@ def totals(records: list[dict]) -> dict:
             "max_rank_99": max((r["rank_99"] for r in edited if r.get("rank_99") is not None), default=None)}
 
 
-def run_activation_match(opts: ActivationMatchOptions) -> BaselineResult:
+def run_activation_match(opts: ActivationMatchOptions) -> EditResult:
     out = require_out(opts, METHOD)
     t0 = time.time()
     trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)
@@ -533,7 +527,7 @@ def run_activation_match(opts: ActivationMatchOptions) -> BaselineResult:
                 "peak_gram_mb": round(editor.peak_gram_bytes / 2**20, 1),
                 "output": "merged", "lora_merged": lora, "note": LORA_NOTE if lora else None,
                 "layer_search": search, "totals": tot}}
-            man = baseline_manifest(METHOD, opts, trio, editor.records, layers=layers,
+            man = assemble_manifest(method=METHOD, opts=opts, trio=trio, modules=editor.records, layers=layers,
                                     edited_params=sum(r["numel"] for r in editor.records), extra=extra)
             man["prompt_counts"] = {"harmful": len(harmful), "task": len(task) if task is not None else 0}
             # what varies with the cache stays out of the (deterministic) manifest

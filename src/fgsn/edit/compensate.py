@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from fgsn.data.prompts import PromptSet
+from fgsn.data.promptset import PromptSet
 from fgsn.edit.options import CompensateOptions
 from fgsn.errors import InputError, NumericalError
 from fgsn.models.registry import EditTarget, from_out_in, live_layers, live_module, to_out_in

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
+from fgsn.artifacts.masks import PackedMasks
 from fgsn.atomic import atomic_write_json, dumps_json, sha256_file
-from fgsn.edit.masks_io import PackedMasks
 from fgsn.errors import IntegrityError, LedgerError
 
 VERSION = 1

@@ -28,6 +28,20 @@ class CompensateOptions(Options):
                              "(IRR's reference code), cheaper when a row's edited share is large")
 
 
+class EditOptions(Options):
+    """Options every weight-editing method that rewrites a checkpoint takes (the baselines,
+    activation matching)."""
+
+    aligned: str
+    finetuned: str
+    base: str | None = None
+    out: str | None = None
+    overwrite: bool = False
+    allow_pickle: bool = False
+    seed: int = 0
+    max_shard_gb: float = Field(5.0, gt=0)
+
+
 class ProjectOptions(CompensateOptions, LocateOptions):
     base: str  # type: ignore[assignment]  (required here: the safety direction is aligned - base)
     harmful: list[str] = Field(default_factory=list)

@@ -53,9 +53,11 @@ from pathlib import Path
 
 import torch
 
-from fgsn.data.prompts import PromptSet, concat, load_prompts, validation_split
+from fgsn.artifacts.manifest import assemble_manifest
+from fgsn.artifacts.masks import PackedMasks
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import PromptSet, concat, validation_split
 from fgsn.edit.compensate import compensate_checkpoint
-from fgsn.edit.masks_io import PackedMasks
 from fgsn.edit.options import RevertOptions
 from fgsn.edit.rewrite import EditResult, stream_rewrite, write_output
 from fgsn.errors import InputError
@@ -66,7 +68,6 @@ from fgsn.models.finetune import LoraFinetune
 from fgsn.models.loading import load_model
 from fgsn.models.registry import EditTarget, edit_targets, live_layers, live_module, to_out_in
 from fgsn.models.trio import Trio, open_trio
-from fgsn.report.manifest import assemble_manifest
 
 log = logging.getLogger(__name__)
 

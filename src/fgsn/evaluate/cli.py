@@ -85,7 +85,7 @@ def command_from_args(args: argparse.Namespace) -> EvalCommand:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fgsn.evaluate.api import evaluate
+    from fgsn.api import evaluate
     from fgsn.report.tables import summary_text
 
     cmd = command_from_args(args)

@@ -18,8 +18,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fgsn.report.build import build_report
+    from fgsn.evaluate.results import write_results
+    from fgsn.report import write_report
 
-    build_report(args.rundir, echo=not args.quiet)
+    write_report(args.rundir, write_results(args.rundir), echo=not args.quiet)
     print(f"\nwrote {args.rundir}/results.json, report.md, report.html")
     return 0
