@@ -47,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from fgsn.atomic import atomic_write_json
-    from fgsn.baselines.compare import CompareOptions, assemble_results, run_evals, run_isolated, write_report
-    from fgsn.demo import DemoOptions, task_files
     from fgsn.evaluate.parallel import default_model_workers
     from fgsn.organism import OrganismRecipe
     from fgsn.organism.build import OrganismPaths, stage_complete
+    from fgsn.pipeline.compare import Comparison, run_isolated
+    from fgsn.pipeline.demo import DemoOptions, task_files
+    from fgsn.pipeline.options import CompareOptions
     from fgsn.report.manifest import MANIFEST
 
     recipe = OrganismRecipe()
@@ -97,13 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         utility_instruction="", utility_limit=demo.utility_limit, reference=[str(files["reference"])],
         max_new_tokens=demo.max_new_tokens)
     models = {n: str(out / "models" / n) for n in chosen}
-    evals = run_evals(copts, [], out, extra_models=models, dtype=demo.eval_dtype, batch_size=demo.eval_batch_size,
-                      model_workers=default_model_workers("cpu"))
+    cmp = Comparison(copts, [])  # the variants were edited above, with options of their own
+    cmp.costs = costs
+    cmp.evaluate(extra_models=models, dtype=demo.eval_dtype, batch_size=demo.eval_batch_size,
+                 model_workers=default_model_workers("cpu"))
     order = ["aligned", "finetuned", *chosen]
-    results = assemble_results(copts, [], evals, costs, order=order, kinds={n: table[n][0] for n in chosen})
+    results = cmp.results(order=order, kinds={n: table[n][0] for n in chosen})
     results["benchmark"] = {"script": "benchmarks/reversion_organism.py", "finetuned": args.finetuned,
                             "variants": {n: {"kind": table[n][0], "options": table[n][1]} for n in chosen}}
-    write_report(out, results, title=f"Reversion, IRR and SGDG on the organism ({args.finetuned} fine-tune)")
+    cmp.report(results, title=f"Reversion, IRR and SGDG on the organism ({args.finetuned} fine-tune)")
     print(format_table(results))
     return 0
 

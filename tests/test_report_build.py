@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -12,7 +11,6 @@ from fgsn.errors import InputError, IntegrityError
 from fgsn.evaluate.metrics import wilson_interval
 from fgsn.report import build_report
 from fgsn.report.build import compute_results
-from fgsn.report.cli import add_parser
 from helpers_eval import check_html, harmful_row, write_manifest, write_run
 
 OPENAI = {"judge": "openai", "model": "gpt-x", "rubric": "fgsn-harm-1", "success_score": 3}
@@ -155,9 +153,9 @@ def test_bad_manifest_is_ignored_not_fatal(tmp_path):
 
 
 def test_report_cli(run, capsys):
-    parser = argparse.ArgumentParser(prog="fgsn")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", str(run)])
+    from fgsn.cli import build_parser
+
+    args = build_parser(load=["report"]).parse_args(["report", str(run)])
     assert args.func(args) == 0
     assert "before" in capsys.readouterr().out
     assert (run / "report.html").is_file() and (run / "results.json").is_file()

@@ -7,22 +7,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from fgsn.config import Options
-from fgsn.edit.options import CompensateOptions, RevertOptions
+from fgsn.edit.options import CompensateOptions, EditorOptions, RevertOptions
 from fgsn.locate.options import ProbeOptions
 
 
-class BaselineOptions(Options):
-    """Options every weight-editing baseline takes."""
-
-    aligned: str
-    finetuned: str
-    base: str | None = None
-    out: str | None = None
-    overwrite: bool = False
-    allow_pickle: bool = False
-    seed: int = 0
-    max_shard_gb: float = Field(5.0, gt=0)
+class BaselineOptions(EditorOptions):
+    """Options every weight-editing baseline takes (those of every editor that writes its own checkpoint)."""
 
 
 class SafeLoRAOptions(BaselineOptions):
