@@ -60,16 +60,17 @@ def run_kind(kind: str, paths, recipe, args) -> dict:
         eval_harmful=[f"builtin:harmbench-standard?sample={demo.eval_limit}",
                       f"builtin:strongreject?sample={demo.eval_limit}"],
         benign_alarming=f"builtin:alarming?sample={demo.alarming_limit}",
-        utility=[str(files["utility"])], utility_instruction="", utility_limit=demo.utility_limit,
-        reference=[str(files["reference"])], max_new_tokens=demo.max_new_tokens,
-        cache_dir=str(Path(args.out) / "cache"))  # content-keyed: the aligned model is generated once for both
+        utility=[str(files["utility"])], reference=[str(files["reference"])],
+        # the cache is content-keyed: the aligned model is generated once for both fine-tunes
+        eval={"utility_instruction": "", "utility_limit": demo.utility_limit, "max_new_tokens": demo.max_new_tokens,
+              "cache_dir": str(Path(args.out) / "cache"), "dtype": demo.eval_dtype, "batch_size": demo.eval_batch_size,
+              "model_workers": args.eval_workers or default_model_workers(args.device)})
     cmp = Comparison(copts, methods)
     cmp.check()
     t0 = time.time()
     cmp.edit()
     print(f"[{kind}] edits done in {time.time() - t0:.0f} s", flush=True)
-    cmp.evaluate(dtype=demo.eval_dtype, batch_size=demo.eval_batch_size,
-                 model_workers=args.eval_workers or default_model_workers(args.device))
+    cmp.evaluate()
     results = cmp.results()
     cmp.report(results, title=f"activation matching on the organism ({kind} fine-tune)")
     return results

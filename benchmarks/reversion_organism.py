@@ -95,13 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         eval_harmful=[f"builtin:harmbench-standard?sample={demo.eval_limit}",
                       f"builtin:strongreject?sample={demo.eval_limit}"],
         benign_alarming=f"builtin:alarming?sample={demo.alarming_limit}", utility=[str(files["utility"])],
-        utility_instruction="", utility_limit=demo.utility_limit, reference=[str(files["reference"])],
-        max_new_tokens=demo.max_new_tokens)
+        reference=[str(files["reference"])],
+        eval={"utility_instruction": "", "utility_limit": demo.utility_limit, "max_new_tokens": demo.max_new_tokens,
+              "dtype": demo.eval_dtype, "batch_size": demo.eval_batch_size,
+              "model_workers": default_model_workers("cpu")})
     models = {n: str(out / "models" / n) for n in chosen}
     cmp = Comparison(copts, [])  # the variants were edited above, with options of their own
     cmp.costs = costs
-    cmp.evaluate(extra_models=models, dtype=demo.eval_dtype, batch_size=demo.eval_batch_size,
-                 model_workers=default_model_workers("cpu"))
+    cmp.evaluate(extra_models=models)
     order = ["aligned", "finetuned", *chosen]
     results = cmp.results(order=order, kinds={n: table[n][0] for n in chosen})
     results["benchmark"] = {"script": "benchmarks/reversion_organism.py", "finetuned": args.finetuned,

@@ -112,7 +112,7 @@ def test_compare_offers_no_flag_it_would_ignore(tmp_path):
     from fgsn.pipeline.compare import Comparison
     from fgsn.pipeline.options import CompareOptions
 
-    opts = CompareOptions(base="B", aligned="A", finetuned="F", methods=["resta"], systems={"resta": "x"},
+    opts = CompareOptions(base="B", aligned="A", finetuned="F", methods=["resta"], eval={"systems": {"resta": "x"}},
                           out=str(tmp_path / "o"))
     with pytest.raises(ConfigError, match="'systems' has no meaning in fgsn compare"):
         Comparison(opts).check()

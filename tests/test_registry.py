@@ -63,11 +63,11 @@ def test_a_registered_method_is_known_everywhere(tmp_path, monkeypatch):
     registry.register(EditMethod("resta-twice", "RESTA at twice the strength", RestaOptions,
                                  "fgsn.baselines.resta:run_resta", (),
                                  lambda c, over, out, n: {"aligned": c.aligned, "finetuned": c.finetuned,
-                                                          "out": out, "beta": 2 * c.resta_beta, **over}),
+                                                          "out": out, "beta": 2 * c.resta.beta, **over}),
                       variants={"resta-twice": {}, "resta-twice-dare": {"dare": 0.5}})
     ms = parse_methods(["fgsn,resta-twice-dare"])
     assert [(m.name, m.kind) for m in ms] == [("fgsn", "fgsn"), ("resta-twice-dare", "resta-twice")]
-    d = method_options(_opts(tmp_path, resta_beta=0.25), ms[1], tmp_path, 4)
+    d = method_options(_opts(tmp_path, resta={"beta": 0.25}), ms[1], tmp_path, 4)
     o = option_class("resta-twice")(**d)
     assert (o.beta, o.dare) == (0.5, 0.5)
     from fgsn.baselines.resta import run_resta

@@ -189,14 +189,14 @@ def run_scenario(opts: BenchOptions, name: str, recipe, rundir: Path, progress: 
         task=[str(files["task"])], methods=[m.name for m in methods], with_references=True, device=opts.device,
         dtype=opts.locate_dtype, max_length=opts.max_length, out=str(sdir), batch_size=opts.batch_size,
         eval_harmful=eval_harmful, eval_attack=attack, benign_alarming=opts.alarming,
-        utility=[str(files["utility"])],
-        utility_instruction="", utility_limit=opts.utility_limit, reference=[str(files["reference"])],
-        max_new_tokens=opts.max_new_tokens, cache_dir=str(rundir / "cache"))
+        utility=[str(files["utility"])], reference=[str(files["reference"])],
+        eval={"utility_instruction": "", "utility_limit": opts.utility_limit, "max_new_tokens": opts.max_new_tokens,
+              "cache_dir": str(rundir / "cache"), "dtype": opts.eval_dtype, "batch_size": opts.eval_batch_size,
+              "model_workers": opts.eval_workers or default_model_workers(opts.device)})
     cmp = Comparison(copts, methods)
     cmp.check()
     cmp.edit()
-    cmp.evaluate(dtype=opts.eval_dtype, batch_size=opts.eval_batch_size,
-                 model_workers=opts.eval_workers or default_model_workers(opts.device))
+    cmp.evaluate()
     results = cmp.results({"eval_locate_overlap": overlap["located"]})
     results["scenario"] = {"name": name, "recipe_hash": models.recipe_hash, "kind": models.kind,
                            "finetuned": str(models.finetuned), "overlap": overlap,

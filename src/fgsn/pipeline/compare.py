@@ -173,8 +173,8 @@ class Comparison:
 
         opts, methods = self.opts, self.methods
         for k in NOT_FOR_COMPARE:
-            default = CompareOptions.model_fields[k].default
-            if getattr(opts, k) not in (default, None, {}, []):
+            fields = CompareOptions.model_fields if k in CompareOptions.model_fields else EvalOptions.model_fields
+            if opts.value(k) not in (fields[k].default, None, {}, []):
                 raise ConfigError(f"option {k!r} has no meaning in fgsn compare (each method writes its own "
                                   f"checkpoint under RUNDIR/models, with the evaluation settings compare gives it); "
                                   f"remove it")
@@ -232,11 +232,11 @@ class Comparison:
         return self.opts.finetuned, None
 
     def eval_options(self, **update) -> EvalOptions:
-        d = {k: getattr(self.opts, k) for k in EvalOptions.model_fields}
-        d["cache_dir"] = self.opts.cache_dir or str(self.rundir / "cache")
-        d["report"] = False
-        d.update(update)
-        return EvalOptions(**d)
+        """The eval section (its shared settings defaulting to the edits'), the cache under RUNDIR
+        unless given, no report of its own (the comparison writes one), then `update`."""
+        ev = self.opts.eval_options()
+        return EvalOptions(**{**ev.model_dump(), "cache_dir": ev.cache_dir or str(self.rundir / "cache"),
+                              "report": False, **update})
 
     def evaluate(self, extra_models: dict[str, str] | None = None, **eval_update: Any) -> dict[str, dict]:
         """Evaluate every variant in one evaluate() call: edited checkpoints as they are, an
@@ -247,6 +247,7 @@ class Comparison:
         from fgsn.evaluate import evaluate
 
         opts = self.opts
+        system = opts.eval_options().system
         ft_path, ft_adapter = self._finetuned_entry()
         models: dict[str, str] = dict(extra_models or {})
         adapters: dict[str, str] = {}
@@ -265,7 +266,7 @@ class Comparison:
             models[m.name] = ft_path
             if ft_adapter:
                 adapters[m.name] = ft_adapter
-            systems[m.name] = setting.system_prompt(opts.system)
+            systems[m.name] = setting.system_prompt(system)
             suffixes[m.name] = setting.suffix
         res = evaluate(models, list(opts.eval_harmful), benign_alarming=opts.benign_alarming,
                        utility=list(opts.utility) or None, judge=opts.judge,

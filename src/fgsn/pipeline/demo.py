@@ -214,9 +214,11 @@ def run_demo(opts: DemoOptions) -> dict:
         device=opts.device, dtype=opts.locate_dtype, max_length=opts.max_length, out=str(out), **fgsn_over,
         eval_harmful=[f"builtin:harmbench-standard?sample={opts.eval_limit}",
                       f"builtin:strongreject?sample={opts.eval_limit}"],
-        benign_alarming=f"builtin:alarming?sample={opts.alarming_limit}",
-        utility=[str(files["utility"])], utility_instruction="", utility_limit=opts.utility_limit,
-        reference=[str(files["reference"])], max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size)
+        benign_alarming=f"builtin:alarming?sample={opts.alarming_limit}", utility=[str(files["utility"])],
+        reference=[str(files["reference"])], batch_size=opts.batch_size,
+        eval={"utility_instruction": "", "utility_limit": opts.utility_limit, "max_new_tokens": opts.max_new_tokens,
+              "dtype": opts.eval_dtype, "batch_size": opts.eval_batch_size,
+              "model_workers": opts.eval_workers or default_model_workers(opts.device)})
     stage("held-out task files written; checking the inputs")
     cmp = Comparison(copts, methods)
     cmp.check()
@@ -234,8 +236,7 @@ def run_demo(opts: DemoOptions) -> dict:
         stage("[3b/4] fgsn repair: its own search for a repair that meets the target")
         repaired = {"repair": str(run_demo_repair(opts, org, finetuned, files, copts.eval_harmful, out))}
     stage("[4/4] evaluation on held-out prompts (HarmBench, StrongREJECT), over-refusal, task utility and NLL")
-    cmp.evaluate(extra_models={"base": str(org.base), **steps, **repaired}, dtype=opts.eval_dtype,
-                 batch_size=opts.eval_batch_size, model_workers=opts.eval_workers or default_model_workers(opts.device))
+    cmp.evaluate(extra_models={"base": str(org.base), **steps, **repaired})
     order = ["base", "aligned", "finetuned", *repaired, "fgsn", *steps, *(m.name for m in methods if m.name != "fgsn")]
     results = cmp.results(order=order, kinds={"base": "reference", **dict.fromkeys(steps, "fgsn-continual"),
                                               **dict.fromkeys(repaired, "repair")})

@@ -62,8 +62,8 @@ class EditMethod:
     """One repair method: how to build its options and run it, and what a comparison gives it.
 
     from_compare(opts, overrides, out, num_layers) -> the method's options as a plain dict (what its
-    manifest records): what `fgsn compare`'s options (CompareOptions) share with the method, the
-    variant's overrides on top, written to `out`. `setting(opts)` is the inference-time setting of
+    manifest records): what `fgsn compare`'s options (CompareOptions: the top level and the method's
+    section) share with the method, the variant's overrides on top, written to `out`. `setting(opts)` is the inference-time setting of
     a method that edits no weight (an object with system_prompt(user_system), suffix, describe())."""
 
     kind: str
@@ -198,13 +198,8 @@ def _fgsn(c, over: dict[str, Any], out: str, num_layers: int) -> dict[str, Any]:
 
 
 def _activation_match(c, over: dict[str, Any], out: str, num_layers: int) -> dict[str, Any]:
-    return {**_common(c, out), "harmful": c.harmful, "task": c.task, "modules": c.modules,
-            "form": c.activation_match_form, "lam": c.activation_match_lam, "mu": c.activation_match_mu,
-            "null_energy": c.activation_match_null_energy, "sequential": c.activation_match_sequential,
-            "harmful_answer": c.activation_match_harmful_answer, "refusal_text": c.refusal_text,
-            "device": c.device, "dtype": c.dtype, "batch_size": c.batch_size, "max_length": c.max_length,
-            "use_chat_template": c.use_chat_template, "system": c.system, "trust_remote_code": c.trust_remote_code,
-            "cache": c.cache, **over}
+    return {**_common(c, out), **_probe(c), "harmful": c.harmful, "task": c.task, "modules": c.modules,
+            **c.activation_match.model_dump(), "refusal_text": c.refusal_text, **over}
 
 
 def _revert(c, over: dict[str, Any], out: str, num_layers: int) -> dict[str, Any]:
@@ -219,21 +214,16 @@ def _sgdg(c, over: dict[str, Any], out: str, num_layers: int) -> dict[str, Any]:
 
 
 def _safelora(c, over: dict[str, Any], out: str, num_layers: int) -> dict[str, Any]:
-    return {**_common(c, out), "select": c.safelora_select, "threshold": c.safelora_threshold, "k": c.safelora_k,
-            "modules": c.modules, **over}
+    return {**_common(c, out), **c.safelora.model_dump(), "modules": c.modules, **over}
 
 
 def _resta(c, over: dict[str, Any], out: str, num_layers: int) -> dict[str, Any]:
-    return {**_common(c, out), "unaligned": c.resta_unaligned, "beta": c.resta_beta, "dare": c.resta_dare,
-            "scope": c.resta_scope, **over}
+    return {**_common(c, out), **c.resta.model_dump(), **over}
 
 
 def _wanda(c, over: dict[str, Any], out: str, num_layers: int) -> dict[str, Any]:
-    return {**_common(c, out), "harmful": c.harmful, "q": c.wanda_q, "target": c.wanda_target,
-            "group": c.wanda_group, "granularity": c.wanda_granularity, "score": c.wanda_score, "modules": c.modules,
-            "device": c.device, "dtype": c.dtype, "batch_size": c.batch_size, "max_length": c.max_length,
-            "use_chat_template": c.use_chat_template, "system": c.system, "trust_remote_code": c.trust_remote_code,
-            "cache": c.cache, **over}
+    return {**_common(c, out), **_probe(c), "harmful": c.harmful, **c.wanda.model_dump(), "modules": c.modules,
+            **over}
 
 
 def _irr(c, over: dict[str, Any], out: str, num_layers: int) -> dict[str, Any]:
@@ -243,7 +233,7 @@ def _irr(c, over: dict[str, Any], out: str, num_layers: int) -> dict[str, Any]:
 def _self_reminder(c):
     from fgsn.baselines.self_reminder import SelfReminder
 
-    return SelfReminder(c.self_reminder_system, c.self_reminder_suffix)
+    return SelfReminder(**c.self_reminder.model_dump())
 
 
 # -- the methods ---------------------------------------------------------------------------------------

@@ -99,9 +99,11 @@ def sweep_comparison(opts: SweepOptions) -> Comparison:
         benign=opts.benign, layers=opts.layers, p=opts.p, projector=opts.projector, granularity=opts.granularity,
         device=opts.device, methods=[m.name for m in methods], with_references=True,
         eval_harmful=opts.eval_harmful, benign_alarming=opts.benign_alarming, utility=opts.utility,
-        reference=opts.reference, max_new_tokens=opts.max_new_tokens, utility_limit=opts.utility_limit,
-        model_workers=opts.model_workers, cache_dir=opts.cache_dir, safelora_threshold=opts.safelora_threshold,
-        resta_beta=opts.resta_beta, isolate=opts.isolate, out=opts.out, **extra)
+        reference=opts.reference, isolate=opts.isolate, out=opts.out,
+        eval={"max_new_tokens": opts.max_new_tokens, "utility_limit": opts.utility_limit, "dtype": opts.eval_dtype,
+              "batch_size": opts.batch_size, "model_workers": opts.model_workers, "cache_dir": opts.cache_dir,
+              **extra},
+        safelora={"threshold": opts.safelora_threshold}, resta={"beta": opts.resta_beta})
     return Comparison(copts, methods)
 
 
@@ -112,7 +114,7 @@ def run_sweep(opts: SweepOptions) -> dict:
     cmp = sweep_comparison(opts)
     cmp.check()
     cmp.edit()
-    cmp.evaluate(batch_size=opts.batch_size, dtype=opts.eval_dtype)
+    cmp.evaluate()
     results = cmp.results()
     cmp.report(results, title="fgsn sweep report")
     models = results["models"]
