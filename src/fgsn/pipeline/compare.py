@@ -238,12 +238,11 @@ class Comparison:
         return EvalOptions(**{**ev.model_dump(), "cache_dir": ev.cache_dir or str(self.rundir / "cache"),
                               "report": False, **update})
 
-    def evaluate(self, extra_models: dict[str, str] | None = None, **eval_update: Any) -> dict[str, dict]:
+    def evaluate(self, extra_models: dict[str, str] | None = None) -> dict[str, dict]:
         """Evaluate every variant in one evaluate() call: edited checkpoints as they are, an
         inference-time method (Self-Reminder) as the fine-tuned model with its own system prompt and
         user-turn suffix (the judge sees the prompts as given); `extra_models` ({name: checkpoint})
-        are evaluated first, alongside; `eval_update` overrides evaluation options (e.g. dtype).
-        Returns {eval folder name: results}."""
+        are evaluated first, alongside, with the options' eval section. Returns {eval folder name: results}."""
         from fgsn.evaluate import evaluate
 
         opts = self.opts
@@ -270,7 +269,7 @@ class Comparison:
             suffixes[m.name] = setting.suffix
         res = evaluate(models, list(opts.eval_harmful), benign_alarming=opts.benign_alarming,
                        utility=list(opts.utility) or None, judge=opts.judge,
-                       options=self.eval_options(adapters=adapters, systems=systems, suffixes=suffixes, **eval_update),
+                       options=self.eval_options(adapters=adapters, systems=systems, suffixes=suffixes),
                        out=self.rundir / "eval", reference=list(opts.reference) or None,
                        attack=list(opts.eval_attack) or None)
         self.evals = {"eval": res.results}
