@@ -32,7 +32,7 @@ it go on in a new process, so that one failure does not lose the rest:
   the read-ahead thread), the same edit with no masked layer (the copy) and the raw I/O floor
   (`benchmarks/floor.py`); one masked layer on the GPU and on the CPU, compared entry by entry.
 - `organism`: the reduced organism recipe built on the GPU, then the demo's repairs (FGSN, and
-  `fgsn repair` except with --tiny) and a small evaluation there (`fgsn.demo.run_demo`, no
+  `fgsn repair` except with --tiny) and a small evaluation there (`fgsn.pipeline.demo.run_demo`, no
   baselines, no continual steps).
 
 Figures of the 4-layer slice are extrapolated to Llama-3-8B's 32 layers where stated
@@ -332,8 +332,8 @@ def _tiny_base(work: Path) -> Path:
 def part_organism(work: Path, tiny: bool) -> dict:
     import yaml
 
-    from fgsn.demo import DemoOptions, run_demo
     from fgsn.organism import reduced_recipe
+    from fgsn.pipeline.demo import DemoOptions, run_demo
 
     os.environ["FGSN_CACHE"] = str(work / "organism-cache")  # a fresh cache: built here, on this device
     dev = _device(tiny)

@@ -92,7 +92,7 @@ def write_run(rundir: Path, models: dict[str, tuple[Path, list[dict]]], judge: d
     return rundir
 
 
-def build_report(rundir: Path, echo: bool = False) -> dict:
+def report_from_records(rundir: Path, echo: bool = False) -> dict:
     """What `fgsn report RUNDIR` does: results.json from the records, then the report from it."""
     from fgsn.evaluate.results import write_results
     from fgsn.report import write_report

@@ -45,7 +45,8 @@ def files(tmp_path_factory):
 
 
 def run(trio, files, out, **kw):
-    from fgsn.edit.activation_match_run import ActivationMatchOptions, run_activation_match
+    from fgsn.edit.activation_match_run import run_activation_match
+    from fgsn.edit.options import ActivationMatchOptions
 
     opts = dict(aligned=str(trio["aligned"]), finetuned=str(kw.pop("finetuned", trio["finetuned"])),
                 harmful=[str(files / "harm.jsonl")], task=[str(files / "task.jsonl")], device="cpu", out=str(out),

@@ -88,7 +88,7 @@ def test_synthetic_locate_run_is_accepted_and_naive_edit_is_bit_identical_to_fgs
     assert check["entries"] == sum(t.numel() for t in ft.values())
 
 
-def test_naive_mask_reader_agrees_with_fgsn_masks_io(tiny, tmp_path):
+def test_naive_mask_reader_agrees_with_fgsn_artifacts_masks(tiny, tmp_path):
     """naive_edit reads masks with numpy on purpose (independent of fgsn); it must see what
     fgsn.artifacts.masks.PackedMasks saved and loads."""
     from fgsn.artifacts.masks import PackedMasks, pack, unpack

@@ -37,7 +37,7 @@ def test_sweep_end_to_end(llama_trio, tmp_path):
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples").glob("sweep-*.yaml")))
 def test_example_sweep_configs_are_valid(path):
     from fgsn.config import build_options, read_yaml
-    from fgsn.sweep import SweepOptions
+    from fgsn.pipeline.sweep import SweepOptions
 
     opts = build_options(SweepOptions, read_yaml(str(path)), str(path))
     assert opts.scores and opts.budgets and opts.eval_harmful

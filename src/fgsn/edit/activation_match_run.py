@@ -24,10 +24,8 @@ import gc
 import logging
 import time
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
 
 from fgsn.artifacts.locate_run import LocateRun
 from fgsn.artifacts.manifest import assemble_manifest
@@ -43,7 +41,7 @@ from fgsn.edit.activation_match import (
     rank_profile,
     ridge_map,
 )
-from fgsn.edit.options import EditOptions
+from fgsn.edit.options import ActivationMatchOptions
 from fgsn.edit.projection import check_finite
 from fgsn.edit.rewrite import EditResult, require_out, stream_rewrite, write_output
 from fgsn.errors import InputError
@@ -59,7 +57,6 @@ from fgsn.locate.grams import (
     split_by_layer,
 )
 from fgsn.locate.layers import parse_layers
-from fgsn.locate.options import DEFAULT_REFUSAL
 from fgsn.locate.run import LocateOptions, ProbeOptions, lora_aware_targets
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.loading import input_device, load_model, load_tokenizer, resolve_device, resolve_dtype
@@ -75,73 +72,6 @@ METHOD = "activation-match"
 GRAM_CACHE_LIMIT = 4 * 1024**3
 LORA_NOTE = ("LoRA input: the closed-form change is dense (rank bounded by the harmful tokens, not by the adapter's "
              "r) and is not representable as a rank-r adapter, so the output is a merged checkpoint")
-
-
-class ActivationMatchOptions(EditOptions, ProbeOptions):
-    """Options of the closed-form activation-matching editor."""
-
-    harmful: list[str] = Field(default_factory=list, description=(
-        "harmful prompts (files or builtin:NAME?..): their module inputs form G_h, where the repaired model must "
-        "reproduce the aligned model's outputs"))
-    task: list[str] = Field(default_factory=list, description=(
-        "task examples, prompt + answer (what the fine-tune is for): their module inputs form G_t, where the "
-        "fine-tuned model's outputs are kept"))
-    form: Literal["ridge", "nullspace"] = Field("ridge", description=(
-        "ridge: W_f + (W_a-W_f) G_h (G_h + lam G_t + mu I)^-1 (a soft trade-off); nullspace: the change acts only on "
-        "the eigenvectors of G_t holding at most --null-energy of the task input energy (AlphaEdit-style hard "
-        "constraint)"))
-    lam: float = Field(1.0, ge=0, description=(
-        "lambda, ridge form: weight of keeping the task outputs against matching the harmful ones, both as mean "
-        "squared output error per token (1: a task token weighs what a harmful token does). Lower closes more of "
-        "the safety gap, higher keeps more of the task; on the SmolLM2 organism's full fine-tune 1 is the "
-        "strongest of 0.3/1/3 that keeps 95% of the fine-tune's task-NLL gain "
-        "(benchmarks/activation_match_frontier.py)"))
-    mu: float = Field(1e-3, ge=0, description=(
-        "mu: damping, as a multiple of mean diag(G_h) (the mean squared harmful input), so it means the same at "
-        "every layer; raise it when a Gram is singular"))
-    null_energy: float = Field(0.01, gt=0, lt=1, description=(
-        "nullspace form: share of tr(G_t) the edited input subspace may hold (its smallest-eigenvalue "
-        "eigenvectors); bounds the task output change"))
-    sequential: bool = Field(False, description=(
-        "take each layer's Grams from the model repaired so far, layer after layer (SparseGPT-style); default: all "
-        "Grams from the unedited model"))
-    layers: str = Field("all", description=(
-        "layers to edit: all, search (the safety layers of fgsn locate's cosine-gap search on the aligned model), "
-        "or A-B / a comma list (0-based)"))
-    modules: list[str] | None = Field(None, description="target modules (e.g. q_proj); default: every linear module")
-    rows: Literal["all", "fgsn"] = Field("all", description=(
-        "all output rows, or only the rows (neurons) an FGSN mask selects (from --locate-run, else located now "
-        "with --granularity neuron, --fgsn-q, --fgsn-p), so that the paper's localisation composes with the "
-        "closed form"))
-    locate_run: str | None = Field(None, description="with --rows fgsn: an `fgsn locate --out RUN` folder")
-    fgsn_q: float = Field(0.1, ge=0, le=1, description="with --rows fgsn: FGSN's harmful top-q (neuron masks)")
-    fgsn_p: float = Field(0.1, ge=0, le=1, description="with --rows fgsn: FGSN's task top-p exclusion")
-    layer_eps: float = Field(0.05, ge=0, le=1, description="with --layers search: relative rise that counts")
-    harmful_answer: Literal["none", "refusal", "aligned"] = Field("none", description=(
-        "what follows each harmful prompt in G_h: none (prompt tokens only), refusal (--refusal-text), or aligned "
-        "(the aligned model's own greedy answer, --answer-tokens long)"))
-    refusal_text: str = Field(DEFAULT_REFUSAL, description="with --harmful-answer refusal: the answer appended")
-    answer_tokens: int = Field(32, ge=1, description="with --harmful-answer aligned: tokens generated per prompt")
-    harmful_from: Literal["finetuned", "aligned"] = Field("finetuned", description=(
-        "model whose module inputs on harmful prompts form G_h"))
-    task_from: Literal["finetuned", "aligned"] = Field("finetuned", description=(
-        "model whose module inputs on task examples form G_t"))
-    allow_no_task: bool = Field(False, description=(
-        "without --task, fit the harmful side alone (lambda = 0: nothing protects the task); off: an error"))
-    gram_memory_gb: float = Field(1.0, gt=0, description=(
-        "Grams (float64) resident at once; layers are processed in chunks that fit, one forward pass per chunk "
-        "(planned from the last layer down, so the early, cheap-to-reach layers take the extra passes)"))
-    max_batch_tokens: int = Field(4096, ge=64, description="padded tokens per forward batch")
-    exact_rank: bool = Field(True, description=(
-        "report each change's numerical rank and the directions holding 99% of it (an SVD per module); off: only "
-        "the bound min(rows, in, harmful tokens)"))
-
-    @field_validator("harmful", "task", "modules", mode="before")
-    @classmethod
-    def _listify(cls, v):
-        if isinstance(v, str):
-            return [s.strip() for s in v.split(",")] if v and "," in v and not Path(v).exists() else [v]
-        return v
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -546,45 +476,3 @@ def run_activation_match(opts: ActivationMatchOptions) -> EditResult:
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
-
-
-# -- command line ---------------------------------------------------------------------------------------
-def add_parser(sub) -> None:
-    from fgsn.cli import COMMANDS
-    from fgsn.config import add_option_flags
-
-    doc = ("Closed-form activation matching: per linear module, W = W_f + (W_a - W_f) G_h (G_h + lam G_t + mu I)^-1 "
-           "from the input Grams on harmful prompts (G_h) and task examples (G_t), or its null-space form; writes the "
-           "repaired checkpoint and fgsn-manifest.json (share of entries changed, rank and relative size of each "
-           "change)")
-    p = sub.add_parser(METHOD, help=COMMANDS[METHOD][1], description=doc)
-    p.add_argument("--config", help="YAML file with any of these options (flags win)")
-    add_option_flags(p, ActivationMatchOptions, _helps())
-    p.set_defaults(func=_handler)
-
-
-def _helps() -> dict[str, str]:
-    """The shared help texts of the CLI for the options this class does not describe itself."""
-    from fgsn.cli import HELPS
-    from fgsn.config import own_descriptions_first
-
-    return own_descriptions_first(ActivationMatchOptions, HELPS)
-
-
-def _handler(args) -> int:
-    from fgsn.config import options_from_args
-
-    opts = options_from_args(ActivationMatchOptions, args)
-    res = run_activation_match(opts)
-    m = res.manifest
-    tot = m["activation_match"]["totals"]
-    print(f"activation-match checkpoint: {res.out}")
-    print(f"  form {opts.form}, lam {m['activation_match']['lam']}, mu {opts.mu}, "
-          f"{'sequential' if opts.sequential else 'one pass'}; modules changed: {tot['modules_edited']}/{tot['modules']}")
-    print(f"  entries changed: {m['changed']:,} = {100 * m['changed_fraction']:.2f}% of all parameters; "
-          f"||change|| / ||W_f - W_a|| = {_fmt(tot['change_ratio'])} (max per module {_fmt(tot['max_change_ratio'])})")
-    print(f"  harmful output gap closed (module level): {_fmt(tot['harmful_gap_closed'])}; mean task output drift "
-          f"{_fmt(tot['mean_task_drift'])}")
-    if m["activation_match"]["lora_merged"]:
-        print(f"  note: {LORA_NOTE}")
-    return 0

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+DESCRIPTION = ("Aggregate the records of an `fgsn eval` run folder into RUNDIR/results.json, RUNDIR/report.md and a "
+               "self-contained RUNDIR/report.html, and print the summary table. Schema of results.json: "
+               "docs/results-schema.md.")
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "report", help="write results.json, report.md and report.html of an eval run folder",
-        description="Aggregate the records of an `fgsn eval` run folder into RUNDIR/results.json, "
-                    "RUNDIR/report.md and a self-contained RUNDIR/report.html, and print the summary table. "
-                    "Schema of results.json: docs/results-schema.md.")
+
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("rundir", help="the --out folder of fgsn eval")
     p.add_argument("--quiet", action="store_true", help="do not print the summary table")
     p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
