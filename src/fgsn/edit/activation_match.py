@@ -44,6 +44,13 @@ i.e. D = (W_a - W_{k-1}) M_h + (W_f - W_{k-1}) M_t with two (in x in) maps (`con
 Since D = 0 is feasible, κ tr(D G_o Dᵀ) is at most the objective at D = 0: the outputs on earlier
 categories' inputs move, in mean square per token, by at most (harmful gap + λ task gap) / κ.
 With no earlier category (step 1) W_{k-1} = W_f and this is the ridge / null-space form above.
+
+That term keeps the earlier outputs as W_{k-1} gives them, unrepaired residual included, so a new
+category whose inputs resemble an earlier one's can hardly be repaired at all. The variant
+`old_target = aligned` replaces it by κ ||(W_{k-1} + D - W_a) K_o||²/n_o (the earlier
+categories' harmful term stays in the objective, at weight κ): C gains κ (W_a - W_{k-1}) G_o, so
+M_h = (G_h + κ G_o) P (Pᵀ A P + μ I)⁻¹ Pᵀ, and by the same argument the earlier categories'
+output gap can rise by at most (harmful gap + λ task gap) / κ over what W_{k-1} left.
 """
 
 from __future__ import annotations
@@ -134,11 +141,13 @@ def check_correction(D: torch.Tensor, where: str) -> None:
 
 
 def continual_maps(G_h: torch.Tensor, G_t: torch.Tensor | None, G_o: torch.Tensor, lam: float, kappa: float,
-                   mu: float, P: torch.Tensor | None = None, where: str = "module"
+                   mu: float, P: torch.Tensor | None = None, where: str = "module", old_target: str = "current"
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(M_h, M_t), float64 (in x in), of a continual step: D = (W_a - W_{k-1}) M_h + (W_f - W_{k-1}) M_t
     (module doc). `P` (in x p, orthonormal columns) confines the change to span(P); None: no
-    constraint. `G_t` None or λ = 0: no task term (M_t None). `mu` relative to mean diag(G_h)."""
+    constraint. `G_t` None or λ = 0: no task term (M_t None). `mu` relative to mean diag(G_h).
+    `old_target`: current (keep W_{k-1}'s outputs on the earlier inputs) or aligned (pull them to
+    W_a's)."""
     G_h = G_h.double()
     task = G_t is not None and lam > 0
     A = G_h.clone()
@@ -146,12 +155,13 @@ def continual_maps(G_h: torch.Tensor, G_t: torch.Tensor | None, G_o: torch.Tenso
         A.add_(G_t.double(), alpha=lam)
     A.add_(G_o.double(), alpha=kappa)
     mu_abs = absolute_mu(G_h, mu)
+    rhs = G_h.add(G_o.double(), alpha=kappa) if old_target == "aligned" else G_h   # what W_a - W_{k-1} meets
     hint = ("raise --mu, or lower --kappa (the earlier categories' inputs leave little room), or give more "
             "prompts")
     if P is None:
         A.diagonal().add_(mu_abs)
         L = _cholesky(A, f"{where}: G_h + λ G_t + κ G_old + μ I", hint)
-        M_h = torch.cholesky_solve(G_h, L).T.contiguous()  # G_h A⁻¹ (both symmetric)
+        M_h = torch.cholesky_solve(rhs, L).T.contiguous()  # rhs A⁻¹ (both symmetric)
         M_t = torch.cholesky_solve(G_t.double(), L).T.mul_(lam).contiguous() if task else None
         return M_h, M_t
     n, k = P.shape
@@ -161,7 +171,7 @@ def continual_maps(G_h: torch.Tensor, G_t: torch.Tensor | None, G_o: torch.Tenso
     S = P.T @ A @ P
     S.diagonal().add_(mu_abs)
     L = _cholesky(S, f"{where}: Pᵀ (G_h + λ G_t + κ G_old) P + μ I", hint + "; or raise --old-energy / --null-energy")
-    M_h = (torch.cholesky_solve(P.T @ G_h, L).T @ P.T).contiguous()   # G_h P S⁻¹ Pᵀ
+    M_h = (torch.cholesky_solve(P.T @ rhs, L).T @ P.T).contiguous()   # rhs P S⁻¹ Pᵀ
     M_t = (torch.cholesky_solve(P.T @ G_t.double(), L).T @ P.T).mul_(lam).contiguous() if task else None
     return M_h, M_t
 

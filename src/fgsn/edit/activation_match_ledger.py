@@ -65,13 +65,13 @@ def open_continual(opts, trio: Trio, ledger: Ledger, has_task: bool) -> Continua
     needs from it."""
     category = opts.category
     ledger.check_editor(EDITOR)
-    ledger.check_models(trio.base.sha256 if trio.base is not None else None, trio.aligned.sha256,
-                        trio.finetuned.sha256)
     done = ledger.step_of(category)
     if done is not None:
         raise LedgerError(f"category {category!r} is already step {done['step']} of ledger {ledger.path} (output "
                           f"{done['output']}); give this run a new --category, or a new --ledger folder to start "
                           "over from the fine-tuned model")
+    ledger.check_models(trio.base.sha256 if trio.base is not None else None, trio.aligned.sha256,
+                        trio.finetuned.sha256)
     original = None
     if ledger.steps and needs_original(opts, has_task):
         original = _open_original(opts, trio, ledger)
@@ -132,6 +132,8 @@ def continual_totals(records: list[dict]) -> dict:
     """The step's overlap with earlier steps, over every module it considered."""
     edited = [r for r in records if r.get("rows_edited")]
     drifts = [r["old_drift"] for r in edited if r.get("old_drift") is not None]
+    old_before = sum(r.get("old_gap_before", 0.0) for r in edited)
+    old_after = sum(r.get("old_gap_after", 0.0) for r in edited)
     with_cos = [r for r in edited if r.get("overlap_cos") is not None]
     dot = sum(r["overlap_cos"] * r["change_norm"] * r["earlier_norm"] for r in with_cos)
     nd = sum(r["change_norm"] ** 2 for r in with_cos) ** 0.5
@@ -141,19 +143,26 @@ def continual_totals(records: list[dict]) -> dict:
             "changed_again": sum(r.get("changed_again", 0) for r in records),
             "mean_old_drift": sum(drifts) / len(drifts) if drifts else None,
             "max_old_drift": max(drifts, default=None),
+            # > 1: the earlier categories' module-level gap to the aligned outputs grew
+            "old_gap_ratio": old_after / old_before if old_before > 0 else None,
             "overlap_cos": dot / (nd * ne) if with_cos and nd > 0 and ne > 0 else None}
 
 
 def record_step(cont: Continual, opts, trio: Trio, out: Path, prompts: list[dict], harmful_seqs: list[list[int]],
                 records: list[dict], rows: PackedMasks, totals: dict, info: dict) -> dict:
     """Append this step to the ledger once its output is complete; returns the step as recorded."""
+    edited = [r for r in records if r.get("rows_edited")]
     per_module = [{k: r.get(k) for k in ("name", "rows_changed", "rows_again", "change_norm", "old_drift",
-                                         "overlap_cos")} for r in records if r.get("rows_edited")]
+                                         "overlap_cos")} for r in edited]
     stats = {"editor": EDITOR, "encoding": encoding(opts), "sequences_sha256": sequences_digest(harmful_seqs),
              "prompt_count": len(prompts), "masked": totals["changed"], "overlap": totals["changed_again"],
+             # the module-level harmful output gap (sum over edited modules of tr(R0 G_h R0ᵀ)) this step
+             # started from: a category that earlier steps already covered starts from a smaller one
+             "harmful_gap_start": sum(r["harmful_gap_before"] for r in edited),
              **{k: totals[k] for k in ("changed", "share_changed", "modules_edited", "change_norm", "change_ratio",
                                        "harmful_gap_closed", "mean_task_drift", "rows_changed", "rows_again",
-                                       "changed_again", "mean_old_drift", "max_old_drift", "overlap_cos")},
+                                       "changed_again", "mean_old_drift", "max_old_drift", "old_gap_ratio",
+                                       "overlap_cos")},
              "settings": info, "modules": per_module}
     models = {"base": trio.base.sha256 if trio.base is not None else None, "aligned": trio.aligned.sha256,
               "finetuned": trio.finetuned.sha256}

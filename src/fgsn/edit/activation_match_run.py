@@ -164,6 +164,11 @@ class ActivationMatchOptions(BaselineOptions, ProbeOptions):
         "with --ledger, from the second category on: weight of keeping the earlier categories' module outputs, per "
         "token relative to the new category's harmful tokens; their mean squared change is at most "
         "(harmful gap + lambda task gap) / kappa"))
+    old_target: Literal["current", "aligned"] = Field("current", description=(
+        "with --ledger: what the --kappa term holds the earlier categories' module outputs to: current (as the "
+        "model this step starts from gives them, residual gap included) or aligned (the aligned model's: their "
+        "harmful term stays in the objective, so a later category that resembles an earlier one can still be "
+        "repaired; their gap can rise by at most (harmful gap + lambda task gap) / kappa)"))
     keep_old: Literal["soft", "hard"] = Field("soft", description=(
         "with --ledger: soft: only the --kappa term; hard: also confine the change to input directions holding at "
         "most --old-energy of the earlier categories' input energy (as --null-energy does for the task)"))
@@ -490,7 +495,7 @@ class Editor:
         if o.keep_old == "hard":
             P, old_info = old_basis(G_o, o.old_energy, within=P)
             info.update(old_info)
-        M_h, M_t = continual_maps(G_h, G_t, G_o, lam, o.kappa, o.mu, P, where=name)
+        M_h, M_t = continual_maps(G_h, G_t, G_o, lam, o.kappa, o.mu, P, where=name, old_target=o.old_target)
         return {"M": M_h.float(), "M_t": None if M_t is None else M_t.float(), "lam": lam, "G_h": G_h.float(),
                 "G_t": None if G_t is None else G_t.float(), "G_o": G_o.float(), "info": info}
 
@@ -562,9 +567,11 @@ class Editor:
                          wf: torch.Tensor, R0: torch.Tensor, T0: torch.Tensor | None, mp: dict) -> None:
         """What the ledger records of this module: the rows changed (and again), and, after the first
         step, how far the change reaches the earlier categories' inputs: old_drift = tr(D G_old Dᵀ) /
-        tr(W G_old Wᵀ), its bound (harmful gap + λ task gap) / κ in the same units, old_reach =
-        tr(D G_old Dᵀ) / tr(D G_h Dᵀ), and overlap_cos = cos(D, W_{k-1} - W_f) (the earlier steps'
-        change)."""
+        tr(W G_old Wᵀ) (with old_target current, its bound (harmful gap + λ task gap) / κ in the same
+        units), old_gap_before / _after = the earlier inputs' output gap to the aligned model,
+        tr(R G_old Rᵀ) (with old_target aligned, old_gap_bound: at most before + that / κ),
+        old_reach = tr(D G_old Dᵀ) / tr(D G_h Dᵀ), and overlap_cos = cos(D, W_{k-1} - W_f) (the
+        earlier steps' change)."""
         ch = to_out_in(new != w_ft, self.trio.arch)
         rows_changed = ch.any(1)
         self.row_masks.put(name, rows_changed)
@@ -576,11 +583,16 @@ class Editor:
         old = output_energy(D, G_o)
         here = output_energy(D, mp["G_h"])
         rec["old_drift"] = old / base if base > 0 else None
-        if self.opts.kappa > 0 and base > 0:
-            gap = output_energy(R0, mp["G_h"])
+        rec["old_gap_before"] = output_energy(R0, G_o)
+        rec["old_gap_after"] = output_energy(R0 - D, G_o)
+        if self.opts.kappa > 0:
+            gap = output_energy(R0, mp["G_h"])  # the objective at D = 0, less its κ term
             if T0 is not None and mp["G_t"] is not None and mp.get("lam"):
                 gap += mp["lam"] * output_energy(T0, mp["G_t"])
-            rec["old_drift_bound"] = gap / self.opts.kappa / base
+            if self.opts.old_target == "current" and base > 0:
+                rec["old_drift_bound"] = gap / self.opts.kappa / base
+            elif self.opts.old_target == "aligned":
+                rec["old_gap_bound"] = rec["old_gap_before"] + gap / self.opts.kappa
         rec["old_reach"] = old / here if here > 0 else None
         if T0 is not None:
             en = float(T0.norm())
@@ -688,7 +700,7 @@ def _run(opts: ActivationMatchOptions, trio: Trio, harmful: PromptSet, task: Pro
     finally:
         models.close()
     if cont is not None:
-        prompts = [{"prompt": p.text, "answer": a} for p, a in zip(harmful.texts, answers, strict=True)]
+        prompts = [{"prompt": p, "answer": a} for p, a in zip(harmful.texts, answers, strict=True)]
         sec = res.manifest["activation_match"]["continual"]
         record_step(cont, opts, trio, out, prompts, seqs["harmful"], editor.records, editor.row_masks,
                     {**res.manifest["activation_match"]["totals"], **sec["totals"]}, sec["settings"])
@@ -703,6 +715,7 @@ def continual_section(opts: ActivationMatchOptions, cont: Continual, editor: Edi
     return {"ledger": str(cont.ledger.path), "category": cont.category, "step": cont.step,
             "earlier": [s["category"] for s in cont.earlier], "old_tokens": editor.tokens.get("old"),
             "settings": {"kappa": None if first else opts.kappa, "keep_old": None if first else opts.keep_old,
+                         "old_target": None if first else opts.old_target,
                          "old_energy": opts.old_energy if not first and opts.keep_old == "hard" else None,
                          "form": opts.form, "lam": opts.lam, "mu": opts.mu, "rows": opts.rows,
                          "harmful_answer": opts.harmful_answer, "harmful_from": opts.harmful_from,
