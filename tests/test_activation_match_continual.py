@@ -358,6 +358,36 @@ def test_hard_form_confines_the_change_to_the_earlier_inputs_low_energy_directio
     assert res.manifest["activation_match"]["continual"]["settings"]["old_energy"] == 0.02
 
 
+def test_nullspace_form_and_sequential_mode_continue_a_ledger(llama_trio, files, two_steps, tmp_path):
+    """The null-space form at step 2 (the change inside the task null space, and with keep-old hard
+    inside the earlier inputs' low-energy directions of it too); sequential mode takes the three
+    Gram sets layer after layer; a rerun of step 2 from another copy of the ledger reads all three
+    from the cache."""
+    import shutil
+
+    t, d = llama_trio, two_steps["dir"]
+    kw = dict(harmful="b.jsonl", finetuned=d / "s1", category="cyber", modules=["o_proj", "down_proj"])
+    shutil.copytree(d / "led1", tmp_path / "n")
+    ns = run(t, files, tmp_path / "ns", ledger=str(tmp_path / "n"), form="nullspace", null_energy=1e-3,
+             keep_old="hard", old_energy=0.05, **kw).manifest
+    w1, w2 = weights(d / "s1"), weights(tmp_path / "ns")
+    names = [r["name"] for r in ns["modules"] if r["rows_edited"]]
+    G = direct_grams(d / "s1", names, {"t": TASK})
+    for r in ns["modules"]:
+        if r["rows_edited"]:
+            D = (w2[r["name"]] - w1[r["name"]]).double()
+            assert r["rank"] <= r["old_null_dim"] <= r["null_dim"] < r["input_dim"]
+            bound = float(torch.linalg.matrix_norm(D, 2)) ** 2 * 1e-3 * float(G["t"][r["name"]].trace())
+            assert energy(D, G["t"][r["name"]]) <= 1.05 * bound + 1e-10
+    assert ns["activation_match"]["continual"]["original_finetuned"] is None  # no task term: W_f not needed
+    shutil.copytree(d / "led1", tmp_path / "s")
+    run(t, files, tmp_path / "seq", ledger=str(tmp_path / "s"), sequential=True, **kw)
+    assert json.loads((tmp_path / "seq" / "fgsn" / "activation-match.json").read_text())["forward_passes"] == 3 * 4
+    # k0 (kappa 0) took the same Grams as s2 (kappa 100): from the cache, all three sets
+    assert json.loads((d / "k0" / "fgsn" / "activation-match.json").read_text()) == {"forward_passes": 0,
+                                                                                     "gram_cache_hits": 3}
+
+
 # -- bad inputs ------------------------------------------------------------------------------------------
 def test_bad_inputs_name_the_fix(llama_trio, trio_factory, files, two_steps, tmp_path):
     import shutil
