@@ -100,6 +100,13 @@ class RevertOptions(CompensateOptions, ProbeOptions):
     max_rollbacks: int = Field(1, ge=0, description="rollbacks at most, each followed by a new check (SGDG: 1)")
     validation_share: float = Field(0.25, gt=0, lt=1, description="share of the task examples held out (by "
                                                                   "prompt hash) for the rollback's check")
+    ledger: str | None = Field(None, description="continual ledger folder (created if missing): this run is one "
+                                                  "step, for --category, from the latest step's output as "
+                                                  "--finetuned; entries an earlier step reverted are never touched "
+                                                  "again (not reverted, rolled back or compensated)")
+    category: str | None = Field(None, description="with --ledger: the harm category this step repairs (one step "
+                                                   "per category); filters --harmful to it when it matches prompt "
+                                                   "categories")
 
     @field_validator("harmful", "task", "modules", mode="before")
     @classmethod
