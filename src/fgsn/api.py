@@ -29,7 +29,9 @@ def project(*, options: ProjectOptions | None = None, **kw) -> ProjectResult:
 
 def activation_match(*, options=None, **kw):
     """The closed-form activation-matching editor (fgsn.edit.activation_match_run): write the
-    repaired checkpoint to `out`; returns its EditResult (out, manifest)."""
+    repaired checkpoint to `out`; returns its EditResult (out, manifest). With `ledger` and
+    `category` it is one continual step (fgsn.edit.activation_match_ledger): `finetuned` the
+    latest step's output, `kappa` / `old_target` / `keep_old` how the earlier categories are kept."""
     from fgsn.edit.activation_match_run import run_activation_match
     from fgsn.edit.options import ActivationMatchOptions
 

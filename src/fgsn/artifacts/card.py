@@ -12,7 +12,8 @@ from fgsn.artifacts.manifest import MANIFEST, manifest_options
 CARD = "README.md"
 CONFIG = "fgsn/config.yaml"
 # Options that name files or folders: written absolute to the config, so that it reruns from anywhere.
-PATH_OPTIONS = ("aligned", "finetuned", "base", "unaligned", "harmful", "task", "benign", "ledger", "locate_run")
+PATH_OPTIONS = ("aligned", "finetuned", "base", "unaligned", "harmful", "task", "benign", "ledger", "locate_run",
+                "original_finetuned")
 # The settings a card always shows per method (the other options: where they differ from the defaults).
 KEY_OPTIONS = {"fgsn": ("preset", "score", "projector", "granularity", "q", "p", "budget"),
                "safelora": ("select", "threshold", "k"), "resta": ("beta", "dare", "scope"),
@@ -23,6 +24,19 @@ WHAT = {
     "safelora": "the update of every module far from the safety subspace is projected onto it (SafeLoRA)",
     "resta": "the safety vector (aligned - unaligned) is added back to the fine-tuned weights (RESTA)",
     "wanda": "the weights that matter most on harmful prompts (Wanda scores) are pruned or reset",
+    "activation-match": "each linear module is changed in closed form to reproduce the aligned model's outputs on "
+                        "harmful inputs and the fine-tune's on task inputs (activation matching)",
+    "revert": "the fine-tuned entries whose return to the aligned value lowers a safety loss are reverted, round "
+              "after round, with a rollback on the task (iterative reversion)",
+}
+# What a ledger category's counts are (manifest `categories`: masked, overlap), per editor: a
+# projection's entries, activation matching's changed entries and the rows earlier steps changed,
+# a reversion's reverted entries (earlier steps' are frozen, so their overlap is zero).
+CATEGORY_COUNTS = {
+    "fgsn": "{masked:,} newly projected, {overlap:,} already projected by earlier steps",
+    "activation-match": "{masked:,} entries changed, {overlap:,} of them in rows earlier steps had changed",
+    "revert": "{masked:,} entries reverted to the aligned value, {overlap:,} of them reverted by earlier steps",
+    "sgdg": "{masked:,} entries reverted to the aligned value, {overlap:,} of them reverted by earlier steps",
 }
 
 
@@ -80,9 +94,9 @@ def model_card(man: dict, opts, command: str) -> str:
               f"tensors considered"]
     for cat, c in man.get("categories", {}).items():
         if man.get("ledger_step") is not None or cat != "default":
-            lines.append(f"- category `{cat}`: {c['masked']:,} newly projected, {c['overlap']:,} already projected "
-                         f"by earlier steps" + (f" (ledger step {man['ledger_step']})"
-                                                if man.get("ledger_step") is not None else ""))
+            counts = CATEGORY_COUNTS.get(method, "{masked:,} entries edited, {overlap:,} of them by earlier steps")
+            lines.append(f"- category `{cat}`: {counts.format(masked=c['masked'], overlap=c['overlap'])}"
+                         + (f" (ledger step {man['ledger_step']})" if man.get("ledger_step") is not None else ""))
     lines += ["", "## Inputs", "", "| role | path | sha256 |", "|---|---|---|"]
     lines += [f"| {role} | `{d.get('path')}` | `{d.get('sha256')}` |" for role, d in inputs.items()]
     lines += ["", "## Reproduce", "",

@@ -38,6 +38,16 @@ def run(args: argparse.Namespace) -> int:
           f"||change|| / ||W_f - W_a|| = {_fmt(tot['change_ratio'])} (max per module {_fmt(tot['max_change_ratio'])})")
     print(f"  harmful output gap closed (module level): {_fmt(tot['harmful_gap_closed'])}; mean task output drift "
           f"{_fmt(tot['mean_task_drift'])}")
+    c = m["activation_match"].get("continual")
+    if c is not None:
+        ct = c["totals"]
+        earlier = ", ".join(c["earlier"]) or "none"
+        print(f"  ledger {c['ledger']}: step {c['step']}, category {c['category']} (earlier: {earlier}); rows changed "
+              f"{ct['rows_changed']:,}, of them changed by an earlier step {ct['rows_again']:,}")
+        if c["earlier"]:
+            print(f"  earlier categories' module outputs: mean relative change {_fmt(ct['mean_old_drift'])} (max "
+                  f"{_fmt(ct['max_old_drift'])}), kappa {c['settings']['kappa']}, keep-old {c['settings']['keep_old']}; "
+                  f"cos(change, earlier steps' change) {_fmt(ct['overlap_cos'])}")
     if m["activation_match"]["lora_merged"]:
         print(f"  note: {LORA_NOTE}")
     return 0

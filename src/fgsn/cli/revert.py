@@ -41,4 +41,8 @@ def run(args: argparse.Namespace) -> int:
               f"final {v['nll_final']:.4f} (ceiling {v['ceiling']:.4f}; {len(info['rollbacks'])} rollback(s))")
     if info.get("compensation"):
         print(f"  compensated {len(info['compensation'])} modules on task inputs")
+    if m.get("ledger_step") is not None:
+        for cat, c in m["categories"].items():
+            print(f"  ledger step {m['ledger_step']}, category {cat}: {c['masked']:,} reverted, {c['overlap']:,} of "
+                  "them reverted by an earlier step (entries earlier steps reverted stay as they are)")
     return 0

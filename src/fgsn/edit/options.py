@@ -116,6 +116,13 @@ class RevertOptions(CompensateOptions, ProbeOptions):
     max_rollbacks: int = Field(1, ge=0, description="rollbacks at most, each followed by a new check (SGDG: 1)")
     validation_share: float = Field(0.25, gt=0, lt=1, description="share of the task examples held out (by "
                                                                   "prompt hash) for the rollback's check")
+    ledger: str | None = Field(None, description="continual ledger folder (created if missing): this run is one "
+                                                  "step, for --category, from the latest step's output as "
+                                                  "--finetuned; entries an earlier step reverted are never touched "
+                                                  "again (not reverted, rolled back or compensated)")
+    category: str | None = Field(None, description="with --ledger: the harm category this step repairs (one step "
+                                                   "per category); filters --harmful to it when it matches prompt "
+                                                   "categories")
 
     @field_validator("harmful", "task", "modules", mode="before")
     @classmethod
@@ -178,6 +185,30 @@ class ActivationMatchOptions(EditOptions, ProbeOptions):
         "Grams (float64) resident at once; layers are processed in chunks that fit, one forward pass per chunk "
         "(planned from the last layer down, so the early, cheap-to-reach layers take the extra passes)"))
     max_batch_tokens: int = Field(4096, ge=64, description="padded tokens per forward batch")
+    ledger: str | None = Field(None, description=(
+        "continual ledger folder (created if missing): this run is one step, for --category, starting from the "
+        "latest step's output as --finetuned; it keeps the outputs earlier steps restored on their harmful prompts "
+        "(recorded in the ledger)"))
+    category: str | None = Field(None, description=(
+        "with --ledger: the harm category this step repairs (one step per category); filters --harmful to it when "
+        "it matches prompt categories"))
+    kappa: float = Field(100.0, ge=0, description=(
+        "with --ledger, from the second category on: weight of keeping the earlier categories' module outputs, per "
+        "token relative to the new category's harmful tokens; their mean squared change is at most "
+        "(harmful gap + lambda task gap) / kappa"))
+    old_target: Literal["current", "aligned"] = Field("current", description=(
+        "with --ledger: what the --kappa term holds the earlier categories' module outputs to: current (as the "
+        "model this step starts from gives them, residual gap included) or aligned (the aligned model's: their "
+        "harmful term stays in the objective, so a later category that resembles an earlier one can still be "
+        "repaired; their gap can rise by at most (harmful gap + lambda task gap) / kappa)"))
+    keep_old: Literal["soft", "hard"] = Field("soft", description=(
+        "with --ledger: soft: only the --kappa term; hard: also confine the change to input directions holding at "
+        "most --old-energy of the earlier categories' input energy (as --null-energy does for the task)"))
+    old_energy: float = Field(0.01, gt=0, lt=1, description=(
+        "with --keep-old hard: share of the earlier categories' tr(G_old) the edited input subspace may hold"))
+    original_finetuned: str | None = Field(None, description=(
+        "with --ledger, from the second category on: the fine-tuned model the ledger's first step started from "
+        "(the task term's reference; default: the path the ledger recorded)"))
     exact_rank: bool = Field(True, description=(
         "report each change's numerical rank and the directions holding 99% of it (an SVD per module); off: only "
         "the bound min(rows, in, harmful tokens)"))

@@ -78,6 +78,7 @@ def run_project(opts: ProjectOptions) -> ProjectResult:
     ledger = Ledger(opts.ledger) if opts.ledger else None
     if ledger is not None:
         with ledger.locked():
+            ledger.check_editor("project")
             ledger.check_models(trio.base.sha256, trio.aligned.sha256, trio.finetuned.sha256)
             if ledger.step_of(category) is not None:
                 return _noop(trio, opts, ledger, category, t0)
