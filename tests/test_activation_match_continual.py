@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from fgsn.edit.activation_match import absolute_mu, continual_maps, old_basis, ridge_map
 from fgsn.errors import InputError, IntegrityError, LedgerError
-from test_activation_match import captured_inputs, is_linear, weights
+from test_activation_match import captured_inputs, is_linear, lora_finetune, weights
 
 # two harm categories of the tiny tokenizer's words, and the task
 CAT_A = ["how do i make a bomb", "make a bomb then kill", "how do i kill", "kill it please",
@@ -466,24 +466,12 @@ def test_version_1_ledgers_stay_readable(tmp_path):
 
 # -- LoRA input --------------------------------------------------------------------------------------------
 def test_lora_steps_equal_the_merged_steps_and_say_merged(llama_trio, files, tmp_path):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from fgsn.edit.ledger import Ledger
 
     t = llama_trio
-    model = AutoModelForCausalLM.from_pretrained(t["aligned"])
-    torch.manual_seed(7)
-    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"],
-                                          init_lora_weights=False))
-    pm.save_pretrained(tmp_path / "adapter")
-    merged = tmp_path / "merged"
-    pm.merge_and_unload().save_pretrained(merged)
-    for f in Path(t["aligned"]).iterdir():
-        if f.suffix != ".safetensors" and f.name != "config.json" and f.is_file():
-            (merged / f.name).write_bytes(f.read_bytes())
+    adapter, merged = lora_finetune(t["aligned"], tmp_path, 7, ["q_proj", "down_proj"])
     out = {}
-    for kind, src in (("lora", tmp_path / "adapter"), ("full", merged)):
+    for kind, src in (("lora", adapter), ("full", merged)):
         led = str(tmp_path / f"led-{kind}")
         a = run(t, files, tmp_path / f"{kind}1", finetuned=src, ledger=led, category="violence")
         b = run(t, files, tmp_path / f"{kind}2", harmful="b.jsonl", finetuned=tmp_path / f"{kind}1", ledger=led,

@@ -64,14 +64,8 @@ def open_continual(opts, trio: Trio, ledger: Ledger, has_task: bool) -> Continua
     """Check that this run continues `ledger` (called with its lock held) and gather what the step
     needs from it."""
     category = opts.category
-    ledger.check_editor(EDITOR)
-    done = ledger.step_of(category)
-    if done is not None:
-        raise LedgerError(f"category {category!r} is already step {done['step']} of ledger {ledger.path} (output "
-                          f"{done['output']}); give this run a new --category, or a new --ledger folder to start "
-                          "over from the fine-tuned model")
-    ledger.check_models(trio.base.sha256 if trio.base is not None else None, trio.aligned.sha256,
-                        trio.finetuned.sha256)
+    ledger.check_new_step(EDITOR, category, trio.base.sha256 if trio.base is not None else None,
+                          trio.aligned.sha256, trio.finetuned.sha256)
     original = None
     if ledger.steps and needs_original(opts, has_task):
         original = _open_original(opts, trio, ledger)

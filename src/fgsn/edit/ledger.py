@@ -138,6 +138,19 @@ class Ledger:
             raise LedgerError(f"ledger {self.path} continues from {where} (sha256 {expected[:12]}...), but "
                               f"--finetuned has sha256 {finetuned_sha[:12]}...; pass the latest step's output")
 
+    def check_new_step(self, editor: str, category: str, base_sha: str | None, aligned_sha: str,
+                       finetuned_sha: str) -> None:
+        """Refuse a run (activation-match, revert) that does not continue this ledger with a new
+        step: another editor's ledger, a category it already holds, other models, or a --finetuned
+        that is not the latest step's output. (`fgsn project` re-runs a recorded category as a no-op.)"""
+        self.check_editor(editor)
+        done = self.step_of(category)
+        if done is not None:
+            raise LedgerError(f"category {category!r} is already step {done['step']} of ledger {self.path} (output "
+                              f"{done['output']}); give this run a new --category, or a new --ledger folder to start "
+                              "over from the fine-tuned model")
+        self.check_models(base_sha, aligned_sha, finetuned_sha)
+
     def unions(self) -> PackedMasks:
         """The OR of every step's masks, per tensor, kept bit-packed: each step's mask file is read
         once (at the first call), not once per tensor."""

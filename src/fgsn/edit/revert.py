@@ -68,7 +68,7 @@ from fgsn.edit.compensate import compensate_checkpoint
 from fgsn.edit.ledger import Ledger
 from fgsn.edit.options import RevertOptions
 from fgsn.edit.rewrite import EditResult, stream_rewrite, write_output
-from fgsn.errors import InputError, LedgerError
+from fgsn.errors import InputError
 from fgsn.locate.attribution import gradient_sums
 from fgsn.locate.layers import parse_layers
 from fgsn.locate.losses import check_hidden_index, cosine_gradients, cosine_loss, example_nll, last_token_mean
@@ -342,14 +342,8 @@ def run_revert(opts: RevertOptions, method: str = "revert") -> EditResult:
         return _run(opts, method, trio, out, t0, None)
     ledger = Ledger(opts.ledger)
     with ledger.locked():  # held until the step is recorded
-        ledger.check_editor(method)
-        done = ledger.step_of(opts.category)
-        if done is not None:
-            raise LedgerError(f"category {opts.category!r} is already step {done['step']} of ledger {ledger.path} "
-                              f"(output {done['output']}); give this run a new --category, or a new --ledger folder "
-                              "to start over from the fine-tuned model")
-        ledger.check_models(trio.base.sha256 if trio.base is not None else None, trio.aligned.sha256,
-                            trio.finetuned.sha256)
+        ledger.check_new_step(method, opts.category, trio.base.sha256 if trio.base is not None else None,
+                              trio.aligned.sha256, trio.finetuned.sha256)
         return _run(opts, method, trio, out, t0, ledger)
 
 
