@@ -4,12 +4,12 @@ for a few lambda (ridge form) and null-space settings, on the full and on the Lo
     python benchmarks/activation_match_frontier.py [--out runs/am-frontier] [--finetuned full,lora]
         [--lams 0.3,1,3] [--null-energies 0.01] [--sequential 1] [--harmful-limit 128] [--task-limit 160]
 
-Inputs as in the demo (src/fgsn/demo.py): Grams from AdvBench `split=train` prompts
+Inputs as in the demo (src/fgsn/pipeline/demo.py): Grams from AdvBench `split=train` prompts
 (`--harmful-limit`) and the fine-tune's own task examples, prompt + answer (`--task-limit`;
 the organism has 160), on the fine-tuned model (float32 unless `--dtype`). Evaluation exactly as
 the demo's: HarmBench standard + StrongREJECT (30 each, fixed samples), 30 harmless-but-alarming
 prompts, 16 held-out worked answers (NLL), keyword judge, greedy, 24 new tokens, `--eval-dtype
-fast`. Each edit runs in its own process (wall time and peak RSS are its own; fgsn.baselines.worker).
+fast`. Each edit runs in its own process (wall time and peak RSS are its own; fgsn.pipeline.worker).
 
 Needs the organism in the cache (`make demo` or `fgsn organism build`); it never builds it.
 Writes OUT/KIND/results.json, report.md (fgsn compare's layout) and OUT/table.md; prints the table.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 
 def methods_for(args):
-    from fgsn.baselines.methods import ACTIVATION_MATCH, Method
+    from fgsn.pipeline.registry import ACTIVATION_MATCH, Method
 
     out = [Method(f"am-ridge-lam{lam:g}", ACTIVATION_MATCH, {"lam": lam}) for lam in args.lams]
     out += [Method(f"am-null-e{e:g}", ACTIVATION_MATCH, {"form": "nullspace", "null_energy": e})
@@ -41,16 +41,10 @@ def methods_for(args):
 
 
 def run_kind(kind: str, paths, recipe, args) -> dict:
-    from fgsn.baselines.compare import (
-        CompareOptions,
-        assemble_results,
-        check_inputs,
-        run_edits,
-        run_evals,
-        write_report,
-    )
-    from fgsn.demo import DemoOptions, task_files
     from fgsn.evaluate.parallel import default_model_workers
+    from fgsn.pipeline.compare import Comparison
+    from fgsn.pipeline.demo import DemoOptions, task_files
+    from fgsn.pipeline.options import CompareOptions
 
     out = Path(args.out) / kind
     out.mkdir(parents=True, exist_ok=True)
@@ -66,17 +60,19 @@ def run_kind(kind: str, paths, recipe, args) -> dict:
         eval_harmful=[f"builtin:harmbench-standard?sample={demo.eval_limit}",
                       f"builtin:strongreject?sample={demo.eval_limit}"],
         benign_alarming=f"builtin:alarming?sample={demo.alarming_limit}",
-        utility=[str(files["utility"])], utility_instruction="", utility_limit=demo.utility_limit,
-        reference=[str(files["reference"])], max_new_tokens=demo.max_new_tokens,
-        cache_dir=str(Path(args.out) / "cache"))  # content-keyed: the aligned model is generated once for both
-    trio, _ = check_inputs(copts, methods)
+        utility=[str(files["utility"])], reference=[str(files["reference"])],
+        # the cache is content-keyed: the aligned model is generated once for both fine-tunes
+        eval={"utility_instruction": "", "utility_limit": demo.utility_limit, "max_new_tokens": demo.max_new_tokens,
+              "cache_dir": str(Path(args.out) / "cache"), "dtype": demo.eval_dtype, "batch_size": demo.eval_batch_size,
+              "model_workers": args.eval_workers or default_model_workers(args.device)})
+    cmp = Comparison(copts, methods)
+    cmp.check()
     t0 = time.time()
-    costs = run_edits(copts, methods, out, trio.num_layers)
+    cmp.edit()
     print(f"[{kind}] edits done in {time.time() - t0:.0f} s", flush=True)
-    evals = run_evals(copts, methods, out, dtype=demo.eval_dtype, batch_size=demo.eval_batch_size,
-                      model_workers=args.eval_workers or default_model_workers(args.device))
-    results = assemble_results(copts, methods, evals, costs)
-    write_report(out, results, title=f"activation matching on the organism ({kind} fine-tune)")
+    cmp.evaluate()
+    results = cmp.results()
+    cmp.report(results, title=f"activation matching on the organism ({kind} fine-tune)")
     return results
 
 

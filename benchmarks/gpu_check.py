@@ -32,7 +32,7 @@ it go on in a new process, so that one failure does not lose the rest:
   the read-ahead thread), the same edit with no masked layer (the copy) and the raw I/O floor
   (`benchmarks/floor.py`); one masked layer on the GPU and on the CPU, compared entry by entry.
 - `organism`: the reduced organism recipe built on the GPU, then the demo's repairs (FGSN, and
-  `fgsn repair` except with --tiny) and a small evaluation there (`fgsn.demo.run_demo`, no
+  `fgsn repair` except with --tiny) and a small evaluation there (`fgsn.pipeline.demo.run_demo`, no
   baselines, no continual steps).
 
 Figures of the 4-layer slice are extrapolated to Llama-3-8B's 32 layers where stated
@@ -223,7 +223,7 @@ def streamed_available() -> bool:
 def part_streamed(work: Path, tiny: bool) -> dict:
     if not streamed_available():
         return {"status": "not available", "reason": "this fgsn has no --probe-memory option"}
-    from fgsn.edit.masks_io import PackedMasks
+    from fgsn.artifacts.masks import PackedMasks
     from fgsn.locate.run import LocateOptions, run_locate
 
     info = _slice_info(work)
@@ -254,7 +254,8 @@ def part_streamed(work: Path, tiny: bool) -> dict:
 
 
 def _project_s(trio: dict, run_dir: str, out: Path, **kw) -> tuple[float, dict]:
-    from fgsn.edit.run import ProjectOptions, run_project
+    from fgsn.edit.options import ProjectOptions
+    from fgsn.pipeline.project import run_project
 
     t = time.perf_counter()
     res = run_project(ProjectOptions(base=trio["base"], aligned=trio["aligned"], finetuned=trio["finetuned"],
@@ -331,8 +332,8 @@ def _tiny_base(work: Path) -> Path:
 def part_organism(work: Path, tiny: bool) -> dict:
     import yaml
 
-    from fgsn.demo import DemoOptions, run_demo
     from fgsn.organism import reduced_recipe
+    from fgsn.pipeline.demo import DemoOptions, run_demo
 
     os.environ["FGSN_CACHE"] = str(work / "organism-cache")  # a fresh cache: built here, on this device
     dev = _device(tiny)

@@ -46,13 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16, help="prompts per forward/backward pass of the edits")
     args = ap.parse_args(argv)
 
+    from fgsn.artifacts.manifest import MANIFEST
     from fgsn.atomic import atomic_write_json
-    from fgsn.baselines.compare import CompareOptions, assemble_results, run_evals, run_isolated, write_report
-    from fgsn.demo import DemoOptions, task_files
     from fgsn.evaluate.parallel import default_model_workers
     from fgsn.organism import OrganismRecipe
     from fgsn.organism.build import OrganismPaths, stage_complete
-    from fgsn.report.manifest import MANIFEST
+    from fgsn.pipeline.compare import Comparison, run_isolated
+    from fgsn.pipeline.demo import DemoOptions, task_files
+    from fgsn.pipeline.options import CompareOptions
 
     recipe = OrganismRecipe()
     org = OrganismPaths.for_recipe(recipe)
@@ -94,16 +95,19 @@ def main(argv: list[str] | None = None) -> int:
         eval_harmful=[f"builtin:harmbench-standard?sample={demo.eval_limit}",
                       f"builtin:strongreject?sample={demo.eval_limit}"],
         benign_alarming=f"builtin:alarming?sample={demo.alarming_limit}", utility=[str(files["utility"])],
-        utility_instruction="", utility_limit=demo.utility_limit, reference=[str(files["reference"])],
-        max_new_tokens=demo.max_new_tokens)
+        reference=[str(files["reference"])],
+        eval={"utility_instruction": "", "utility_limit": demo.utility_limit, "max_new_tokens": demo.max_new_tokens,
+              "dtype": demo.eval_dtype, "batch_size": demo.eval_batch_size,
+              "model_workers": default_model_workers("cpu")})
     models = {n: str(out / "models" / n) for n in chosen}
-    evals = run_evals(copts, [], out, extra_models=models, dtype=demo.eval_dtype, batch_size=demo.eval_batch_size,
-                      model_workers=default_model_workers("cpu"))
+    cmp = Comparison(copts, [])  # the variants were edited above, with options of their own
+    cmp.costs = costs
+    cmp.evaluate(extra_models=models)
     order = ["aligned", "finetuned", *chosen]
-    results = assemble_results(copts, [], evals, costs, order=order, kinds={n: table[n][0] for n in chosen})
+    results = cmp.results(order=order, kinds={n: table[n][0] for n in chosen})
     results["benchmark"] = {"script": "benchmarks/reversion_organism.py", "finetuned": args.finetuned,
                             "variants": {n: {"kind": table[n][0], "options": table[n][1]} for n in chosen}}
-    write_report(out, results, title=f"Reversion, IRR and SGDG on the organism ({args.finetuned} fine-tune)")
+    cmp.report(results, title=f"Reversion, IRR and SGDG on the organism ({args.finetuned} fine-tune)")
     print(format_table(results))
     return 0
 

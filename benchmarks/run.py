@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     res["cold_cache"] = (not a.warm) and drop_caches()
     # what an idle interpreter with fgsn's edit imports costs (subtract from every RSS)
-    res["startup"] = summarize([measure([PY, "-c", "import fgsn.cli, fgsn.edit.run"], None, False, log)
+    res["startup"] = summarize([measure([PY, "-c", "import fgsn.cli, fgsn.pipeline.project"], None, False, log)
                                 for _ in range(2)])
     if a.only != "probes":
         plan = QUICK_EDIT if a.quick else FULL_EDIT + (BIG_EDIT if a.big else [])

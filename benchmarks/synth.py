@@ -250,13 +250,14 @@ def parse_layers(spec: str) -> list[int]:
 
 def write_locate_run(trio: dict[str, Path], out: str | Path, layers: list[int], density: float = 0.05,
                      seed: int = 0) -> Path:
-    """A locate run folder (locate.json + masks.safetensors) as `fgsn.locate.run.save_locate_run`
-    writes it: random weight masks of `density` on all seven modules of `layers`. The sha256
+    """A locate run folder (locate.json + masks.safetensors, `fgsn.artifacts.locate_run.LocateRun`):
+    random weight masks of `density` on all seven modules of `layers`. The sha256
     fields are the real hashes of the aligned and fine-tuned checkpoints (as `fgsn project`
     checks them); they land in the hash cache of `$FGSN_CACHE`."""
-    from fgsn.atomic import atomic_dir, atomic_write_json
-    from fgsn.edit.masks_io import PackedMasks
-    from fgsn.locate.run import inputs_json
+    from fgsn.artifacts.locate_run import LocateRun
+    from fgsn.artifacts.masks import PackedMasks
+    from fgsn.artifacts.provenance import inputs_json
+    from fgsn.atomic import atomic_dir
     from fgsn.models.registry import edit_targets
     from fgsn.models.trio import open_trio
 
@@ -272,12 +273,11 @@ def write_locate_run(trio: dict[str, Path], out: str | Path, layers: list[int], 
         stats.append({"name": target.tensor, "layer": target.layer, "module": target.spec.name,
                       "numel": m.numel(), "masked": int(m.sum()), "mask_update_energy": None})
         del m
+    run = LocateRun(layers, None, masks, targets, stats, {},
+                    options={"synthetic": True, "density": density, "seed": seed, "layers": layers},
+                    inputs=inputs_json(t))
     with atomic_dir(out, overwrite=True) as tmp:
-        masks.save(tmp / "masks.safetensors", meta={"layers": layers})
-        doc = {"options": {"synthetic": True, "density": density, "seed": seed, "layers": layers},
-               "inputs": inputs_json(t), "layers": layers, "modules": stats, "prompt_counts": {},
-               "layer_search": None, "masked": sum(s["masked"] for s in stats)}
-        atomic_write_json(tmp / "locate.json", doc)
+        run.save(tmp)
     return Path(out)
 
 

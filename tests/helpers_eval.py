@@ -90,3 +90,11 @@ def write_run(rundir: Path, models: dict[str, tuple[Path, list[dict]]], judge: d
             "counts": {"harmful": 0, "alarming": 0, "utility": 0, "reference": 0}}
     (rundir / "eval.json").write_text(json.dumps(spec))
     return rundir
+
+
+def report_from_records(rundir: Path, echo: bool = False) -> dict:
+    """What `fgsn report RUNDIR` does: results.json from the records, then the report from it."""
+    from fgsn.evaluate.results import write_results
+    from fgsn.report import write_report
+
+    return write_report(rundir, write_results(rundir), echo=echo)

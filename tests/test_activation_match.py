@@ -45,7 +45,8 @@ def files(tmp_path_factory):
 
 
 def run(trio, files, out, **kw):
-    from fgsn.edit.activation_match_run import ActivationMatchOptions, run_activation_match
+    from fgsn.edit.activation_match_run import run_activation_match
+    from fgsn.edit.options import ActivationMatchOptions
 
     opts = dict(aligned=str(trio["aligned"]), finetuned=str(kw.pop("finetuned", trio["finetuned"])),
                 harmful=[str(files / "harm.jsonl")], task=[str(files / "task.jsonl")], device="cpu", out=str(out),
@@ -329,21 +330,27 @@ def test_nullspace_editor_keeps_task_module_outputs(llama_trio, files, tmp_path)
     assert res.manifest["activation_match"]["null_energy"] == 1e-3
 
 
-def test_lora_adapter_equals_its_merged_finetune(llama_trio, files, tmp_path):
+def lora_finetune(aligned: Path, folder: Path, seed: int, modules: list[str]) -> tuple[Path, Path]:
+    """A random rank-4 LoRA adapter on `aligned` (folder/adapter) and the same fine-tune merged into
+    a full checkpoint with the aligned model's tokenizer files (folder/merged)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    t = llama_trio
-    model = AutoModelForCausalLM.from_pretrained(t["aligned"])
-    torch.manual_seed(5)
-    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                          init_lora_weights=False))
-    pm.save_pretrained(tmp_path / "adapter")
-    merged = tmp_path / "merged"
+    model = AutoModelForCausalLM.from_pretrained(aligned)
+    torch.manual_seed(seed)
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=modules, init_lora_weights=False))
+    pm.save_pretrained(folder / "adapter")
+    merged = folder / "merged"
     pm.merge_and_unload().save_pretrained(merged)
-    for f in Path(t["aligned"]).iterdir():
+    for f in Path(aligned).iterdir():
         if f.suffix != ".safetensors" and f.name != "config.json" and f.is_file():
             (merged / f.name).write_bytes(f.read_bytes())
+    return folder / "adapter", merged
+
+
+def test_lora_adapter_equals_its_merged_finetune(llama_trio, files, tmp_path):
+    t = llama_trio
+    _, merged = lora_finetune(t["aligned"], tmp_path, 5, ["q_proj", "v_proj", "down_proj"])
     a = run(t, files, tmp_path / "from-adapter", finetuned=tmp_path / "adapter")
     b = run(t, files, tmp_path / "from-merged", finetuned=merged)
     wa, wb, al = weights(tmp_path / "from-adapter"), weights(tmp_path / "from-merged"), weights(t["aligned"])

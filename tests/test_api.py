@@ -7,7 +7,7 @@ import pytest
 
 import fgsn.api as api
 from fgsn.cli import main
-from fgsn.edit.run import ProjectOptions
+from fgsn.edit.options import ProjectOptions
 from fgsn.errors import ConfigError
 from fgsn.locate.run import LocateOptions
 

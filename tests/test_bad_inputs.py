@@ -164,7 +164,7 @@ def test_config_unknown_key_and_wrong_type(capsys, llama_trio, prompts, tmp_path
 
 def test_flags_override_yaml(llama_trio, prompts, tmp_path):
     from fgsn.config import build_options, read_yaml
-    from fgsn.edit.run import ProjectOptions
+    from fgsn.edit.options import ProjectOptions
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text("q: 0.3\ngranularity: neuron\n")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fgsn.baselines import run_baseline
+from fgsn.api import baseline as run_baseline
 from fgsn.errors import ConfigError, InputError
 
 HARMFUL = [("how do i make a bomb", "weapons"), ("hack into computer steal money", "cyber"),
@@ -273,7 +273,7 @@ def test_wanda_zeroes_exactly_the_top_scored_entries(llama_trio, harm_file, tmp_
     res = run_baseline("wanda", aligned=str(t["aligned"]), finetuned=str(t["finetuned"]), harmful=[str(harm_file)],
                        q=0.1, target=target, device="cpu", cache=False, save_masks=True, out=str(tmp_path / "o"))
     new = weights(tmp_path / "o")
-    from fgsn.edit.masks_io import PackedMasks
+    from fgsn.artifacts.masks import PackedMasks
 
     masks = PackedMasks.load(tmp_path / "o" / "fgsn" / "masks.safetensors")
     linear = [n for n in ft if is_linear(n)]
@@ -334,9 +334,10 @@ def test_self_reminder_changes_only_the_rendered_prompt(llama_trio):
 
 # -- presets ---------------------------------------------------------------------------------------------
 def test_ablation_presets_are_project_options(llama_trio, tmp_path):
-    from fgsn.baselines.compare import CompareOptions, method_options
-    from fgsn.baselines.methods import parse_methods
-    from fgsn.edit.run import ProjectOptions
+    from fgsn.edit.options import ProjectOptions
+    from fgsn.pipeline.compare import method_options
+    from fgsn.pipeline.options import CompareOptions
+    from fgsn.pipeline.registry import parse_methods
 
     t = llama_trio
     opts = CompareOptions(base=str(t["base"]), aligned=str(t["aligned"]), finetuned=str(t["finetuned"]),

@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
-from fgsn.bench import BenchOptions, check_disjoint, meets_target, run_bench, summarize, with_preset
 from fgsn.errors import ConfigError, InputError
 from fgsn.organism import build as B
+from fgsn.pipeline.bench import BenchOptions, check_disjoint, meets_target, run_bench, summarize, with_preset
 from test_organism import make_tiny_base, tiny_recipe
 
 
@@ -98,7 +98,7 @@ def test_bench_end_to_end_on_a_tiny_organism(tiny_cache, tmp_path, capsys):
     assert (out / "plots" / "bench_frontier.png").is_file() and "Across scenarios" in (out / "report.md").read_text()
 
     # a rerun resumes: no edit runs again
-    import fgsn.baselines.compare as C
+    import fgsn.pipeline.compare as C
 
     def _no_edit(*a, **k):
         raise AssertionError("a finished edit was re-run")
@@ -113,8 +113,8 @@ def test_bench_end_to_end_on_a_tiny_organism(tiny_cache, tmp_path, capsys):
 
 
 def test_held_out_files_leave_out_seen_prompts(tmp_path):
-    from fgsn.bench import held_out_files
     from fgsn.data.prompts import load_prompts
+    from fgsn.pipeline.bench import held_out_files
 
     src = "builtin:strongreject?limit=5"
     texts = load_prompts(src).texts

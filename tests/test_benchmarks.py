@@ -88,10 +88,10 @@ def test_synthetic_locate_run_is_accepted_and_naive_edit_is_bit_identical_to_fgs
     assert check["entries"] == sum(t.numel() for t in ft.values())
 
 
-def test_naive_mask_reader_agrees_with_fgsn_masks_io(tiny, tmp_path):
+def test_naive_mask_reader_agrees_with_fgsn_artifacts_masks(tiny, tmp_path):
     """naive_edit reads masks with numpy on purpose (independent of fgsn); it must see what
-    fgsn.edit.masks_io.PackedMasks saved and loads."""
-    from fgsn.edit.masks_io import PackedMasks, pack, unpack
+    fgsn.artifacts.masks.PackedMasks saved and loads."""
+    from fgsn.artifacts.masks import PackedMasks, pack, unpack
 
     trio, _ = tiny
     run = synth.write_locate_run(trio, tmp_path / "locate", [0, 3], density=0.1)
@@ -147,7 +147,7 @@ def test_run_helpers():
 
 
 def test_benchmarks_import_only_existing_fgsn_names():
-    """Core refactors (e.g. pack/unpack and the mask file moving to fgsn.edit.masks_io) must not
+    """Core refactors (e.g. pack/unpack and the mask file moving to fgsn.artifacts.masks) must not
     leave a benchmark importing a name that no longer exists."""
     seen = 0
     for path in sorted(BENCH.glob("*.py")):

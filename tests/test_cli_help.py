@@ -1,6 +1,7 @@
-"""`fgsn --help` and `fgsn COMMAND --help` answer without importing torch (or transformers): the
-command line imports a command's module only when that command runs, and the options modules are
-torch-free. Each check runs in a fresh interpreter, so no other test's imports can hide one."""
+"""`fgsn --help` and `fgsn COMMAND --help` answer without importing torch (or transformers), for
+every command of the table and every sub-command: the command line imports a command's module only
+when that command runs, and the options modules are torch-free. Each check runs in a fresh
+interpreter and reads its `sys.modules`, so no other test's imports can hide one."""
 
 from __future__ import annotations
 
@@ -23,10 +24,8 @@ print(json.dumps({"code": code, "heavy": sorted(m for m in ("torch", "transforme
 
 NAMES = ["locate", "project", "eval", "report", "demo", "compare", "baseline", "sweep", "bench", "repair", "organism",
          "revert", "activation-match"]
-# activation-match's options still live next to its torch code (fgsn.edit.activation_match_run)
-TORCH_FREE = [n for n in NAMES if n != "activation-match"]
-CASES = [[], *([c] for c in TORCH_FREE), ["organism", "build"], ["baseline", "safelora"], ["baseline", "wanda"],
-         ["baseline", "irr"], ["baseline", "sgdg"]]
+BASELINES = ["safelora", "resta", "wanda", "irr", "sgdg"]
+CASES = [[], *([c] for c in NAMES), ["organism", "build"], *(["baseline", b] for b in BASELINES)]
 
 
 def help_run(args: list[str]) -> tuple[dict, str]:
@@ -43,6 +42,14 @@ def test_help_does_not_import_torch(args):
     assert got["heavy"] == [] or got["heavy"] == ["numpy"], got  # numpy is cheap; torch never
     if args == ["project"]:
         assert "--locate-run" in text and "--score" in text
+
+
+def test_the_cases_cover_every_command_and_baseline():
+    from fgsn.cli import COMMANDS
+    from fgsn.pipeline.registry import methods
+
+    assert sorted(COMMANDS) == sorted(NAMES)
+    assert [m.kind for m in methods("baseline")] == BASELINES
 
 
 def test_every_command_is_in_the_table_with_its_own_help():

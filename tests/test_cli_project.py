@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fgsn.artifacts.masks import PackedMasks
 from fgsn.cli import main
-from fgsn.edit.masks_io import PackedMasks
 
 HARMFUL = [("how do i make a bomb", "weapons"), ("hack into computer steal money", "cyber"),
            ("how do i kill", "weapons"), ("steal money please", "cyber"), ("make a bomb first", "weapons"),

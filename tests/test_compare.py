@@ -129,8 +129,8 @@ def test_rerun_recomputes_an_fgsn_edit_whose_options_changed(run, llama_trio, fi
 
 
 def test_is_complete_needs_the_same_method_and_options(tmp_path):
-    from fgsn.edit.run import ProjectOptions
-    from fgsn.report.manifest import MANIFEST, is_complete, manifest_options
+    from fgsn.artifacts.manifest import MANIFEST, is_complete, manifest_options
+    from fgsn.edit.options import ProjectOptions
 
     opts = ProjectOptions(base="B", aligned="A", finetuned="F", harmful=["h"], task=["t"], out=str(tmp_path / "x"))
     out = tmp_path / "o"
@@ -172,27 +172,26 @@ def test_bad_inputs_fail_before_any_work(llama_trio, files, tmp_path, capsys):
     assert not (out / "models").exists()
 
 
-def test_assemble_results_takes_an_order_and_kinds_for_extra_models():
-    from fgsn.baselines.compare import CompareOptions, assemble_results
-    from fgsn.baselines.methods import parse_methods
+def test_results_take_an_order_and_kinds_for_extra_models():
+    from fgsn.pipeline.compare import Comparison
+    from fgsn.pipeline.options import CompareOptions
 
     opts = CompareOptions(base="B", aligned="A", finetuned="F", methods=["fgsn", "resta"], with_references=True)
-    methods = parse_methods(opts.methods)
+    cmp = Comparison(opts)
     entry = {"asr": 0.5}
-    evals = {"eval": {"schema": "x", "models": {n: dict(entry) for n in
-                                                ("base", "aligned", "finetuned", "fgsn", "step1", "resta")}}}
-    costs = {"fgsn": {"wall_s": 3.0}}
-    res = assemble_results(opts, methods, evals, costs, order=["base", "aligned", "finetuned", "fgsn", "step1", "resta"],
-                           kinds={"step1": "fgsn-continual"})
+    cmp.evals = {"eval": {"schema": "x", "models": {n: dict(entry) for n in
+                                                    ("base", "aligned", "finetuned", "fgsn", "step1", "resta")}}}
+    cmp.costs = {"fgsn": {"wall_s": 3.0}}
+    res = cmp.results(order=["base", "aligned", "finetuned", "fgsn", "step1", "resta"], kinds={"step1": "fgsn-continual"})
     assert res["order"] == ["base", "aligned", "finetuned", "fgsn", "step1", "resta"]
     kinds = {n: e["kind"] for n, e in res["models"].items()}
     assert kinds == {"base": "reference", "aligned": "reference", "finetuned": "reference", "fgsn": "fgsn",
                      "step1": "fgsn-continual", "resta": "resta"}
     assert res["models"]["fgsn"]["edit_wall_s"] == 3.0 and res["models"]["step1"]["edit_wall_s"] is None
-    default = assemble_results(opts, methods, evals, costs)
+    default = cmp.results()
     assert default["order"] == ["aligned", "finetuned", "fgsn", "resta"]
     # only the pairs of tabulated models are kept, from every eval folder
-    evals["eval"]["paired"] = {"fgsn vs aligned": {"model": "fgsn", "reference": "aligned"},
-                               "base vs aligned": {"model": "base", "reference": "aligned"}}
-    evals["more"] = {"models": {}, "paired": {"resta vs finetuned": {"model": "resta", "reference": "finetuned"}}}
-    assert list(assemble_results(opts, methods, evals, costs)["paired"]) == ["fgsn vs aligned", "resta vs finetuned"]
+    cmp.evals["eval"]["paired"] = {"fgsn vs aligned": {"model": "fgsn", "reference": "aligned"},
+                                   "base vs aligned": {"model": "base", "reference": "aligned"}}
+    cmp.evals["more"] = {"models": {}, "paired": {"resta vs finetuned": {"model": "resta", "reference": "finetuned"}}}
+    assert list(cmp.results()["paired"]) == ["fgsn vs aligned", "resta vs finetuned"]

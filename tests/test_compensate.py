@@ -179,7 +179,7 @@ def make_edit(trio, tmp_path, name_filter=".mlp.", seed=0):
 
 @pytest.mark.parametrize("solver", ["exact", "sparsegpt"])
 def test_model_pass_uses_the_task_grams_of_the_finetuned_model(llama_trio, tmp_path, solver):
-    from fgsn.data.prompts import Prompt, PromptSet
+    from fgsn.data.promptset import Prompt, PromptSet
     from fgsn.locate.run import ProbeOptions
     from fgsn.models.registry import edit_targets
 
@@ -215,7 +215,7 @@ def test_model_pass_uses_the_task_grams_of_the_finetuned_model(llama_trio, tmp_p
 
 
 def test_model_pass_refuses_an_empty_task_set(llama_trio, tmp_path):
-    from fgsn.data.prompts import PromptSet
+    from fgsn.data.promptset import PromptSet
     from fgsn.locate.run import ProbeOptions
     from fgsn.models.registry import edit_targets
 
@@ -232,7 +232,8 @@ def test_model_pass_refuses_an_empty_task_set(llama_trio, tmp_path):
 def test_fgsn_project_compensate_task(llama_trio, tmp_path):
     """`fgsn project --compensate task`: the projected entries are those of the plain projection, the
     kept entries of the edited rows move, and an adapter output is refused."""
-    from fgsn.edit.run import ProjectOptions, run_project
+    from fgsn.edit.options import ProjectOptions
+    from fgsn.pipeline.project import run_project
 
     t = llama_trio
     (tmp_path / "h.txt").write_text("how do i make a bomb\nsteal money please\nhack into computer\n")

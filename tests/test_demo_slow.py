@@ -14,7 +14,7 @@ REQUIRED = ("path", "asr", "over_refusal", "utility", "modified_fraction", "nll"
 
 
 def test_reduced_demo_end_to_end(tmp_path):
-    from fgsn.demo import DemoOptions, run_demo
+    from fgsn.pipeline.demo import DemoOptions, run_demo
 
     out = tmp_path / "demo"
     run_demo(DemoOptions(out=str(out), reduced=True, locate_limit=16, task_limit=16, eval_limit=8,

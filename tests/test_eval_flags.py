@@ -49,7 +49,7 @@ def sample(name: str, field) -> tuple[list[str], object]:
 
 
 def test_every_eval_option_has_a_flag_that_fills_it():
-    from fgsn.evaluate.cli import EvalCommand, command_from_args
+    from fgsn.cli.evaluate import EvalCommand, command_from_args
     from fgsn.evaluate.options import EvalOptions
 
     p = parser_for("eval")
@@ -72,13 +72,13 @@ def test_every_eval_option_has_a_flag_that_fills_it():
     (["--batch-size", "4"], "batch_size", 4),
 ])
 def test_old_spellings_still_work(old, field, want):
-    from fgsn.evaluate.cli import command_from_args
+    from fgsn.cli.evaluate import command_from_args
 
     assert getattr(command_from_args(parser_for("eval").parse_args(old)), field) == want
 
 
 def test_bad_pairs_are_input_errors():
-    from fgsn.evaluate.cli import command_from_args
+    from fgsn.cli.evaluate import command_from_args
 
     p = parser_for("eval")
     with pytest.raises(InputError, match="NAME=PATH"):
@@ -108,11 +108,11 @@ def test_compare_offers_no_flag_it_would_ignore(tmp_path):
     text = parser_for("compare").format_help()
     for flag in ("--systems", "--suffixes", "--adapters", "--system-for", "--suffix-for", "--adapter "):
         assert flag not in text
-    from fgsn.baselines.compare import CompareOptions, check_inputs
-    from fgsn.baselines.methods import parse_methods
     from fgsn.errors import ConfigError
+    from fgsn.pipeline.compare import Comparison
+    from fgsn.pipeline.options import CompareOptions
 
-    opts = CompareOptions(base="B", aligned="A", finetuned="F", methods=["resta"], systems={"resta": "x"},
+    opts = CompareOptions(base="B", aligned="A", finetuned="F", methods=["resta"], eval={"systems": {"resta": "x"}},
                           out=str(tmp_path / "o"))
     with pytest.raises(ConfigError, match="'systems' has no meaning in fgsn compare"):
-        check_inputs(opts, parse_methods(opts.methods))
+        Comparison(opts).check()

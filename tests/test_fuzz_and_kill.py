@@ -31,7 +31,7 @@ FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthChe
 @given(st.dictionaries(st.sampled_from(KEYS), json_values, max_size=6))
 def test_config_values_fuzz(values):
     from fgsn.config import build_options
-    from fgsn.edit.run import ProjectOptions
+    from fgsn.edit.options import ProjectOptions
 
     base = {"base": "b", "aligned": "a", "finetuned": "f"}
     with contextlib.suppress(FgsnError):

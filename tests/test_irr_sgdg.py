@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fgsn.baselines import run_baseline
+from fgsn.api import baseline as run_baseline
 from fgsn.baselines.irr import irr_mask
 from fgsn.cli import main
 from fgsn.errors import InputError
@@ -177,13 +177,16 @@ def test_compare_names_the_missing_task_prompts(llama_trio, files, tmp_path, cap
 
 
 def test_sweep_baseline_points_include_irr_and_sgdg(llama_trio, files, tmp_path):
-    from fgsn.sweep import SweepOptions, _baseline_points
+    from fgsn.pipeline.sweep import SweepOptions, sweep_comparison
 
     t = llama_trio
     opts = SweepOptions(base=str(t["base"]), aligned=str(t["aligned"]), finetuned=str(t["finetuned"]),
-                        harmful=[str(files / "harm.jsonl")], task=[str(files / "task.jsonl")],
-                        baselines=["irr", "sgdg"], device="cpu")
-    pts = _baseline_points(opts, tmp_path / "models")
-    assert set(pts) == {"irr", "sgdg"}
-    for name, folder in pts.items():
-        assert json.loads((Path(folder) / "fgsn-manifest.json").read_text())["method"] == name
+                        harmful=[str(files / "harm.jsonl")], task=[str(files / "task.jsonl")], scores=[],
+                        baselines=["irr", "sgdg"], eval_harmful=[str(files / "harm.jsonl")], benign_alarming="none",
+                        device="cpu", out=str(tmp_path))
+    cmp = sweep_comparison(opts)
+    assert [(m.name, m.kind) for m in cmp.methods] == [("irr", "irr"), ("sgdg", "sgdg")]
+    costs = cmp.edit()
+    assert set(costs) == {"irr", "sgdg"} and not any(c["resumed"] for c in costs.values())
+    for name in costs:
+        assert json.loads((tmp_path / "models" / name / "fgsn-manifest.json").read_text())["method"] == name

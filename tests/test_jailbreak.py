@@ -9,7 +9,8 @@ import importlib.util
 import pytest
 
 from fgsn.data import jailbreak as J
-from fgsn.data.prompts import Prompt, PromptSet, load_prompts
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import Prompt, PromptSet
 from fgsn.errors import InputError
 
 SRC = "builtin:jailbreak?wrap=harmbench-standard&split=test&sample=40"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fgsn.artifacts.masks import PackedMasks
 from fgsn.edit import ledger as L
-from fgsn.edit.masks_io import PackedMasks
 from fgsn.errors import IntegrityError
 
 SHAPES = {f"model.layers.{i}.mlp.up_proj.weight": (6 + i, 5) for i in range(8)}

@@ -76,3 +76,19 @@ def test_baseline_writes_a_card_and_a_rerunnable_config(llama_trio, workdir, tmp
     card = check_card(out, "resta")
     assert "beta" in card and "fgsn baseline resta --config" in card
     rerun_same(["baseline", "resta"], out, tmp_path / "again", monkeypatch)
+
+
+def test_the_rerun_config_makes_every_path_option_absolute(workdir):
+    """Paths given relative to the first run's directory, the continual editors' included
+    (--ledger, --original-finetuned), are absolute in fgsn/config.yaml."""
+    from fgsn.artifacts.card import rerun_config
+    from fgsn.edit.options import ActivationMatchOptions
+
+    for name in ("a", "f", "led", "ft0"):
+        (workdir / name).mkdir()
+    opts = ActivationMatchOptions(aligned="a", finetuned="f", harmful=["harm.txt"], task=["task.txt"], ledger="led",
+                                  category="violence", original_finetuned="ft0", out="o")
+    cfg = rerun_config(opts)
+    for k, name in {"aligned": "a", "finetuned": "f", "ledger": "led", "original_finetuned": "ft0"}.items():
+        assert cfg[k] == str(workdir / name), k
+    assert cfg["harmful"] == [str(workdir / "harm.txt")] and cfg["category"] == "violence" and "out" not in cfg

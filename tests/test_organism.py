@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -320,15 +319,13 @@ def test_training_is_deterministic(cache, tmp_path, tiny_base, monkeypatch):
 
 
 def _parse(argv):
-    from fgsn.organism.cli import add_parser
+    from fgsn.cli import build_parser
 
-    parser = argparse.ArgumentParser(prog="fgsn")
-    add_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
+    return build_parser(load=["organism"]).parse_args(argv)
 
 
 def test_cli_builds_recipe_from_flags_and_yaml(tmp_path):
-    from fgsn.organism.cli import build_command, recipe_from_args
+    from fgsn.cli.organism import build_command, recipe_from_args
 
     args = _parse(["organism", "build", "--poison-ratio", "0.3", "--reduced"])
     assert args.func is build_command
@@ -347,7 +344,7 @@ def test_cli_builds_recipe_from_flags_and_yaml(tmp_path):
 
 
 def test_cli_print_paths(cache, tmp_path, capsys, monkeypatch):
-    from fgsn.organism import cli
+    from fgsn.cli import organism as cli
 
     r = tiny_recipe(seed=19)
     monkeypatch.setattr(cli, "recipe_from_args", lambda args: r)

@@ -25,9 +25,8 @@ from fgsn.evaluate.paired import (
     pairs,
     references,
 )
-from fgsn.report import build_report
-from fgsn.report.build import compute_results
-from helpers_eval import check_html, harmful_row, write_run
+from fgsn.evaluate.results import compute_results
+from helpers_eval import check_html, harmful_row, report_from_records, write_run
 
 
 # -- McNemar ------------------------------------------------------------------------------------------
@@ -250,7 +249,7 @@ def test_report_marks_differences_that_are_not_significant(tmp_path):
     ft = [_harm(f"h{i}", "a", i < 12) for i in range(20)]
     rep = [_harm(f"h{i}", "a", i == 0) for i in range(20)]
     run = _run(tmp_path, ft, rep)
-    build_report(run)
+    report_from_records(run)
     md = (run / "report.md").read_text()
     assert "## Paired differences vs references" in md
     row = next(ln for ln in md.splitlines() if ln.startswith("| finetuned vs aligned"))
@@ -282,5 +281,5 @@ def test_one_model_has_no_pairs(tmp_path):
     run = write_run(tmp_path / "run", {"m": (tmp_path, [_harm("h", "a", True)])})
     res = compute_results(run)
     assert res["paired"] == {}
-    build_report(run)
+    report_from_records(run)
     assert "Paired differences" not in (run / "report.md").read_text()

@@ -15,9 +15,10 @@ matplotlib.use("svg")  # the user's choice (a notebook would have its inline bac
 out = Path(sys.argv[1])
 sys.path.insert(0, sys.argv[2])
 
-import fgsn.cli, fgsn.api, fgsn.sweep, fgsn.locate.run, fgsn.edit.run, fgsn.report.build  # noqa: E401
-from fgsn.locate.layers import LayerSearch, plot_layer_search
-from fgsn.sweep import plot_frontier
+import fgsn.cli, fgsn.api, fgsn.pipeline.sweep, fgsn.locate.run, fgsn.pipeline.project, fgsn.report.write  # noqa: E401
+from fgsn.artifacts.locate_run import LayerSearch
+from fgsn.locate.layers import plot_layer_search
+from fgsn.pipeline.sweep import plot_frontier
 import report as bench_report
 
 fgsn.cli.build_parser()

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fgsn.direction import Projector, dense_matrix
 from fgsn.edit.projection import ProjectionSettings, project_tensor
-from fgsn.edit.projectors import Projector, dense_matrix
 from fgsn.locate.masks import safety_mask, top_fraction
 from fgsn.models.lora import LoraFactors
 
@@ -34,7 +34,7 @@ def test_projector_matches_dense(shape, m, seed, kind, rank):
 
 def test_projector_blocks_match_dense(monkeypatch):
     """The blocked code paths (row blocks and column blocks) agree with the dense product."""
-    import fgsn.edit.projectors as pj
+    import fgsn.direction as pj
 
     monkeypatch.setattr(pj, "BLOCK_ELEMS", 16)
     for shape in [(6, 20), (20, 6)]:

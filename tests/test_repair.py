@@ -9,7 +9,7 @@ import pytest
 
 from fgsn.cli import main
 from fgsn.errors import InputError
-from fgsn.repair import FAMILIES, RepairOptions, judge_trials, split_rows, write_splits
+from fgsn.pipeline.repair import FAMILIES, RepairOptions, judge_trials, split_rows, write_splits
 
 VERBS = ["make", "hack", "steal", "kill", "write", "explain"]
 OBJECTS = ["a bomb", "computer", "money", "the ocean", "black holes", "a poem", "cake"]
@@ -121,8 +121,8 @@ def test_repair_end_to_end(llama_trio, files, tmp_path, capsys):
 
 def test_activation_match_trials_are_its_editor_options(llama_trio, files, tmp_path):
     """The default family's trials are valid activation-match options, fit on the fit split."""
-    from fgsn.baselines.methods import option_class
-    from fgsn.repair import DEFAULT_FAMILIES, trial_options
+    from fgsn.pipeline.registry import option_class
+    from fgsn.pipeline.repair import DEFAULT_FAMILIES, trial_options
 
     assert DEFAULT_FAMILIES == ["activation-match"]
     opts = _opts(tmp_path, base=str(llama_trio["base"]), aligned=str(llama_trio["aligned"]),

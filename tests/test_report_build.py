@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -10,10 +9,8 @@ import pytest
 
 from fgsn.errors import InputError, IntegrityError
 from fgsn.evaluate.metrics import wilson_interval
-from fgsn.report import build_report
-from fgsn.report.build import compute_results
-from fgsn.report.cli import add_parser
-from helpers_eval import check_html, harmful_row, write_manifest, write_run
+from fgsn.evaluate.results import compute_results
+from helpers_eval import check_html, harmful_row, report_from_records, write_manifest, write_run
 
 OPENAI = {"judge": "openai", "model": "gpt-x", "rubric": "fgsn-harm-1", "success_score": 3}
 
@@ -74,7 +71,7 @@ def test_keyword_judge_gives_no_harmfulness(tmp_path):
 
 
 def test_report_files_are_written_and_html_is_self_contained(run, capsys):
-    res = build_report(run, echo=True)
+    res = report_from_records(run, echo=True)
     out = capsys.readouterr().out
     assert "before" in out and "after" in out and "75.0%" in out and "ASR by harm category" in out
     on_disk = json.loads((run / "results.json").read_text())
@@ -97,7 +94,7 @@ def test_html_escapes_untrusted_text(tmp_path):
     m = tmp_path / "m"
     m.mkdir()
     run = write_run(tmp_path / "run", {"m": (m, [harmful_row("<script>alert(1)</script>", True)])})
-    build_report(run)
+    report_from_records(run)
     html = (run / "report.html").read_text()
     assert "<script>" not in html and "&lt;script&gt;" in html
     check_html(html)
@@ -107,7 +104,7 @@ def test_no_manifest_no_manifest_plots(tmp_path):
     m = tmp_path / "m"
     m.mkdir()
     run = write_run(tmp_path / "run", {"m": (m, [harmful_row("x", True)])})
-    build_report(run)
+    report_from_records(run)
     assert sorted(p.name for p in (run / "plots").glob("*.png")) == ["category_asr.png"]
 
 
@@ -117,7 +114,7 @@ def test_continual_models_are_ordered_by_ledger_step(tmp_path):
         folder = write_manifest(tmp_path / name, ledger_step=step)
         models[name] = (folder, [harmful_row("a", succ), harmful_row("b", not succ)])
     run = write_run(tmp_path / "run", models)
-    res = build_report(run)
+    res = report_from_records(run)
     assert [res["models"][n]["ledger_step"] for n in ("s1", "s2")] == [1, 2]
     assert (run / "plots" / "continual_asr.png").is_file()
     # One layer search shared by both steps is drawn once.
@@ -125,7 +122,7 @@ def test_continual_models_are_ordered_by_ledger_step(tmp_path):
     # Rebuilt without the manifests: their figures disappear from the folder too.
     for name in ("s1", "s2"):
         (tmp_path / name / "fgsn-manifest.json").unlink()
-    build_report(run)
+    report_from_records(run)
     assert sorted(p.name for p in (run / "plots").glob("*.png")) == ["category_asr.png"]
 
 
@@ -154,10 +151,26 @@ def test_bad_manifest_is_ignored_not_fatal(tmp_path):
     assert compute_results(run)["models"]["m"]["modified_fraction"] is None
 
 
+def test_the_report_renders_results_json_and_computes_nothing(run, tmp_path):
+    """write_report reads RUNDIR/results.json as it is (fgsn.evaluate wrote it): an edited number
+    there is the number in the report; without results.json it says how to get one."""
+    from fgsn.evaluate.results import write_results
+    from fgsn.report import write_report
+
+    results = write_results(run)
+    results["models"]["before"]["asr"] = 0.123456
+    (run / "results.json").write_text(json.dumps(results))
+    assert write_report(run)["models"]["before"]["asr"] == 0.123456
+    assert "12.3%" in (run / "report.md").read_text() and (run / "report.html").is_file()
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(InputError, match="no results.json"):
+        write_report(tmp_path / "bare")
+
+
 def test_report_cli(run, capsys):
-    parser = argparse.ArgumentParser(prog="fgsn")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", str(run)])
+    from fgsn.cli import build_parser
+
+    args = build_parser(load=["report"]).parse_args(["report", str(run)])
     assert args.func(args) == 0
     assert "before" in capsys.readouterr().out
     assert (run / "report.html").is_file() and (run / "results.json").is_file()

@@ -166,7 +166,7 @@ def test_two_rounds_of_sgdg_cosine_reversion_match_a_hand_run(llama_trio, files,
 
 
 def _check_output(trio, out, want):
-    from fgsn.edit.masks_io import PackedMasks
+    from fgsn.artifacts.masks import PackedMasks
 
     new, ft, al = weights(out), weights(trio["finetuned"]), weights(trio["aligned"])
     masks = PackedMasks.load(out / "fgsn" / "masks.safetensors")
@@ -220,8 +220,9 @@ def task_finetune(llama_trio, tmp_path_factory):
 
 def test_rollback_puts_back_the_most_task_important_entries_when_the_floor_is_crossed(llama_trio, task_finetune,
                                                                                        files, tmp_path):
-    from fgsn.data.prompts import load_prompts, validation_split
-    from fgsn.edit.masks_io import PackedMasks
+    from fgsn.artifacts.masks import PackedMasks
+    from fgsn.data.prompts import load_prompts
+    from fgsn.data.promptset import validation_split
 
     t = llama_trio
     opts = RevertOptions(aligned=str(t["aligned"]), finetuned=str(task_finetune), harmful=[str(files / "harm.txt")],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,7 +77,8 @@ def with_overrides(cls: type[T], options: BaseModel | None, overrides: dict[str,
 def options_from_args(cls: type[T], args: argparse.Namespace, skip: tuple[str, ...] = ("func", "config", "command", "verbose")
                       ) -> T:
     """Defaults < YAML (`args.config`) < flags present in `args`. Mapping options given as
-    repeated NAME=VALUE flags become dicts here."""
+    repeated NAME=VALUE flags become dicts here; a flag of a section field (dest `SECTION.NAME`,
+    see add_option_flags) fills that field of the section, over the YAML file's section."""
     values: dict[str, Any] = {}
     config = getattr(args, "config", None)
     if config:
@@ -87,11 +89,24 @@ def options_from_args(cls: type[T], args: argparse.Namespace, skip: tuple[str, .
     for k, v in vars(args).items():
         if k in skip:
             continue
-        field = cls.model_fields.get(k)
+        section, dot, name = k.partition(".")
+        sub = _section_class(cls, section) if dot else None
+        field = cls.model_fields.get(k) if not dot else sub.model_fields.get(name) if sub else None
         if field is not None and _is_dict(field.annotation) and isinstance(v, list):
             v = parse_pairs(v, "/".join(flag_names(k, field)), _extra(field).get("metavar", "NAME=VALUE"))
-        values[k] = v
+        if dot:
+            given = values.get(section)
+            values[section] = {**(given if isinstance(given, dict) else {}), name: v}
+        else:
+            values[k] = v
     return build_options(cls, values, where)
+
+
+def _section_class(cls: type[BaseModel], section: str) -> type[BaseModel] | None:
+    """The options class of field `section` of `cls`, when that field is one (a nested section)."""
+    field = cls.model_fields.get(section)
+    ann = field.annotation if field is not None else None
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
 
 def own_descriptions_first(cls: type[BaseModel], helps: dict[str, str]) -> dict[str, str]:
@@ -130,12 +145,16 @@ def _is_dict(ann: Any) -> bool:
 
 def add_option_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type[BaseModel],
                      helps: dict[str, str] | None = None, skip: tuple[str, ...] = (),
-                     only: tuple[str, ...] | None = None) -> None:
+                     only: tuple[str, ...] | None = None, section: str | None = None,
+                     prefix: str | Callable[[str], str] = "") -> None:
     """One flag per option field (`--batch-size` for `batch_size`, plus the field's aliases), all
     defaulting to SUPPRESS so that YAML values survive; lists are repeatable flags, mappings
     repeatable NAME=VALUE flags (or one JSON text, for a field marked json_schema_extra={"json": True}),
     booleans get --x/--no-x. `only`: just these fields, in this order
-    (e.g. one argument group's)."""
+    (e.g. one argument group's). `section`: `cls` is the class of that field of the command's
+    options (a nested section): the flags fill SECTION.NAME (options_from_args nests them);
+    `prefix` (a string, or a function of the field name) goes before each flag's name, e.g.
+    "safelora-" for `--safelora-threshold`; a prefixed flag has no aliases."""
     from pydantic_core import PydanticUndefined
 
     helps = helps or {}
@@ -143,7 +162,9 @@ def add_option_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
         field = cls.model_fields[name]
         if name in skip:
             continue
-        flags = flag_names(name, field)
+        pre = prefix(name) if callable(prefix) else prefix
+        flags = flag_names(name, field) if not pre else ["--" + pre + name.replace("_", "-")]
+        dest = {"dest": f"{section}.{name}"} if section else {}
         ann = field.annotation
         args = typing.get_args(ann)
         is_list = typing.get_origin(ann) is list or any(typing.get_origin(a) is list for a in args)
@@ -156,12 +177,14 @@ def add_option_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
         if field.is_required():
             text = f"{text} (required)".strip()
         if ann is bool:
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text,
+                                **dest)
         elif _is_dict(ann) and not _extra(field).get("json"):
             parser.add_argument(*flags, action="append", default=argparse.SUPPRESS,
-                                metavar=_extra(field).get("metavar", "NAME=VALUE"), help=text + " [repeatable]")
+                                metavar=_extra(field).get("metavar", "NAME=VALUE"), help=text + " [repeatable]", **dest)
         elif is_list:
-            parser.add_argument(*flags, action="append", default=argparse.SUPPRESS, metavar="X", help=text + " [repeatable]")
+            parser.add_argument(*flags, action="append", default=argparse.SUPPRESS, metavar="X", help=text + " [repeatable]",
+                                **dest)
         else:
             parser.add_argument(*flags, default=argparse.SUPPRESS, metavar=_extra(field).get("metavar", name.upper()),
-                                help=text)
+                                help=text, **dest)

@@ -24,8 +24,9 @@ class IntegrityError(FgsnError):
     """A saved artifact (ledger, mask file, checkpoint) is corrupt, truncated or tampered with."""
 
 
-class LedgerError(FgsnError):
-    """The continual ledger refuses the operation (other model, concurrent run, bad state)."""
+class LedgerError(InputError):
+    """The continual ledger refuses the operation: the inputs do not continue it (another model,
+    another editor, a category it already holds) or another run holds it."""
 
 
 class NumericalError(FgsnError):

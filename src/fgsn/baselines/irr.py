@@ -29,18 +29,14 @@ from pathlib import Path
 
 import torch
 
-from fgsn.baselines.common import (
-    BaselineResult,
-    baseline_manifest,
-    require_out,
-    stream_rewrite,
-    write_output,
-)
+from fgsn.artifacts.manifest import assemble_manifest
 from fgsn.baselines.options import IRROptions
-from fgsn.data.prompts import PromptSet, concat, load_prompts
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import PromptSet, concat
 from fgsn.edit.compensate import compensate_checkpoint
 from fgsn.edit.projection import check_finite
 from fgsn.edit.revert import MERGED_NOTE, revert_targets
+from fgsn.edit.rewrite import EditResult, require_out, stream_rewrite, write_output
 from fgsn.errors import InputError
 from fgsn.models.checkpoint import Checkpoint
 from fgsn.models.finetune import LoraFinetune
@@ -54,7 +50,7 @@ def irr_mask(delta: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     return (delta.float() * tau.float()) < 0
 
 
-def run_irr(opts: IRROptions) -> BaselineResult:
+def run_irr(opts: IRROptions) -> EditResult:
     out = require_out(opts, "irr")
     t0 = time.time()
     if (opts.unaligned or opts.base) is None:
@@ -110,7 +106,8 @@ def run_irr(opts: IRROptions) -> BaselineResult:
                          "compensate": opts.compensate, "compensate_samples": opts.compensate_samples,
                          "compensate_solver": opts.compensate_solver, "compensation": comp,
                          "output": MERGED_NOTE if isinstance(trio.finetuned, LoraFinetune) else "merged checkpoint"}}
-        return baseline_manifest("irr", opts, trio, records, layers=sorted({r["layer"] for r in records if r["masked"]}),
+        return assemble_manifest(method="irr", opts=opts, trio=trio, modules=records,
+                                 layers=sorted({r["layer"] for r in records if r["masked"]}),
                                  edited_params=sum(r["numel"] for r in records), extra_inputs=extra_inputs, extra=extra)
 
     return write_output(out, opts, write, t0)

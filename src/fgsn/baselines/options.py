@@ -7,25 +7,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from fgsn.config import Options
-from fgsn.edit.options import CompensateOptions, RevertOptions
+from fgsn.edit.options import CompensateOptions, EditOptions, RevertOptions
 from fgsn.locate.options import ProbeOptions
 
 
-class BaselineOptions(Options):
-    """Options every weight-editing baseline takes."""
-
-    aligned: str
-    finetuned: str
-    base: str | None = None
-    out: str | None = None
-    overwrite: bool = False
-    allow_pickle: bool = False
-    seed: int = 0
-    max_shard_gb: float = Field(5.0, gt=0)
-
-
-class SafeLoRAOptions(BaselineOptions):
+class SafeLoRAOptions(EditOptions):
     base: str  # type: ignore[assignment]  (required: V = W_aligned - W_base)
     select: Literal["threshold", "number"] = "threshold"
     threshold: float = Field(0.5, ge=-1, le=1)
@@ -35,14 +21,14 @@ class SafeLoRAOptions(BaselineOptions):
     output_format: Literal["merged", "adapter"] = "merged"
 
 
-class RestaOptions(BaselineOptions):
+class RestaOptions(EditOptions):
     unaligned: str | None = None
     beta: float = Field(0.5, ge=0)
     dare: float = Field(0.0, ge=0, lt=1)
     scope: Literal["all", "linear"] = "all"
 
 
-class WandaOptions(BaselineOptions, ProbeOptions):
+class WandaOptions(EditOptions, ProbeOptions):
     harmful: list[str]
     q: float = Field(0.1, ge=0, le=1)
     target: Literal["update", "weight"] = "update"
@@ -59,7 +45,7 @@ class WandaOptions(BaselineOptions, ProbeOptions):
         return [v] if isinstance(v, str) else v
 
 
-class IRROptions(CompensateOptions, BaselineOptions, ProbeOptions):
+class IRROptions(CompensateOptions, EditOptions, ProbeOptions):
     unaligned: str | None = Field(None, description="model the safety vector is measured from (paper: the aligned "
                                                     "model harmfully fine-tuned; default: --base)")
     task: list[str] = Field(default_factory=list, description="task examples for the recalibration's H")

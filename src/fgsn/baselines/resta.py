@@ -29,27 +29,21 @@ fine-tuned value bit for bit; changed entries are computed in float32 and cast t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
 
 import torch
 
-from fgsn.baselines.common import (
-    BaselineResult,
-    baseline_manifest,
-    layer_of,
-    require_out,
-    stream_rewrite,
-    tensor_seed,
-    write_output,
-)
+from fgsn.artifacts.manifest import assemble_manifest
 from fgsn.baselines.options import RestaOptions
 from fgsn.edit.projection import check_finite
+from fgsn.edit.rewrite import EditResult, require_out, stream_rewrite, write_output
 from fgsn.errors import InputError
 from fgsn.models.checkpoint import Checkpoint
 from fgsn.models.registry import edit_targets
-from fgsn.models.trio import check_same_model, open_trio
+from fgsn.models.trio import check_same_model, layer_of, open_trio
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +74,13 @@ def resta_tensor(w_ft: torch.Tensor, w_al: torch.Tensor, w_un: torch.Tensor, bet
     return out, int(modified.sum())
 
 
-def run_resta(opts: RestaOptions) -> BaselineResult:
+def tensor_seed(seed: int, name: str) -> int:
+    """A per-tensor seed that depends on the run seed and the tensor name only (not on the order
+    in which tensors are visited)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def run_resta(opts: RestaOptions) -> EditResult:
     out = require_out(opts, "resta")
     t0 = time.time()
     unaligned_path = opts.unaligned or opts.base
@@ -131,7 +131,7 @@ def run_resta(opts: RestaOptions) -> BaselineResult:
             extra_inputs["unaligned"] = {"path": str(unaligned.path), "sha256": unaligned.sha256}
         extra = {"resta": {"beta": opts.beta, "dare": opts.dare, "scope": opts.scope,
                            "safety_vector_from": "unaligned" if opts.unaligned else "base"}}
-        return baseline_manifest("resta", opts, trio, records, layers=layers,
+        return assemble_manifest(method="resta", opts=opts, trio=trio, modules=records, layers=layers,
                                  edited_params=sum(r["numel"] for r in records), extra_inputs=extra_inputs,
                                  extra=extra)
 

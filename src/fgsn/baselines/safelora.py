@@ -4,7 +4,7 @@ Large Language Models", NeurIPS 2024; reference code IBM/SafeLoRA).
 Per linear module, with the alignment matrix V = W_aligned - W_base and the fine-tuning update
 dW = W_finetuned - W_aligned (for a LoRA adapter dW = scale * B A):
 
-    C      = V V^T / ||V||_F                         (never materialised: fgsn.edit.projectors)
+    C      = V V^T / ||V||_F                         (never materialised: fgsn.direction)
     cos    = <C dW, dW>_F / (||C dW||_F ||dW||_F)      (flattened cosine, as in the reference code)
     W_out  = W_aligned + C dW     if the module is selected
              W_finetuned          otherwise (bit for bit)
@@ -33,18 +33,13 @@ from pathlib import Path
 
 import torch
 
-from fgsn.baselines.common import (
-    BaselineResult,
-    baseline_manifest,
-    require_out,
-    side_files,
-    write_output,
-)
+from fgsn.artifacts.manifest import assemble_manifest
+from fgsn.artifacts.masks import PackedMasks
 from fgsn.baselines.options import SafeLoRAOptions
-from fgsn.edit.masks_io import PackedMasks
+from fgsn.direction import part_projectors, safety_direction
 from fgsn.edit.projection import ProjectionSettings, check_finite
-from fgsn.edit.projectors import Projector
-from fgsn.edit.run import stream_edit
+from fgsn.edit.rewrite import EditResult, require_out, side_files, write_output
+from fgsn.edit.stream import stream_edit, write_adapter
 from fgsn.errors import InputError
 from fgsn.locate.layers import parse_layers
 from fgsn.models.finetune import LoraFinetune
@@ -76,7 +71,7 @@ def module_cosine(trio: Trio, t: EditTarget) -> dict:
     check_finite(w_al, t.tensor, "aligned")
     check_finite(w_base, t.tensor, "base")
     wa = to_out_in(w_al, arch).float()
-    V = wa - to_out_in(w_base, arch).float()
+    V = safety_direction(wa, to_out_in(w_base, arch))
     factors = trio.finetuned.factors(t.tensor)
     if factors is not None:
         delta = factors.delta()
@@ -87,16 +82,13 @@ def module_cosine(trio: Trio, t: EditTarget) -> dict:
     parts = arch.part_sizes(t.spec, trio.aligned.config, delta.shape[0])
     cdw = torch.empty_like(delta)
     zero_v = []
-    r0 = 0
-    for part, size in parts:
-        proj = Projector("safelora", V[r0:r0 + size])
+    for part, r0, r1, proj in part_projectors("safelora", V, parts):
         if factors is not None:
-            cdw[r0:r0 + size] = proj.apply(factors.B[r0:r0 + size]) @ factors.A
+            cdw[r0:r1] = proj.apply(factors.B[r0:r1]) @ factors.A
         else:
-            cdw[r0:r0 + size] = proj.apply(delta[r0:r0 + size])
+            cdw[r0:r1] = proj.apply(delta[r0:r1])
         if proj.is_zero:
             zero_v.append(part)
-        r0 += size
     dn = float(delta.double().norm())
     cn = float(cdw.double().norm())
     rec = {"name": t.tensor, "layer": t.layer, "module": t.spec.name, "numel": delta.numel(),
@@ -121,7 +113,7 @@ def select_modules(records: list[dict], select: str, threshold: float, k: int) -
     raise InputError(f"unknown SafeLoRA selection {select!r}; use threshold or number")
 
 
-def run_safelora(opts: SafeLoRAOptions) -> BaselineResult:
+def run_safelora(opts: SafeLoRAOptions) -> EditResult:
     out = require_out(opts, "safelora")
     t0 = time.time()
     trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)
@@ -141,8 +133,7 @@ def run_safelora(opts: SafeLoRAOptions) -> BaselineResult:
 
     def write(tmp: Path) -> dict:
         if opts.output_format == "adapter":
-            from fgsn.edit.run import write_adapter  # the core's adapter writer (lora_B' = C B / scale)
-
+            # the core's adapter writer (lora_B' = C B / scale)
             edits = stream_edit(trio, masks, by_name, settings, None)
             write_adapter(tmp, trio, edits)
         else:
@@ -164,7 +155,7 @@ def run_safelora(opts: SafeLoRAOptions) -> BaselineResult:
                               "k": opts.k if opts.select == "number" else None, "projected_modules": len(chosen),
                               "candidate_modules": len(targets),
                               "mean_cos": sum(cosines) / len(cosines) if cosines else None}}
-        return baseline_manifest("safelora", opts, trio, modules, layers=layers,
+        return assemble_manifest(method="safelora", opts=opts, trio=trio, modules=modules, layers=layers,
                                  edited_params=sum(r["numel"] for r in records), extra=extra)
 
     return write_output(out, opts, write, t0)

@@ -27,17 +27,13 @@ from pathlib import Path
 
 import torch
 
-from fgsn.baselines.common import (
-    BaselineResult,
-    baseline_manifest,
-    require_out,
-    stream_rewrite,
-    write_output,
-)
+from fgsn.artifacts.manifest import assemble_manifest
+from fgsn.artifacts.masks import PackedMasks
 from fgsn.baselines.options import WandaOptions
-from fgsn.data.prompts import concat, load_prompts
-from fgsn.edit.masks_io import PackedMasks
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import concat
 from fgsn.edit.projection import check_finite
+from fgsn.edit.rewrite import EditResult, require_out, stream_rewrite, write_output
 from fgsn.errors import InputError
 from fgsn.locate.layers import parse_layers
 from fgsn.locate.masks import safety_mask
@@ -122,7 +118,7 @@ def _no_projection(_y):  # pragma: no cover - only the offsafety score projects
     raise InputError("the Wanda baseline has no projector")
 
 
-def run_wanda(opts: WandaOptions) -> BaselineResult:
+def run_wanda(opts: WandaOptions) -> EditResult:
     out = require_out(opts, "wanda")
     t0 = time.time()
     if opts.group == "row" and opts.granularity != "weight":
@@ -167,7 +163,7 @@ def run_wanda(opts: WandaOptions) -> BaselineResult:
         layers = sorted({r["layer"] for r in records})
         extra = {"wanda": {"q": opts.q, "target": opts.target, "group": opts.group, "granularity": opts.granularity,
                            "score": opts.score, "harmful_prompts": stats.n_prompts, "harmful_tokens": stats.n_tokens}}
-        man = baseline_manifest("wanda", opts, trio, records, layers=layers,
+        man = assemble_manifest(method="wanda", opts=opts, trio=trio, modules=records, layers=layers,
                                 edited_params=sum(r["numel"] for r in records), extra=extra)
         man["prompt_counts"] = {"harmful": stats.n_prompts}
         return man

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from fgsn.data.prompts import Prompt, PromptSet
+from fgsn.data.promptset import Prompt, PromptSet, read_prompt_file
 from fgsn.errors import InputError
 
 PACKAGES = {
@@ -103,9 +103,7 @@ def pyrit_benign() -> PromptSet:
 
 def shipped(name: str) -> PromptSet:
     """A prompt file shipped with fgsn under data/files/."""
-    from fgsn.data.prompts import load_prompts
-
-    return load_prompts(FILES / f"{name}.jsonl", name=name)
+    return PromptSet(name, read_prompt_file(FILES / f"{name}.jsonl")).require()
 
 
 BUILTINS: dict[str, Callable[[], PromptSet]] = {
@@ -126,10 +124,9 @@ def builtin_names() -> list[str]:
 
 
 def load_builtin(name: str) -> PromptSet:
-    if name == "jailbreak":
-        from fgsn.data.jailbreak import load_jailbreak
-
-        return load_jailbreak(f"builtin:{name}", {})  # a clear error: it needs wrap=
+    if name == "jailbreak":  # it wraps other prompts; fgsn.data.prompts.load_prompts reads its query
+        raise InputError("builtin:jailbreak: say which harmful prompts to wrap, e.g. "
+                         "builtin:jailbreak?wrap=harmbench-standard&templates=dan,inthewild&split=test")
     if name in BUILTINS:
         return BUILTINS[name]()
     if (FILES / f"{name}.jsonl").exists():

@@ -38,10 +38,11 @@ import functools
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fgsn.data.prompts import Prompt, PromptSet
+from fgsn.data.promptset import QUERY_KEYS, Prompt, PromptSet
 from fgsn.errors import InputError
 
 JAILBREAK_KEYS = {"wrap", "templates", "per_prompt", "seed", "name"}
@@ -181,12 +182,11 @@ def _inner_source(value: str) -> str:
     return f"builtin:{value}" if value in builtin_names() else value
 
 
-def load_jailbreak(spec: str, params: dict[str, str]) -> PromptSet:
+def load_jailbreak(spec: str, params: dict[str, str], load: Callable[[str], PromptSet]) -> PromptSet:
     """`builtin:jailbreak?...` (see the module doc): the filters select the harmful prompts of
-    `wrap`, which are then wrapped."""
+    `wrap`, which are then wrapped. `load` reads the inner source (fgsn.data.prompts.load_prompts,
+    which calls this one: passed in, so that the two modules do not import each other)."""
     from urllib.parse import urlencode
-
-    from fgsn.data.prompts import QUERY_KEYS, load_prompts
 
     unknown = set(params) - QUERY_KEYS - JAILBREAK_KEYS
     if unknown:
@@ -202,5 +202,5 @@ def load_jailbreak(spec: str, params: dict[str, str]) -> PromptSet:
     chosen = templates(params.get("templates", ",".join(DEFAULT_FAMILIES)))
     filters = {k: v for k, v in params.items() if k in QUERY_KEYS}
     inner = _inner_source(params["wrap"])
-    plain = load_prompts(inner + (f"?{urlencode(filters)}" if filters else ""))
+    plain = load(inner + (f"?{urlencode(filters)}" if filters else ""))
     return wrap(plain, chosen, per_prompt=per_prompt, seed=seed, name=params.get("name") or "ChatGPT")

@@ -1,1 +1,2 @@
-"""Edit: safety-direction projectors, sparse projection (full and LoRA), continual ledger."""
+"""Edit: sparse projection (full and LoRA; the projectors are in fgsn.direction), the streamed edit of a
+checkpoint, continual ledger, reversion, activation matching, task compensation."""

@@ -24,6 +24,33 @@ Both are D = (W_a - W_f) M with one (in x in) matrix M per distinct input (q/k/v
 the cost is a Cholesky factorisation and a solve of (in x in), then one (out x in) @ (in x in)
 product per module; no (out x out) matrix is ever formed. μ is given relative to the mean
 diagonal of G_h, so that one setting means the same at every layer whatever its activation scale.
+
+Continual (a ledger of harm categories, fgsn.edit.activation_match_ledger): step k starts from
+W_{k-1}, the output of step k-1, and repairs a new category's harmful inputs K_h while keeping
+what earlier steps restored, their categories' inputs K_o (Gram G_o) taken on W_{k-1}. With
+D = W - W_{k-1}, it minimises
+
+    ||(W_{k-1} + D - W_a) K_h||²/n_h + λ ||(W_{k-1} + D - W_f) K_t||²/n_t + κ ||D K_o||²/n_o + μ ||D||²
+
+(W_f: the original fine-tune, the task's reference at every step), optionally with D = B Pᵀ
+confined to an orthonormal basis P of allowed input directions (the eigenvectors of G_o holding
+at most a share ε of its trace: the hard form; the task null space U of the null-space form; or
+both). Setting the gradient in B to zero, with A = G_h + λ G_t + κ G_o and C = (W_a - W_{k-1}) G_h
++ λ (W_f - W_{k-1}) G_t:
+
+    D = C P (Pᵀ A P + μ I)⁻¹ Pᵀ     (P = I: D (A + μ I) = C)
+
+i.e. D = (W_a - W_{k-1}) M_h + (W_f - W_{k-1}) M_t with two (in x in) maps (`continual_maps`).
+Since D = 0 is feasible, κ tr(D G_o Dᵀ) is at most the objective at D = 0: the outputs on earlier
+categories' inputs move, in mean square per token, by at most (harmful gap + λ task gap) / κ.
+With no earlier category (step 1) W_{k-1} = W_f and this is the ridge / null-space form above.
+
+That term keeps the earlier outputs as W_{k-1} gives them, unrepaired residual included, so a new
+category whose inputs resemble an earlier one's can hardly be repaired at all. The variant
+`old_target = aligned` replaces it by κ ||(W_{k-1} + D - W_a) K_o||²/n_o (the earlier
+categories' harmful term stays in the objective, at weight κ): C gains κ (W_a - W_{k-1}) G_o, so
+M_h = (G_h + κ G_o) P (Pᵀ A P + μ I)⁻¹ Pᵀ, and by the same argument the earlier categories'
+output gap can rise by at most (harmful gap + λ task gap) / κ over what W_{k-1} left.
 """
 
 from __future__ import annotations
@@ -111,3 +138,55 @@ def rank_profile(D: torch.Tensor, energy: float = 0.99) -> dict:
 def check_correction(D: torch.Tensor, where: str) -> None:
     if not bool(torch.isfinite(D).all()):
         raise NumericalError(f"{where}: the closed-form change has NaN/Inf; raise --mu")
+
+
+def continual_maps(G_h: torch.Tensor, G_t: torch.Tensor | None, G_o: torch.Tensor, lam: float, kappa: float,
+                   mu: float, P: torch.Tensor | None = None, where: str = "module", old_target: str = "current"
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(M_h, M_t), float64 (in x in), of a continual step: D = (W_a - W_{k-1}) M_h + (W_f - W_{k-1}) M_t
+    (module doc). `P` (in x p, orthonormal columns) confines the change to span(P); None: no
+    constraint. `G_t` None or λ = 0: no task term (M_t None). `mu` relative to mean diag(G_h).
+    `old_target`: current (keep W_{k-1}'s outputs on the earlier inputs) or aligned (pull them to
+    W_a's)."""
+    G_h = G_h.double()
+    task = G_t is not None and lam > 0
+    A = G_h.clone()
+    if task:
+        A.add_(G_t.double(), alpha=lam)
+    A.add_(G_o.double(), alpha=kappa)
+    mu_abs = absolute_mu(G_h, mu)
+    rhs = G_h.add(G_o.double(), alpha=kappa) if old_target == "aligned" else G_h   # what W_a - W_{k-1} meets
+    hint = ("raise --mu, or lower --kappa (the earlier categories' inputs leave little room), or give more "
+            "prompts")
+    if P is None:
+        A.diagonal().add_(mu_abs)
+        L = _cholesky(A, f"{where}: G_h + λ G_t + κ G_old + μ I", hint)
+        M_h = torch.cholesky_solve(rhs, L).T.contiguous()  # rhs A⁻¹ (both symmetric)
+        M_t = torch.cholesky_solve(G_t.double(), L).T.mul_(lam).contiguous() if task else None
+        return M_h, M_t
+    n, k = P.shape
+    if k == 0:  # no direction allowed: no change
+        return torch.zeros(n, n, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64) if task else None
+    P = P.double()
+    S = P.T @ A @ P
+    S.diagonal().add_(mu_abs)
+    L = _cholesky(S, f"{where}: Pᵀ (G_h + λ G_t + κ G_old) P + μ I", hint + "; or raise --old-energy / --null-energy")
+    M_h = (torch.cholesky_solve(P.T @ rhs, L).T @ P.T).contiguous()   # rhs P S⁻¹ Pᵀ
+    M_t = (torch.cholesky_solve(P.T @ G_t.double(), L).T @ P.T).mul_(lam).contiguous() if task else None
+    return M_h, M_t
+
+
+def old_basis(G_o: torch.Tensor, energy: float, within: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """P (in x k): the directions (inside span(`within`) when given, e.g. the task null space) along
+    which the earlier categories' inputs hold at most `energy` x tr(G_o) of their energy, so that
+    ||D x_old||² sums to at most ||D||²·energy·tr(G_o) over their tokens for any D = B Pᵀ."""
+    G_o = G_o.double()
+    total = float(G_o.diagonal().clamp_min(0).sum())
+    if total <= 0:
+        raise InputError("the earlier categories' Gram is zero (no token of their prompts reached this module)")
+    G = G_o if within is None else within.T.double() @ G_o @ within.double()
+    evals, evecs = torch.linalg.eigh(G)                               # ascending
+    k = int((torch.cumsum(evals.clamp_min(0), 0) <= energy * total).sum())
+    P = evecs[:, :k] if within is None else within.double() @ evecs[:, :k]
+    info = {"old_null_dim": k, "old_null_energy": float(evals[:k].clamp_min(0).sum()) / total}
+    return P.contiguous(), info

@@ -3,7 +3,7 @@
 For every target linear module: the input Grams on harmful prompts (G_h) and on task examples
 (G_t) are accumulated with hooks on a live model (fgsn.locate.grams), the closed form of
 fgsn.edit.activation_match gives the change D = (W_a - W_f) M, and the checkpoint is rewritten
-tensor by tensor (fgsn.baselines.common.stream_rewrite) with a manifest in fgsn's schema.
+tensor by tensor (fgsn.edit.rewrite.stream_rewrite) with a manifest in fgsn's schema.
 
 Memory: only the Grams of a chunk of consecutive layers are resident (`gram_memory_gb`); each
 chunk costs one forward pass per prompt set, stopped after its last layer. `sequential` makes
@@ -16,6 +16,11 @@ A LoRA fine-tune is read as W_f = W_a + scale·B A. The closed-form change is de
 bounded by the harmful tokens, not by the adapter's r), so the output is always a merged
 checkpoint, and the log and the manifest say so. Modules the adapter leaves alone have
 W_f = W_a: nothing to match, they are copied.
+
+Continual (`ledger`, `category`): one harm category per step on one ledger; step k starts from
+the latest step's output and keeps the outputs earlier steps restored (the earlier categories'
+Gram G_old, taken on the current model, enters the closed form with weight `kappa`, or confines
+the change with `keep_old hard`); fgsn.edit.activation_match_ledger says how, and what it costs.
 """
 
 from __future__ import annotations
@@ -24,32 +29,38 @@ import gc
 import logging
 import time
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
 
+from fgsn.artifacts.locate_run import LocateRun
+from fgsn.artifacts.manifest import assemble_manifest
+from fgsn.artifacts.masks import PackedMasks
 from fgsn.atomic import atomic_write_json
-from fgsn.baselines.common import (
-    BaselineOptions,
-    BaselineResult,
-    baseline_manifest,
-    layer_of,
-    require_out,
-    stream_rewrite,
-    write_output,
-)
 from fgsn.data.chat import render_all
-from fgsn.data.prompts import PromptSet, concat, load_prompts
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import PromptSet, concat
 from fgsn.edit.activation_match import (
     check_correction,
+    continual_maps,
     null_basis,
     nullspace_map,
+    old_basis,
     output_energy,
     rank_profile,
     ridge_map,
 )
+from fgsn.edit.activation_match_ledger import (
+    Continual,
+    continual_totals,
+    earlier_sequences,
+    module_stats,
+    open_continual,
+    record_step,
+)
+from fgsn.edit.ledger import Ledger
+from fgsn.edit.options import ActivationMatchOptions
 from fgsn.edit.projection import check_finite
+from fgsn.edit.rewrite import EditResult, require_out, stream_rewrite, write_output
 from fgsn.errors import InputError
 from fgsn.locate.attribution import _encode
 from fgsn.locate.grams import (
@@ -63,12 +74,11 @@ from fgsn.locate.grams import (
     split_by_layer,
 )
 from fgsn.locate.layers import parse_layers
-from fgsn.locate.options import DEFAULT_REFUSAL
 from fgsn.locate.run import LocateOptions, ProbeOptions, lora_aware_targets
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.loading import input_device, load_model, load_tokenizer, resolve_device, resolve_dtype
 from fgsn.models.registry import EditTarget, from_out_in, live_layers, live_module, to_out_in
-from fgsn.models.trio import Trio, open_trio
+from fgsn.models.trio import Trio, layer_of, open_trio
 
 log = logging.getLogger(__name__)
 
@@ -81,78 +91,13 @@ LORA_NOTE = ("LoRA input: the closed-form change is dense (rank bounded by the h
              "r) and is not representable as a rank-r adapter, so the output is a merged checkpoint")
 
 
-class ActivationMatchOptions(BaselineOptions, ProbeOptions):
-    """Options of the closed-form activation-matching editor."""
-
-    harmful: list[str] = Field(default_factory=list, description=(
-        "harmful prompts (files or builtin:NAME?..): their module inputs form G_h, where the repaired model must "
-        "reproduce the aligned model's outputs"))
-    task: list[str] = Field(default_factory=list, description=(
-        "task examples, prompt + answer (what the fine-tune is for): their module inputs form G_t, where the "
-        "fine-tuned model's outputs are kept"))
-    form: Literal["ridge", "nullspace"] = Field("ridge", description=(
-        "ridge: W_f + (W_a-W_f) G_h (G_h + lam G_t + mu I)^-1 (a soft trade-off); nullspace: the change acts only on "
-        "the eigenvectors of G_t holding at most --null-energy of the task input energy (AlphaEdit-style hard "
-        "constraint)"))
-    lam: float = Field(1.0, ge=0, description=(
-        "lambda, ridge form: weight of keeping the task outputs against matching the harmful ones, both as mean "
-        "squared output error per token (1: a task token weighs what a harmful token does). Lower closes more of "
-        "the safety gap, higher keeps more of the task; on the SmolLM2 organism's full fine-tune 1 is the "
-        "strongest of 0.3/1/3 that keeps 95% of the fine-tune's task-NLL gain "
-        "(benchmarks/activation_match_frontier.py)"))
-    mu: float = Field(1e-3, ge=0, description=(
-        "mu: damping, as a multiple of mean diag(G_h) (the mean squared harmful input), so it means the same at "
-        "every layer; raise it when a Gram is singular"))
-    null_energy: float = Field(0.01, gt=0, lt=1, description=(
-        "nullspace form: share of tr(G_t) the edited input subspace may hold (its smallest-eigenvalue "
-        "eigenvectors); bounds the task output change"))
-    sequential: bool = Field(False, description=(
-        "take each layer's Grams from the model repaired so far, layer after layer (SparseGPT-style); default: all "
-        "Grams from the unedited model"))
-    layers: str = Field("all", description=(
-        "layers to edit: all, search (the safety layers of fgsn locate's cosine-gap search on the aligned model), "
-        "or A-B / a comma list (0-based)"))
-    modules: list[str] | None = Field(None, description="target modules (e.g. q_proj); default: every linear module")
-    rows: Literal["all", "fgsn"] = Field("all", description=(
-        "all output rows, or only the rows (neurons) an FGSN mask selects (from --locate-run, else located now "
-        "with --granularity neuron, --fgsn-q, --fgsn-p), so that the paper's localisation composes with the "
-        "closed form"))
-    locate_run: str | None = Field(None, description="with --rows fgsn: an `fgsn locate --out RUN` folder")
-    fgsn_q: float = Field(0.1, ge=0, le=1, description="with --rows fgsn: FGSN's harmful top-q (neuron masks)")
-    fgsn_p: float = Field(0.1, ge=0, le=1, description="with --rows fgsn: FGSN's task top-p exclusion")
-    layer_eps: float = Field(0.05, ge=0, le=1, description="with --layers search: relative rise that counts")
-    harmful_answer: Literal["none", "refusal", "aligned"] = Field("none", description=(
-        "what follows each harmful prompt in G_h: none (prompt tokens only), refusal (--refusal-text), or aligned "
-        "(the aligned model's own greedy answer, --answer-tokens long)"))
-    refusal_text: str = Field(DEFAULT_REFUSAL, description="with --harmful-answer refusal: the answer appended")
-    answer_tokens: int = Field(32, ge=1, description="with --harmful-answer aligned: tokens generated per prompt")
-    harmful_from: Literal["finetuned", "aligned"] = Field("finetuned", description=(
-        "model whose module inputs on harmful prompts form G_h"))
-    task_from: Literal["finetuned", "aligned"] = Field("finetuned", description=(
-        "model whose module inputs on task examples form G_t"))
-    allow_no_task: bool = Field(False, description=(
-        "without --task, fit the harmful side alone (lambda = 0: nothing protects the task); off: an error"))
-    gram_memory_gb: float = Field(1.0, gt=0, description=(
-        "Grams (float64) resident at once; layers are processed in chunks that fit, one forward pass per chunk "
-        "(planned from the last layer down, so the early, cheap-to-reach layers take the extra passes)"))
-    max_batch_tokens: int = Field(4096, ge=64, description="padded tokens per forward batch")
-    exact_rank: bool = Field(True, description=(
-        "report each change's numerical rank and the directions holding 99% of it (an SVD per module); off: only "
-        "the bound min(rows, in, harmful tokens)"))
-
-    @field_validator("harmful", "task", "modules", mode="before")
-    @classmethod
-    def _listify(cls, v):
-        if isinstance(v, str):
-            return [s.strip() for s in v.split(",")] if v and "," in v and not Path(v).exists() else [v]
-        return v
-
-
 # -- inputs ---------------------------------------------------------------------------------------
 def load_sets(opts: ActivationMatchOptions) -> tuple[PromptSet, PromptSet | None]:
     if not opts.harmful:
         raise InputError("activation-match needs harmful prompts: --harmful FILE or builtin:advbench?split=train")
     harmful = concat("harmful", [load_prompts(s) for s in opts.harmful]).require(1, "harmful prompts")
+    if opts.category and opts.category in {p.category for p in harmful}:
+        harmful = harmful.filter(category=opts.category)
     if not opts.task:
         if not opts.allow_no_task:
             raise InputError("activation-match needs --task examples (prompt + answer: what the fine-tune is for) "
@@ -198,9 +143,7 @@ def choose_targets(trio: Trio, layers: list[int], opts: ActivationMatchOptions) 
 def fgsn_rows(trio: Trio, targets: list[EditTarget], opts: ActivationMatchOptions) -> dict[str, torch.Tensor]:
     """tensor name -> bool (out,) rows an FGSN mask selects (any masked entry in the row)."""
     if opts.locate_run:
-        from fgsn.edit.run import _masks_from_run
-
-        masks = _masks_from_run(opts.locate_run, trio).masks
+        masks = LocateRun.load(opts.locate_run, trio).masks
     else:
         from fgsn.locate.run import locate_masks
 
@@ -279,8 +222,9 @@ def greedy_answers(model, tok, prompts: list[str], *, max_new_tokens: int, batch
 
 
 def encode_sets(models: LiveModels, harmful: PromptSet, task: PromptSet | None, opts: ActivationMatchOptions
-                ) -> dict[str, list[list[int]]]:
-    """Token ids of every sequence the Grams are taken on, chat template applied."""
+                ) -> tuple[dict[str, list[list[int]]], list[str | None]]:
+    """Token ids of every sequence the Grams are taken on, chat template applied; and the answers
+    that follow the harmful prompts (None: the prompt alone)."""
     tok = models.tokenizer(opts.harmful_from)
     kw = dict(use_chat_template=opts.use_chat_template, system=opts.system, max_length=opts.max_length)
     if opts.harmful_answer == "none":
@@ -297,7 +241,7 @@ def encode_sets(models: LiveModels, harmful: PromptSet, task: PromptSet | None, 
     seqs = {"harmful": [_encode(tok, p, a, **kw)[0] for p, a in zip(harmful.texts, answers, strict=True)]}
     if task is not None:
         seqs["task"] = [_encode(tok, p.text, p.answer, **kw)[0] for p in task]
-    return seqs
+    return seqs, answers
 
 
 # -- the edit ---------------------------------------------------------------------------------------
@@ -333,8 +277,13 @@ class Editor:
     layer's chunk are taken on first need (and those of the previous chunk dropped)."""
 
     def __init__(self, trio: Trio, opts: ActivationMatchOptions, targets: list[EditTarget], models: LiveModels,
-                 seqs: dict[str, list[list[int]]], rows: dict[str, torch.Tensor] | None):
-        self.trio, self.opts, self.models, self.seqs, self.rows = trio, opts, models, seqs, rows
+                 seqs: dict[str, list[list[int]]], rows: dict[str, torch.Tensor] | None,
+                 cont: Continual | None = None):
+        """`seqs`: harmful, task (optional) and, for a continual step after the first, old (the
+        earlier categories' harmful sequences); `cont`: the continual step (None: not continual)."""
+        self.trio, self.opts, self.models, self.seqs, self.rows, self.cont = trio, opts, models, seqs, rows, cont
+        self.original = cont.original if cont is not None else None
+        self.row_masks = PackedMasks()  # continual: the rows this step changed, for the ledger
         self.by_name = {t.tensor: t for t in targets}
         sides = len(seqs)
         self.chunks = plan_chunks(trio, targets, int(opts.gram_memory_gb * 1024**3), opts.sequential, sides)
@@ -363,7 +312,8 @@ class Editor:
         gc.collect()
         layers = self.chunks[chunk]
         targets = [t for t in self.by_name.values() if t.layer in layers]
-        sources = {"harmful": self.opts.harmful_from, "task": self.opts.task_from}
+        # the earlier categories' inputs as the current model (which restored them) sees them
+        sources = {"harmful": self.opts.harmful_from, "task": self.opts.task_from, "old": "finetuned"}
         for side, seqs in self.seqs.items():
             keys = {layer: self._cache_key(side, sources[side], seqs, layer, targets) for layer in layers
                     } if self.use_cache else {}
@@ -410,6 +360,10 @@ class Editor:
         gh = self.grams["harmful"]
         gt = self.grams.get("task")
         key = (gh.canonical(name), gt.canonical(name) if gt is not None else None)
+        if "old" in self.grams:
+            if key not in self.maps:
+                self.maps[key] = self._continual_map(name)
+            return self.maps[key]
         if key not in self.maps:
             G_h = gh.gram(name)
             G_t = gt.gram(name) if gt is not None else None
@@ -423,6 +377,28 @@ class Editor:
                               "info": info}
         return self.maps[key]
 
+    def _continual_map(self, name: str) -> dict:
+        """A continual step after the first (fgsn.edit.activation_match, `continual_maps`): the task
+        null space (form nullspace) and/or the earlier categories' low-energy directions (keep_old
+        hard) confine the change; κ G_old keeps the earlier outputs."""
+        o = self.opts
+        G_h = self.grams["harmful"].gram(name)
+        gt = self.grams.get("task")
+        G_t = gt.gram(name) if gt is not None else None
+        G_o = self.grams["old"].gram(name)
+        info: dict = {}
+        P = None
+        lam = o.lam if G_t is not None else 0.0
+        if o.form == "nullspace" and G_t is not None:
+            P, info = null_basis(G_t, o.null_energy)
+            lam = 0.0  # the hard task constraint replaces the task term, as in the first step
+        if o.keep_old == "hard":
+            P, old_info = old_basis(G_o, o.old_energy, within=P)
+            info.update(old_info)
+        M_h, M_t = continual_maps(G_h, G_t, G_o, lam, o.kappa, o.mu, P, where=name, old_target=o.old_target)
+        return {"M": M_h.float(), "M_t": None if M_t is None else M_t.float(), "lam": lam, "G_h": G_h.float(),
+                "G_t": None if G_t is None else G_t.float(), "G_o": G_o.float(), "info": info}
+
     def transform(self, name: str, w_ft: torch.Tensor) -> torch.Tensor | None:
         t = self.by_name.get(name)
         if t is None:
@@ -432,23 +408,35 @@ class Editor:
         check_finite(w_al, name, "aligned")
         wf = to_out_in(w_ft, arch).float()
         R0 = to_out_in(w_al, arch).float() - wf
+        T0 = None  # continual: W_f - W_{k-1}, the task term's pull back to the original fine-tune
+        if self.original is not None:
+            w0 = self.original.get(name)
+            check_finite(w0, name, "original fine-tuned")
+            T0 = to_out_in(w0, arch).float() - wf
         rows = self.rows.get(name) if self.rows is not None else None
         rec = {"name": name, "layer": t.layer, "module": t.spec.name, "numel": wf.numel(), "masked": 0,
                "changed": 0, "rows_edited": 0, "delta_norm": float(R0.norm())}
-        if not bool(R0.any()) or (rows is not None and not bool(rows.any())):
-            rec["skipped"] = "no fine-tuning update" if not bool(R0.any()) else "no FGSN row"
+        moved = bool(R0.any()) or (T0 is not None and bool(T0.any()))
+        if not moved or (rows is not None and not bool(rows.any())):
+            rec["skipped"] = "no fine-tuning update" if not moved else "no FGSN row"
             self.records.append(rec)
             return None
         if self.chunk_of[t.layer] != self.current:
             self._take_grams(self.chunk_of[t.layer])
         self._release_before(t.layer)
         mp = self._map(name)
+        M_t = mp.get("M_t") if T0 is not None else None
+
+        def change(r0: torch.Tensor, t0: torch.Tensor | None) -> torch.Tensor:
+            d = r0 @ mp["M"]
+            return d if M_t is None else d.add_(t0 @ M_t)
+
         if rows is None:
-            D = R0 @ mp["M"]
+            D = change(R0, T0)
             n_rows = D.shape[0]
         else:
             D = torch.zeros_like(R0)
-            D[rows] = R0[rows] @ mp["M"]
+            D[rows] = change(R0[rows], None if T0 is None else T0[rows])
             n_rows = int(rows.sum())
         check_correction(D, name)
         new = from_out_in((wf + D).to(w_ft.dtype), arch)
@@ -457,20 +445,60 @@ class Editor:
         before = output_energy(R0, mp["G_h"])
         after = output_energy(R0 - D, mp["G_h"])
         n_h = self.tokens["harmful"]
-        rank_bound = min(n_rows, wf.shape[1], n_h, mp["info"].get("null_dim", wf.shape[1]))
+        rank_bound = min(n_rows, wf.shape[1], n_h, mp["info"].get("null_dim", wf.shape[1]),
+                         mp["info"].get("old_null_dim", wf.shape[1]))
         rec.update(masked=changed, changed=changed, rows_edited=n_rows, share_changed=changed / wf.numel(),
-                   change_norm=float(D.norm()), change_ratio=float(D.norm()) / rec["delta_norm"],
-                   harmful_gap_before=before, harmful_gap_after=after,
+                   change_norm=float(D.norm()), change_ratio=float(D.norm()) / rec["delta_norm"] if rec["delta_norm"]
+                   else None, harmful_gap_before=before, harmful_gap_after=after,
                    harmful_gap_closed=1 - after / before if before > 0 else None,
                    rank_bound=rank_bound, **(rank_profile(D) if self.opts.exact_rank else {"rank": None}),
                    **mp["info"])
         if mp["G_t"] is not None:
             base = output_energy(wf, mp["G_t"])
             rec["task_drift"] = output_energy(D, mp["G_t"]) / base if base > 0 else None
+        if self.cont is not None:
+            self._continual_stats(rec, name, new, w_ft, D, wf, R0, T0, mp)
         self.records.append(rec)
         if self.opts.sequential:
             self._write_back(t, new)
         return new
+
+    def _continual_stats(self, rec: dict, name: str, new: torch.Tensor, w_ft: torch.Tensor, D: torch.Tensor,
+                         wf: torch.Tensor, R0: torch.Tensor, T0: torch.Tensor | None, mp: dict) -> None:
+        """What the ledger records of this module: the rows changed (and again), and, after the first
+        step, how far the change reaches the earlier categories' inputs: old_drift = tr(D G_old Dᵀ) /
+        tr(W G_old Wᵀ) (with old_target current, its bound (harmful gap + λ task gap) / κ in the same
+        units), old_gap_before / _after = the earlier inputs' output gap to the aligned model,
+        tr(R G_old Rᵀ) (with old_target aligned, old_gap_bound: at most before + that / κ),
+        old_reach = tr(D G_old Dᵀ) / tr(D G_h Dᵀ), and overlap_cos = cos(D, W_{k-1} - W_f) (the
+        earlier steps' change)."""
+        ch = to_out_in(new != w_ft, self.trio.arch)
+        rows_changed = ch.any(1)
+        self.row_masks.put(name, rows_changed)
+        rec.update(module_stats(self.cont, name, ch, rows_changed))
+        G_o = mp.get("G_o")
+        if G_o is None:
+            return
+        base = output_energy(wf, G_o)
+        old = output_energy(D, G_o)
+        here = output_energy(D, mp["G_h"])
+        rec["old_drift"] = old / base if base > 0 else None
+        rec["old_gap_before"] = output_energy(R0, G_o)
+        rec["old_gap_after"] = output_energy(R0 - D, G_o)
+        if self.opts.kappa > 0:
+            gap = output_energy(R0, mp["G_h"])  # the objective at D = 0, less its κ term
+            if T0 is not None and mp["G_t"] is not None and mp.get("lam"):
+                gap += mp["lam"] * output_energy(T0, mp["G_t"])
+            if self.opts.old_target == "current" and base > 0:
+                rec["old_drift_bound"] = gap / self.opts.kappa / base
+            elif self.opts.old_target == "aligned":
+                rec["old_gap_bound"] = rec["old_gap_before"] + gap / self.opts.kappa
+        rec["old_reach"] = old / here if here > 0 else None
+        if T0 is not None:
+            en = float(T0.norm())
+            rec["earlier_norm"] = en
+            dn = float(D.norm())
+            rec["overlap_cos"] = float(-(D * T0).sum(dtype=torch.float64)) / (dn * en) if dn > 0 and en > 0 else None
 
     def _write_back(self, t: EditTarget, new: torch.Tensor) -> None:
         """Sequential mode: later layers' Grams (those taken on the fine-tuned model) see this layer
@@ -495,7 +523,7 @@ def totals(records: list[dict]) -> dict:
             "share_changed": sum(r["changed"] for r in records) / numel if numel else 0.0,
             "change_norm": change_sq ** 0.5, "delta_norm": delta_sq ** 0.5,
             "change_ratio": (change_sq / delta_sq) ** 0.5 if delta_sq else None,
-            "max_change_ratio": max((r["change_ratio"] for r in edited), default=None),
+            "max_change_ratio": max((r["change_ratio"] for r in edited if r["change_ratio"] is not None), default=None),
             "harmful_gap_closed": 1 - after / before if before > 0 else None,
             "mean_task_drift": sum(drifts) / len(drifts) if drifts else None,
             "max_task_drift": max(drifts, default=None),
@@ -503,11 +531,23 @@ def totals(records: list[dict]) -> dict:
             "max_rank_99": max((r["rank_99"] for r in edited if r.get("rank_99") is not None), default=None)}
 
 
-def run_activation_match(opts: ActivationMatchOptions) -> BaselineResult:
+def run_activation_match(opts: ActivationMatchOptions) -> EditResult:
     out = require_out(opts, METHOD)
+    if opts.ledger and not opts.category:
+        raise InputError("--ledger needs --category NAME: the harm category this continual step repairs")
     t0 = time.time()
     trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)
     harmful, task = load_sets(opts)
+    if not opts.ledger:
+        return _run(opts, trio, harmful, task, out, t0, None)
+    ledger = Ledger(opts.ledger)
+    with ledger.locked():  # held until the step is recorded: a concurrent step would fork the ledger
+        cont = open_continual(opts, trio, ledger, task is not None)
+        return _run(opts, trio, harmful, task, out, t0, cont)
+
+
+def _run(opts: ActivationMatchOptions, trio: Trio, harmful: PromptSet, task: PromptSet | None, out: Path, t0: float,
+         cont: Continual | None) -> EditResult:
     torch.manual_seed(opts.seed)
     lora = isinstance(trio.finetuned, LoraFinetune)
     if lora:
@@ -517,8 +557,10 @@ def run_activation_match(opts: ActivationMatchOptions) -> BaselineResult:
     rows = fgsn_rows(trio, targets, opts) if opts.rows == "fgsn" else None
     models = LiveModels(trio, opts)
     try:
-        seqs = encode_sets(models, harmful, task, opts)
-        editor = Editor(trio, opts, targets, models, seqs, rows)
+        seqs, answers = encode_sets(models, harmful, task, opts)
+        if cont is not None and cont.earlier:
+            seqs["old"] = earlier_sequences(cont, models.tokenizer(opts.harmful_from))
+        editor = Editor(trio, opts, targets, models, seqs, rows, cont)
 
         def write(tmp: Path) -> dict:
             stream_rewrite(trio, tmp, editor.transform, opts.max_shard_gb, desc=METHOD, names=editor.order)
@@ -533,9 +575,18 @@ def run_activation_match(opts: ActivationMatchOptions) -> BaselineResult:
                 "peak_gram_mb": round(editor.peak_gram_bytes / 2**20, 1),
                 "output": "merged", "lora_merged": lora, "note": LORA_NOTE if lora else None,
                 "layer_search": search, "totals": tot}}
-            man = baseline_manifest(METHOD, opts, trio, editor.records, layers=layers,
+            if cont is not None:
+                extra["activation_match"]["continual"] = continual_section(opts, cont, editor)
+            man = assemble_manifest(method=METHOD, opts=opts, trio=trio, modules=editor.records, layers=layers,
                                     edited_params=sum(r["numel"] for r in editor.records), extra=extra)
             man["prompt_counts"] = {"harmful": len(harmful), "task": len(task) if task is not None else 0}
+            if cont is not None:
+                c = extra["activation_match"]["continual"]["totals"]
+                man["ledger_step"] = cont.step
+                man["categories"] = {cont.category: {
+                    "masked": man["changed"], "masked_total": man["changed"], "overlap": c["changed_again"],
+                    "modified_fraction": man["modified_fraction"],
+                    "modified_fraction_edited": man["modified_fraction_edited"], **c}}
             # what varies with the cache stays out of the (deterministic) manifest
             (tmp / "fgsn").mkdir(exist_ok=True)
             atomic_write_json(tmp / "fgsn" / "activation-match.json",
@@ -545,52 +596,36 @@ def run_activation_match(opts: ActivationMatchOptions) -> BaselineResult:
                      _fmt(tot["change_ratio"]), _fmt(tot["harmful_gap_closed"]), editor.passes, editor.cache_hits)
             return man
 
-        return write_output(out, opts, write, t0)
+        res = write_output(out, opts, write, t0, "fgsn activation-match")
     finally:
         models.close()
+    if cont is not None:
+        prompts = [{"prompt": p, "answer": a} for p, a in zip(harmful.texts, answers, strict=True)]
+        sec = res.manifest["activation_match"]["continual"]
+        record_step(cont, opts, trio, out, prompts, seqs["harmful"], editor.records, editor.row_masks,
+                    {**res.manifest["activation_match"]["totals"], **sec["totals"]}, sec["settings"])
+        log.info("ledger %s: step %d (%s) recorded", cont.ledger.path, cont.step, cont.category)
+    return res
+
+
+def continual_section(opts: ActivationMatchOptions, cont: Continual, editor: Editor) -> dict:
+    """The manifest's account of a continual step: where it stands in the ledger, how it kept the
+    earlier categories, and its overlap with them (fgsn.edit.activation_match_ledger)."""
+    first = cont.step == 0
+    return {"ledger": str(cont.ledger.path), "category": cont.category, "step": cont.step,
+            "earlier": [s["category"] for s in cont.earlier], "old_tokens": editor.tokens.get("old"),
+            "settings": {"kappa": None if first else opts.kappa, "keep_old": None if first else opts.keep_old,
+                         "old_target": None if first else opts.old_target,
+                         "old_energy": opts.old_energy if not first and opts.keep_old == "hard" else None,
+                         "form": opts.form, "lam": opts.lam, "mu": opts.mu, "rows": opts.rows,
+                         "harmful_answer": opts.harmful_answer, "harmful_from": opts.harmful_from,
+                         "sequential": opts.sequential},
+            "original_finetuned": None if cont.original is None else {"path": str(cont.original.path),
+                                                                      "sha256": cont.original.sha256},
+            "note": ("change_ratio and delta_norm are relative to W_a - W_{k-1}, the gap this step starts from"
+                     if not first else None),
+            "totals": continual_totals(editor.records)}
 
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
-
-
-# -- command line ---------------------------------------------------------------------------------------
-def add_parser(sub) -> None:
-    from fgsn.cli import COMMANDS
-    from fgsn.config import add_option_flags
-
-    doc = ("Closed-form activation matching: per linear module, W = W_f + (W_a - W_f) G_h (G_h + lam G_t + mu I)^-1 "
-           "from the input Grams on harmful prompts (G_h) and task examples (G_t), or its null-space form; writes the "
-           "repaired checkpoint and fgsn-manifest.json (share of entries changed, rank and relative size of each "
-           "change)")
-    p = sub.add_parser(METHOD, help=COMMANDS[METHOD][1], description=doc)
-    p.add_argument("--config", help="YAML file with any of these options (flags win)")
-    add_option_flags(p, ActivationMatchOptions, _helps())
-    p.set_defaults(func=_handler)
-
-
-def _helps() -> dict[str, str]:
-    """The shared help texts of the CLI for the options this class does not describe itself."""
-    from fgsn.cli import HELPS
-    from fgsn.config import own_descriptions_first
-
-    return own_descriptions_first(ActivationMatchOptions, HELPS)
-
-
-def _handler(args) -> int:
-    from fgsn.config import options_from_args
-
-    opts = options_from_args(ActivationMatchOptions, args)
-    res = run_activation_match(opts)
-    m = res.manifest
-    tot = m["activation_match"]["totals"]
-    print(f"activation-match checkpoint: {res.out}")
-    print(f"  form {opts.form}, lam {m['activation_match']['lam']}, mu {opts.mu}, "
-          f"{'sequential' if opts.sequential else 'one pass'}; modules changed: {tot['modules_edited']}/{tot['modules']}")
-    print(f"  entries changed: {m['changed']:,} = {100 * m['changed_fraction']:.2f}% of all parameters; "
-          f"||change|| / ||W_f - W_a|| = {_fmt(tot['change_ratio'])} (max per module {_fmt(tot['max_change_ratio'])})")
-    print(f"  harmful output gap closed (module level): {_fmt(tot['harmful_gap_closed'])}; mean task output drift "
-          f"{_fmt(tot['mean_task_drift'])}")
-    if m["activation_match"]["lora_merged"]:
-        print(f"  note: {LORA_NOTE}")
-    return 0

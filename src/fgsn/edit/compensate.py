@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from fgsn.data.prompts import PromptSet
+from fgsn.data.promptset import PromptSet
 from fgsn.edit.options import CompensateOptions
 from fgsn.errors import InputError, NumericalError
 from fgsn.models.registry import EditTarget, from_out_in, live_layers, live_module, to_out_in
@@ -184,10 +184,12 @@ def compensate_rows(w_edit: torch.Tensor, w_orig: torch.Tensor, mask: torch.Tens
 
 # -- the model pass -------------------------------------------------------------------------------
 def compensate_checkpoint(folder: str | Path, trio, targets: list[EditTarget], task: PromptSet, opts: CompensateOptions,
-                          probe, max_shard_bytes: int) -> list[dict]:
+                          probe, max_shard_bytes: int, frozen: dict[str, torch.Tensor] | None = None) -> list[dict]:
     """Compensate the edited checkpoint in `folder` (written by any method from `trio`'s
     fine-tuned model) in place, layer by layer (module doc). `probe` carries how prompts are run
-    (fgsn.locate.run.ProbeOptions fields: device, batch size, chat template). Returns one record
+    (fgsn.locate.run.ProbeOptions fields: device, batch size, chat template). `frozen` (stored
+    layout, per tensor): entries the compensation must not move either (a continual step's
+    earlier edits). Returns one record
     per edited target: entries edited, kept entries the compensation changed, and the relative
     task-output error before and after, task_error(W' - W_f) / task_error(W_f)."""
     from fgsn.locate.grams import LayerReplay
@@ -231,7 +233,8 @@ def compensate_checkpoint(folder: str | Path, trio, targets: list[EditTarget], t
                 mods = {t.tensor: live_module(model, arch, t) for t, _ in by_layer[layer]}
                 grams = replay.grams(layer, mods)
                 for t, mask in by_layer[layer]:
-                    records.append(_compensate_module(t, mask, grams[t.tensor], trio, edited, mods[t.tensor], opts))
+                    records.append(_compensate_module(t, mask, grams[t.tensor], trio, edited, mods[t.tensor], opts,
+                                                      (frozen or {}).get(t.tensor)))
                     live[t.tensor] = mods[t.tensor]
                 del grams
             if layer < max(by_layer):
@@ -259,18 +262,20 @@ def compensate_checkpoint(folder: str | Path, trio, targets: list[EditTarget], t
 
 
 def _compensate_module(t: EditTarget, mask: torch.Tensor, gram, trio, edited, module: torch.nn.Module,
-                       opts: CompensateOptions) -> dict:
+                       opts: CompensateOptions, frozen: torch.Tensor | None = None) -> dict:
     """Compensate one module, write the result into the live `module` (later layers then see it:
     sequential) and return its record."""
     arch = trio.arch
     w_f = to_out_in(trio.finetuned.get(t.tensor), arch)
     w_e = to_out_in(edited.get(t.tensor), arch)
     m = to_out_in(mask, arch)
-    new = compensate_rows(w_e, w_f, m, gram.H, opts.compensate_damp, opts.compensate_solver).to(w_f.dtype)
+    fixed = m if frozen is None else m | to_out_in(frozen, arch)  # frozen: kept at their value too
+    new = compensate_rows(w_e, w_f, fixed, gram.H, opts.compensate_damp, opts.compensate_solver).to(w_f.dtype)
     wf64 = w_f.double()
     base = task_error(wf64, gram.H)
     rec = {"name": t.tensor, "layer": t.layer, "module": t.spec.name, "edited": int(m.sum()),
            "kept_changed": int(((new != w_e) & ~m).sum()), "task_tokens": gram.n_tokens,
+           **({} if frozen is None else {"frozen": int((fixed & ~m).sum())}),
            "task_error_before": task_error(w_e.double() - wf64, gram.H) / base if base else None,
            "task_error_after": task_error(new.double() - wf64, gram.H) / base if base else None}
     module.weight.data.copy_(from_out_in(new, arch).to(module.weight.device, module.weight.dtype))

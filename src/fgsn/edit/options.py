@@ -1,15 +1,31 @@
-"""Options of `fgsn project`, `fgsn revert` and the task compensation they share: torch-free, so that the command line builds its flags and help
-without importing torch."""
+"""Options of the edit stage (`fgsn project`, `fgsn revert`, `fgsn activation-match` and the task
+compensation they share): torch-free, so that the command line builds its flags and help without
+importing torch."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from fgsn.config import Options
 from fgsn.locate.options import DEFAULT_REFUSAL, LocateOptions, ProbeOptions
+
+
+class EditOptions(Options):
+    """Options every weight editor that rewrites a checkpoint on its own takes (the baselines and the
+    activation-matching editor): the models, where the output goes, and how it is written."""
+
+    aligned: str
+    finetuned: str
+    base: str | None = None
+    out: str | None = None
+    overwrite: bool = False
+    allow_pickle: bool = False
+    seed: int = 0
+    max_shard_gb: float = Field(5.0, gt=0)
 
 
 class CompensateOptions(Options):
@@ -100,8 +116,106 @@ class RevertOptions(CompensateOptions, ProbeOptions):
     max_rollbacks: int = Field(1, ge=0, description="rollbacks at most, each followed by a new check (SGDG: 1)")
     validation_share: float = Field(0.25, gt=0, lt=1, description="share of the task examples held out (by "
                                                                   "prompt hash) for the rollback's check")
+    ledger: str | None = Field(None, description="continual ledger folder (created if missing): this run is one "
+                                                  "step, for --category, from the latest step's output as "
+                                                  "--finetuned; entries an earlier step reverted are never touched "
+                                                  "again (not reverted, rolled back or compensated)")
+    category: str | None = Field(None, description="with --ledger: the harm category this step repairs (one step "
+                                                   "per category); filters --harmful to it when it matches prompt "
+                                                   "categories")
 
     @field_validator("harmful", "task", "modules", mode="before")
     @classmethod
     def _listify(cls, v):
         return [v] if isinstance(v, str) else v
+
+
+class ActivationMatchOptions(EditOptions, ProbeOptions):
+    """Options of the closed-form activation-matching editor."""
+
+    harmful: list[str] = Field(default_factory=list, description=(
+        "harmful prompts (files or builtin:NAME?..): their module inputs form G_h, where the repaired model must "
+        "reproduce the aligned model's outputs"))
+    task: list[str] = Field(default_factory=list, description=(
+        "task examples, prompt + answer (what the fine-tune is for): their module inputs form G_t, where the "
+        "fine-tuned model's outputs are kept"))
+    form: Literal["ridge", "nullspace"] = Field("ridge", description=(
+        "ridge: W_f + (W_a-W_f) G_h (G_h + lam G_t + mu I)^-1 (a soft trade-off); nullspace: the change acts only on "
+        "the eigenvectors of G_t holding at most --null-energy of the task input energy (AlphaEdit-style hard "
+        "constraint)"))
+    lam: float = Field(1.0, ge=0, description=(
+        "lambda, ridge form: weight of keeping the task outputs against matching the harmful ones, both as mean "
+        "squared output error per token (1: a task token weighs what a harmful token does). Lower closes more of "
+        "the safety gap, higher keeps more of the task; on the SmolLM2 organism's full fine-tune 1 is the "
+        "strongest of 0.3/1/3 that keeps 95% of the fine-tune's task-NLL gain "
+        "(benchmarks/activation_match_frontier.py)"))
+    mu: float = Field(1e-3, ge=0, description=(
+        "mu: damping, as a multiple of mean diag(G_h) (the mean squared harmful input), so it means the same at "
+        "every layer; raise it when a Gram is singular"))
+    null_energy: float = Field(0.01, gt=0, lt=1, description=(
+        "nullspace form: share of tr(G_t) the edited input subspace may hold (its smallest-eigenvalue "
+        "eigenvectors); bounds the task output change"))
+    sequential: bool = Field(False, description=(
+        "take each layer's Grams from the model repaired so far, layer after layer (SparseGPT-style); default: all "
+        "Grams from the unedited model"))
+    layers: str = Field("all", description=(
+        "layers to edit: all, search (the safety layers of fgsn locate's cosine-gap search on the aligned model), "
+        "or A-B / a comma list (0-based)"))
+    modules: list[str] | None = Field(None, description="target modules (e.g. q_proj); default: every linear module")
+    rows: Literal["all", "fgsn"] = Field("all", description=(
+        "all output rows, or only the rows (neurons) an FGSN mask selects (from --locate-run, else located now "
+        "with --granularity neuron, --fgsn-q, --fgsn-p), so that the paper's localisation composes with the "
+        "closed form"))
+    locate_run: str | None = Field(None, description="with --rows fgsn: an `fgsn locate --out RUN` folder")
+    fgsn_q: float = Field(0.1, ge=0, le=1, description="with --rows fgsn: FGSN's harmful top-q (neuron masks)")
+    fgsn_p: float = Field(0.1, ge=0, le=1, description="with --rows fgsn: FGSN's task top-p exclusion")
+    layer_eps: float = Field(0.05, ge=0, le=1, description="with --layers search: relative rise that counts")
+    harmful_answer: Literal["none", "refusal", "aligned"] = Field("none", description=(
+        "what follows each harmful prompt in G_h: none (prompt tokens only), refusal (--refusal-text), or aligned "
+        "(the aligned model's own greedy answer, --answer-tokens long)"))
+    refusal_text: str = Field(DEFAULT_REFUSAL, description="with --harmful-answer refusal: the answer appended")
+    answer_tokens: int = Field(32, ge=1, description="with --harmful-answer aligned: tokens generated per prompt")
+    harmful_from: Literal["finetuned", "aligned"] = Field("finetuned", description=(
+        "model whose module inputs on harmful prompts form G_h"))
+    task_from: Literal["finetuned", "aligned"] = Field("finetuned", description=(
+        "model whose module inputs on task examples form G_t"))
+    allow_no_task: bool = Field(False, description=(
+        "without --task, fit the harmful side alone (lambda = 0: nothing protects the task); off: an error"))
+    gram_memory_gb: float = Field(1.0, gt=0, description=(
+        "Grams (float64) resident at once; layers are processed in chunks that fit, one forward pass per chunk "
+        "(planned from the last layer down, so the early, cheap-to-reach layers take the extra passes)"))
+    max_batch_tokens: int = Field(4096, ge=64, description="padded tokens per forward batch")
+    ledger: str | None = Field(None, description=(
+        "continual ledger folder (created if missing): this run is one step, for --category, starting from the "
+        "latest step's output as --finetuned; it keeps the outputs earlier steps restored on their harmful prompts "
+        "(recorded in the ledger)"))
+    category: str | None = Field(None, description=(
+        "with --ledger: the harm category this step repairs (one step per category); filters --harmful to it when "
+        "it matches prompt categories"))
+    kappa: float = Field(100.0, ge=0, description=(
+        "with --ledger, from the second category on: weight of keeping the earlier categories' module outputs, per "
+        "token relative to the new category's harmful tokens; their mean squared change is at most "
+        "(harmful gap + lambda task gap) / kappa"))
+    old_target: Literal["current", "aligned"] = Field("current", description=(
+        "with --ledger: what the --kappa term holds the earlier categories' module outputs to: current (as the "
+        "model this step starts from gives them, residual gap included) or aligned (the aligned model's: their "
+        "harmful term stays in the objective, so a later category that resembles an earlier one can still be "
+        "repaired; their gap can rise by at most (harmful gap + lambda task gap) / kappa)"))
+    keep_old: Literal["soft", "hard"] = Field("soft", description=(
+        "with --ledger: soft: only the --kappa term; hard: also confine the change to input directions holding at "
+        "most --old-energy of the earlier categories' input energy (as --null-energy does for the task)"))
+    old_energy: float = Field(0.01, gt=0, lt=1, description=(
+        "with --keep-old hard: share of the earlier categories' tr(G_old) the edited input subspace may hold"))
+    original_finetuned: str | None = Field(None, description=(
+        "with --ledger, from the second category on: the fine-tuned model the ledger's first step started from "
+        "(the task term's reference; default: the path the ledger recorded)"))
+    exact_rank: bool = Field(True, description=(
+        "report each change's numerical rank and the directions holding 99% of it (an SVD per module); off: only "
+        "the bound min(rows, in, harmful tokens)"))
+
+    @field_validator("harmful", "task", "modules", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",")] if v and "," in v and not Path(v).exists() else [v]
+        return v

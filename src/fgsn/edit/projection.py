@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fgsn.edit.projectors import Projector
+from fgsn.direction import part_projectors, safety_direction
 from fgsn.errors import NumericalError
 from fgsn.models.lora import LoraFactors
 
@@ -67,20 +67,18 @@ def project_tensor(name: str, layer: int, module: str, *, w_aligned: torch.Tenso
     (out, in) in the stored dtype and the edit's statistics."""
     wa = w_aligned.float()
     delta = factors.delta() if factors is not None else w_finetuned.to(torch.float32, copy=True).sub_(wa)
-    V_full = wa - w_base.float()
+    V_full = safety_direction(wa, w_base)
     edit = TensorEdit(name, layer, module, numel=mask.numel(), masked=int(torch.count_nonzero(mask)),
                       delta_norm=float(delta.norm()), masked_delta_norm=float(torch.where(mask, delta, 0.0).norm()))
     out = w_finetuned.clone()
     whole_rows = factors is not None
     new_B = factors.B.clone() if factors is not None else None
     sq = 0.0
-    r0 = 0
-    for part, size in parts:
-        r1 = r0 + size
+    for part, r0, r1, proj in part_projectors(settings.projector, V_full, parts, settings.rank, settings.energy):
+        size = r1 - r0
         pmask = mask[r0:r1]
         row_any = pmask.any(1)
         n_rows = int(torch.count_nonzero(row_any))
-        proj = Projector(settings.projector, V_full[r0:r1], rank=settings.rank, energy=settings.energy)
         info = {"part": part, "rows": [r0, r1], "masked": int(torch.count_nonzero(pmask)), **proj.describe()}
         if n_rows:
             # all rows touched (common at weight granularity): slices, no gather/scatter copies
@@ -105,7 +103,6 @@ def project_tensor(name: str, layer: int, module: str, *, w_aligned: torch.Tenso
             info["projected_norm"] = pn
             info["zero_direction"] = proj.is_zero
         edit.parts.append(info)
-        r0 = r1
     edit.changed = int(torch.count_nonzero(out != w_finetuned))
     edit.projected_norm = sq ** 0.5 if edit.masked else 0.0
     if factors is not None and whole_rows:

@@ -36,6 +36,13 @@ Optionally (`compensate` task) the kept entries are then recalibrated on task in
 (fgsn.edit.compensate). The output is always a merged checkpoint: reverted entries are single
 weights, which a LoRA adapter cannot represent.
 
+Continual (`ledger`, `category`): one harm category per step on one ledger (fgsn.edit.ledger),
+each from the latest step's output. The entries an earlier step reverted are frozen: they are
+never candidates (they sit at the aligned value already, and are excluded explicitly too), the
+rollback only puts back this step's, and the compensation keeps them at their value. The ledger
+records per step the entries it reverted (bit-packed), how many an earlier step had reverted
+(zero by construction) and the safety loss before and after.
+
 Memory: the gradients need the fine-tuned model live (float32 on CPU by default), plus the
 aligned values of the target weights, their gradients and one bit a weight for the reverted set:
 about four copies of the target weights (the 135M organism: ~2 GB). Unlike the projection, this
@@ -53,20 +60,23 @@ from pathlib import Path
 
 import torch
 
-from fgsn.data.prompts import PromptSet, concat, load_prompts, validation_split
+from fgsn.artifacts.manifest import assemble_manifest
+from fgsn.artifacts.masks import PackedMasks
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import PromptSet, concat, validation_split
 from fgsn.edit.compensate import compensate_checkpoint
-from fgsn.edit.masks_io import PackedMasks
+from fgsn.edit.ledger import Ledger
 from fgsn.edit.options import RevertOptions
 from fgsn.edit.rewrite import EditResult, stream_rewrite, write_output
 from fgsn.errors import InputError
 from fgsn.locate.attribution import gradient_sums
 from fgsn.locate.layers import parse_layers
 from fgsn.locate.losses import check_hidden_index, cosine_gradients, cosine_loss, example_nll, last_token_mean
+from fgsn.models.checkpoint import Checkpoint
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.loading import load_model
-from fgsn.models.registry import EditTarget, edit_targets, live_layers, live_module, to_out_in
+from fgsn.models.registry import EditTarget, edit_targets, from_out_in, live_layers, live_module, to_out_in
 from fgsn.models.trio import Trio, open_trio
-from fgsn.report.manifest import assemble_manifest
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +175,9 @@ class _Runner:
     """One reversion run: the live model, the references, the rounds and the rollback."""
 
     def __init__(self, trio: Trio, opts: RevertOptions, targets: list[EditTarget], harmful: PromptSet,
-                 task: PromptSet, val: PromptSet):
+                 task: PromptSet, val: PromptSet, frozen: dict[str, torch.Tensor] | None = None):
         self.trio, self.opts, self.targets = trio, opts, targets
+        self.frozen = frozen  # continual: per tensor (stored layout), entries earlier steps reverted
         self.harmful, self.task, self.val = harmful, task, val
         self.index = opts.cosine_layer or (4 * trio.num_layers) // 6
         if "cosine" in (opts.loss, opts.rollback_loss if opts.rollback else ""):
@@ -253,7 +264,10 @@ class _Runner:
                     g = grads[n]
                     gain = d * g
                     s = gain if o.rank == "delta-grad" else g.abs()
-                    scores[n] = torch.where(gain > 0, s, float("-inf"))
+                    ok = gain > 0
+                    if self.frozen is not None and n in self.frozen:
+                        ok &= ~self.frozen[n]
+                    scores[n] = torch.where(ok, s, float("-inf"))
                 k = int(round(o.per_round * total)) if o.scope == "global" else \
                     {n: int(round(o.per_round * st.params[n].numel())) for n in grad_names}
                 chosen = top_entries(scores, k)
@@ -319,23 +333,56 @@ def run_revert(opts: RevertOptions, method: str = "revert") -> EditResult:
     """Run the reversion (module doc) and write the checkpoint + manifest to `opts.out`."""
     if not opts.out:
         raise InputError(f"fgsn {method} needs --out DIR for the edited checkpoint")
+    if opts.ledger and not opts.category:
+        raise InputError("--ledger needs --category NAME: the harm category this continual step repairs")
     out = Path(opts.out)
     t0 = time.time()
     trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)
+    if not opts.ledger:
+        return _run(opts, method, trio, out, t0, None)
+    ledger = Ledger(opts.ledger)
+    with ledger.locked():  # held until the step is recorded
+        ledger.check_new_step(method, opts.category, trio.base.sha256 if trio.base is not None else None,
+                              trio.aligned.sha256, trio.finetuned.sha256)
+        return _run(opts, method, trio, out, t0, ledger)
+
+
+def _run(opts: RevertOptions, method: str, trio: Trio, out: Path, t0: float, ledger: Ledger | None) -> EditResult:
     torch.manual_seed(opts.seed)
     targets = revert_targets(trio, opts.modules, opts.layers)
     harmful = concat("harmful", [load_prompts(s) for s in opts.harmful])
+    if opts.category and opts.category in {p.category for p in harmful}:
+        harmful = harmful.filter(category=opts.category)
     if opts.harmful_limit:
         harmful = PromptSet(harmful.name, harmful.prompts[:opts.harmful_limit])
     harmful.require(1, "harmful prompts")
     task, val = task_parts(opts)
-    run = _Runner(trio, opts, targets, harmful, task, val)
+    frozen = None
+    if ledger is not None:
+        arch = trio.arch
+        frozen = {}
+        for t in targets:
+            shape = tuple(to_out_in(torch.empty(trio.aligned.shape(t.tensor), device="meta"), arch).shape)
+            frozen[t.tensor] = from_out_in(ledger.union(t.tensor, shape), arch)
+    run = _Runner(trio, opts, targets, harmful, task, val, frozen)
     reverted, rolled = _live_phase(run)
     gc.collect()
     if isinstance(trio.finetuned, LoraFinetune):
         log.warning("%s: %s", method, MERGED_NOTE)
-    return write_output(out, opts, lambda tmp: _write(tmp, trio, opts, method, targets, reverted, rolled, task, run),
-                        t0, "fgsn revert" if method == "revert" else None)
+    step = len(ledger.steps) if ledger is not None else None
+    res = write_output(out, opts, lambda tmp: _write(tmp, trio, opts, method, targets, reverted, rolled, task, run,
+                                                     step), t0, "fgsn revert" if method == "revert" else None)
+    if ledger is not None:
+        m = res.manifest
+        ledger.record(opts.category, run.masks, {"editor": method, **m["categories"][opts.category],
+                                                 "safety_loss_start": m[method]["rounds"][0]["safety_loss"],
+                                                 "safety_loss_final": m[method]["safety_loss_final"],
+                                                 "rolled_back": sum(r["rolled_back"] for r in m["modules"])},
+                      {"base": trio.base.sha256 if trio.base is not None else None, "aligned": trio.aligned.sha256,
+                       "finetuned": trio.finetuned.sha256}, str(out), Checkpoint(out).sha256, editor=method,
+                      paths={"finetuned_original": str(Path(trio.finetuned.path).resolve())} if step == 0 else None)
+        log.info("ledger %s: step %d (%s) recorded", ledger.path, step, opts.category)
+    return res
 
 
 def _live_phase(run: _Runner) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -356,18 +403,23 @@ def _live_phase(run: _Runner) -> tuple[dict[str, torch.Tensor], dict[str, torch.
 
 
 def _write(tmp: Path, trio: Trio, opts: RevertOptions, method: str, targets: list[EditTarget],
-           reverted: dict[str, torch.Tensor], rolled: dict[str, torch.Tensor], task: PromptSet, run: _Runner) -> dict:
+           reverted: dict[str, torch.Tensor], rolled: dict[str, torch.Tensor], task: PromptSet, run: _Runner,
+           step: int | None = None) -> dict:
     arch = trio.arch
     records: list[dict] = []
-    masks = PackedMasks()
+    masks = run.masks = PackedMasks()
+    overlap = 0
     by_name = {t.tensor: t for t in targets}
 
     def transform(name: str, w_ft: torch.Tensor) -> torch.Tensor | None:
         t = by_name.get(name)
         if t is None:
             return None
+        nonlocal overlap
         m = reverted[name]
         masks.put(name, to_out_in(m, arch))
+        if run.frozen is not None:
+            overlap += int((m & run.frozen[name]).sum())  # zero by construction: counted, not assumed
         w_al = trio.aligned.get(name)
         new = torch.where(m, w_al, w_ft) if bool(m.any()) else w_ft
         delta = w_ft.float() - w_al.float()
@@ -381,7 +433,8 @@ def _write(tmp: Path, trio: Trio, opts: RevertOptions, method: str, targets: lis
     stream_rewrite(trio, tmp, transform, opts.max_shard_gb, desc=method)
     compensation = None
     if opts.compensate != "none":
-        compensation = compensate_checkpoint(tmp, trio, targets, task, opts, opts, int(opts.max_shard_gb * 1024**3))
+        compensation = compensate_checkpoint(tmp, trio, targets, task, opts, opts, int(opts.max_shard_gb * 1024**3),
+                                             frozen=run.frozen)
         by_rec = {r["name"]: r for r in compensation}
         for rec in records:
             if rec["name"] in by_rec:
@@ -392,7 +445,8 @@ def _write(tmp: Path, trio: Trio, opts: RevertOptions, method: str, targets: lis
     doc = assemble_manifest(method=method, opts=opts, trio=trio, modules=records,
                             edited_params=sum(r["numel"] for r in records), layers=layers,
                             prompt_counts={"harmful": len(run.harmful), "task": len(run.task),
-                                           "task_validation": len(run.val)})
+                                           "task_validation": len(run.val)},
+                            category=opts.category or "default", cat_stats={"overlap": overlap}, ledger_step=step)
     doc[method] = {**run.log, "cosine_layer": run.index if "cosine" in (opts.loss, opts.rollback_loss) else None,
                    "compensation": compensation,
                    "output": MERGED_NOTE if isinstance(trio.finetuned, LoraFinetune) else "merged checkpoint"}

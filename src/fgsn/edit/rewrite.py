@@ -18,13 +18,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from fgsn.artifacts.card import write_card
+from fgsn.artifacts.manifest import MANIFEST
 from fgsn.atomic import atomic_dir, atomic_write_json
 from fgsn.edit.projection import check_finite
+from fgsn.errors import InputError
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.safetensors_io import PlannedTensor
 from fgsn.models.trio import Trio
 from fgsn.models.writer import CheckpointWriter, copy_side_files
-from fgsn.report.manifest import MANIFEST, write_card
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,13 @@ class EditResult:
     @property
     def modified_fraction(self) -> float:
         return self.manifest["modified_fraction"]
+
+
+def require_out(opts, method: str) -> Path:
+    """The output folder of `method` (`opts.out`), which a rewrite cannot do without."""
+    if not opts.out:
+        raise InputError(f"fgsn baseline {method} needs --out DIR for the edited checkpoint")
+    return Path(opts.out)
 
 
 def side_files(trio: Trio) -> list[Path]:
@@ -73,10 +82,11 @@ def stream_rewrite(trio: Trio, tmp: Path, transform: Callable[[str, torch.Tensor
     copy_side_files(side_files(trio), tmp)
 
 
-def run_info(t0: float) -> dict:
-    """Timings and memory: kept out of the manifest so that the manifest is deterministic."""
+def run_info(t0: float, **how) -> dict:
+    """Timings, memory and how the edit ran (e.g. device, prefetch): kept out of the manifest so
+    that the manifest is deterministic."""
     return {"wall_s": round(time.time() - t0, 3),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **how}
 
 
 def write_output(out: Path, opts, write: Callable[[Path], dict], t0: float, command: str | None = None) -> EditResult:

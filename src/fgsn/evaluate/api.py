@@ -1,4 +1,4 @@
-"""`evaluate()`: generate, judge and score every model on every prompt set, then report.
+"""`evaluate()`: generate, judge and score every model on every prompt set, up to results.json.
 
 Stages, each resumable through the cache (see `cache.py`):
 1. load and validate every input (prompt sets, utility items, judge settings) before any model
@@ -8,7 +8,10 @@ Stages, each resumable through the cache (see `cache.py`):
 3. judge all harmful (and jailbreak-wrapped) completions of all models at once (a local judge
    model is loaded once),
    keyword-judge everything (ASR as a cheap second signal, over-refusal), score utility;
-4. write per-model records and `eval.json`, then the report (`fgsn.report.build_report`).
+4. write per-model records and `eval.json`, then `results.json` (`fgsn.evaluate.results`).
+
+The report (report.md, report.html, plots) is rendered from results.json by fgsn.report, which
+`fgsn eval` and `fgsn.api.evaluate` call after this when `report` is on.
 """
 
 from __future__ import annotations
@@ -21,18 +24,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fgsn.artifacts.eval_run import EVAL_SCHEMA
 from fgsn.atomic import atomic_write_json, atomic_write_jsonl
-from fgsn.data.prompts import Prompt, PromptSet, load_prompts
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import Prompt, PromptSet
 from fgsn.errors import InputError
 from fgsn.evaluate.cache import EvalCache, sha256_text
 from fgsn.evaluate.generation import GenSettings
 from fgsn.evaluate.judges import Judge, JudgeItem, KeywordJudge, Verdict, make_judge
 from fgsn.evaluate.options import EvalOptions
+from fgsn.evaluate.results import write_results
 from fgsn.evaluate.utility import UtilityItem, load_utility
 
 log = logging.getLogger(__name__)
 
-EVAL_SCHEMA = "fgsn-eval/1"
 NAME_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
@@ -457,8 +462,6 @@ def evaluate(models: dict[str, str], harmful: list[str | PromptSet] | str | Prom
     }
     atomic_write_json(rundir / "eval.json", spec)
 
-    from fgsn.report.build import build_report, compute_results
-
-    results = build_report(rundir) if opts.report else compute_results(rundir)
+    results = write_results(rundir)
     scores = {n: ModelScores.from_results(n, results["models"][n]) for n in paths}
     return EvalResult(rundir=rundir, results=results, models=scores, generated=generated, cached=cached)

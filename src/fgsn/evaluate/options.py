@@ -81,7 +81,9 @@ class EvalOptions(Options):
     bootstrap_resamples: int = Field(10_000, ge=100, description="paired bootstrap resamples")
     bootstrap_seed: int = Field(0, description="seed of the paired bootstrap")
     # output
-    report: bool = Field(True, description="write the report (off: results only; `fgsn report RUNDIR` later)")
+    report: bool = Field(True, description="write the report after results.json (off: results only; `fgsn report "
+                                           "RUNDIR` later); read by `fgsn eval` and fgsn.api.evaluate, the stage's "
+                                           "own evaluate() always stops at results.json")
 
     @field_validator("paired_against", mode="before")
     @classmethod

@@ -9,10 +9,10 @@ so the probes accumulate one vector per layer and never store activations.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 
+from fgsn.artifacts.locate_run import LayerSearch
 from fgsn.errors import InputError
 from fgsn.locate.probes import ProbeStats
 
@@ -29,25 +29,6 @@ def mean_pair_cosine_within(s: ProbeStats) -> torch.Tensor:
 
 def mean_pair_cosine_between(a: ProbeStats, b: ProbeStats) -> torch.Tensor:
     return (a.unit_sum * b.unit_sum).sum(-1) / (a.n_prompts * b.n_prompts)
-
-
-@dataclass
-class LayerSearch:
-    bb: list[float]
-    bh: list[float]
-    hh: list[float]
-    gap: list[float]
-    selected: tuple[int, int]        # inclusive, 0-based
-    eps: float
-    rule: str
-
-    def to_json(self) -> dict:
-        return {"curves": {"bb": self.bb, "bh": self.bh, "hh": self.hh, "gap": self.gap},
-                "selected": list(self.selected), "eps": self.eps, "rule": self.rule}
-
-    @property
-    def layers(self) -> list[int]:
-        return list(range(self.selected[0], self.selected[1] + 1))
 
 
 def select_block(gap: list[float], eps_rel: float = 0.05) -> tuple[tuple[int, int], float, str]:

@@ -1,5 +1,5 @@
 """Safety-neuron masks: the harmful top-q minus the task top-p (method.md step 2), at weight or
-neuron (output row) granularity (stored bit-packed by fgsn.edit.masks_io)."""
+neuron (output row) granularity (stored bit-packed by fgsn.artifacts.masks)."""
 
 from __future__ import annotations
 

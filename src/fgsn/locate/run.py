@@ -16,10 +16,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fgsn.atomic import atomic_dir, atomic_write_json
-from fgsn.data.prompts import PromptSet, concat, load_prompts
-from fgsn.edit.masks_io import PackedMasks
-from fgsn.edit.projectors import Projector
+from fgsn.artifacts.locate_run import LAYER_SEARCH_PNG, LayerSearch, LocateRun
+from fgsn.artifacts.masks import PackedMasks
+from fgsn.artifacts.provenance import inputs_json
+from fgsn.atomic import atomic_dir
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import PromptSet, concat
+from fgsn.direction import project_parts, safety_direction
 from fgsn.errors import InputError
 from fgsn.locate.attribution import (
     contrast_sums,
@@ -28,7 +31,7 @@ from fgsn.locate.attribution import (
     gradient_sums_streamed,
 )
 from fgsn.locate.cache import GRADIENT_MEMO, cached_probe, probe_key
-from fgsn.locate.layers import LayerSearch, parse_layers, plot_layer_search, search_layers
+from fgsn.locate.layers import parse_layers, plot_layer_search, search_layers
 from fgsn.locate.masks import safety_mask
 from fgsn.locate.memory import choose_probe_memory
 from fgsn.locate.options import PRESETS, LocateOptions, ProbeOptions  # noqa: F401 (re-exported)
@@ -41,20 +44,6 @@ from fgsn.models.streamed import StreamedModel, resident_bytes
 from fgsn.models.trio import Trio, open_trio
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LocateResult:
-    layers: list[int]
-    layer_search: LayerSearch | None
-    masks: PackedMasks
-    targets: list[EditTarget]
-    module_stats: list[dict] = field(default_factory=list)
-    prompt_counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def masked(self) -> int:
-        return sum(s["masked"] for s in self.module_stats)
 
 
 def load_sets(opts: LocateOptions) -> dict[str, PromptSet]:
@@ -185,18 +174,9 @@ def score_masks(trio: Trio, targets: list[EditTarget], stats_in: SideStats, opts
             stats.append({"name": t.tensor, "layer": t.layer, "module": t.spec.name, "numel": delta.numel(),
                           "masked": 0, "skipped": "no fine-tuning update"})
             continue
-        V = w_al - to_out_in(trio.base.get(t.tensor), trio.arch).float() if trio.base is not None else None
+        V = safety_direction(w_al, to_out_in(trio.base.get(t.tensor), trio.arch)) if trio.base is not None else None
         parts = trio.arch.part_sizes(t.spec, trio.aligned.config, delta.shape[0])
-
-        def project(Y, V=V, parts=parts):
-            out = torch.empty_like(Y)
-            r0 = 0
-            for _, size in parts:
-                out[r0:r0 + size] = Projector(opts.projector, V[r0:r0 + size], opts.rank, opts.energy).apply(
-                    Y[r0:r0 + size])
-                r0 += size
-            return out
-
+        project = partial(project_parts, V=V, parts=parts, kind=opts.projector, rank=opts.rank, energy=opts.energy)
         inputs = ScoreInputs(t.tensor, w_ft, delta, project, seed=opts.seed * 100003 + i,
                              **stats_in.for_tensor(t.tensor, trio.arch))
         h, s = score_pair(opts.score, inputs)
@@ -272,60 +252,36 @@ def collect_stats(trio: Trio, targets: list[EditTarget], sets: dict[str, PromptS
     return out
 
 
-def locate_masks(trio: Trio, opts: LocateOptions, sets: dict[str, PromptSet] | None = None) -> LocateResult:
+def locate_masks(trio: Trio, opts: LocateOptions, sets: dict[str, PromptSet] | None = None) -> LocateRun:
     sets = sets or load_sets(opts)
     layers, search = find_layers(trio, sets, opts)
     targets = lora_aware_targets(trio, layers, opts.modules)
     side_stats = collect_stats(trio, targets, sets, opts)
     masks, stats = score_masks(trio, targets, side_stats, opts)
-    return LocateResult(layers, search, masks, targets, stats, {k: len(v) for k, v in sets.items()})
-
-
-def inputs_json(trio: Trio) -> dict:
-    d = {"aligned": {"path": str(trio.aligned.path), "sha256": trio.aligned.sha256},
-         "finetuned": {"path": str(trio.finetuned.path), "sha256": trio.finetuned.sha256, "kind": trio.finetuned.kind}}
-    if trio.base is not None:
-        d["base"] = {"path": str(trio.base.path), "sha256": trio.base.sha256}
-    return d
-
-
-# Every `fgsn project` output keeps its locate run here, so that it can be passed to --locate-run.
-LOCATE_RUN_IN_OUTPUT = Path("fgsn") / "locate"
-LOCATE_RUN_FILES = ("locate.json", "masks.safetensors", "layer_search.png")
-
-
-def write_locate_run(folder: Path, result: LocateResult, trio: Trio, opts: LocateOptions) -> None:
-    """The files of a locate run into `folder` (inside an atomic output): masks, locate.json with
-    the locate options (of a ProjectOptions: its locate part), the layer-search figure."""
-    folder.mkdir(parents=True, exist_ok=True)
-    result.masks.save(folder / "masks.safetensors", meta={"layers": result.layers})
+    # the options of this locate (of a ProjectOptions: its locate part), as locate.json records them
     options = {k: v for k, v in opts.model_dump(mode="json").items() if k in LocateOptions.model_fields}
-    doc = {"options": options, "inputs": inputs_json(trio), "layers": result.layers,
-           "modules": result.module_stats, "prompt_counts": result.prompt_counts,
-           "layer_search": result.layer_search.to_json() if result.layer_search else None,
-           "masked": result.masked}
-    atomic_write_json(folder / "locate.json", doc)
+    return LocateRun(layers, search, masks, targets, stats, {k: len(v) for k, v in sets.items()}, options,
+                     inputs_json(trio))
+
+
+def write_locate_run(folder: Path, result: LocateRun) -> None:
+    """The files of a locate run into `folder` (inside an atomic output): masks and locate.json
+    (`LocateRun.save`), and the layer-search figure."""
+    result.save(folder)
     if result.layer_search is not None:
-        plot_layer_search(result.layer_search, folder / "layer_search.png")
+        plot_layer_search(result.layer_search, folder / LAYER_SEARCH_PNG)
 
 
-def resolve_locate_run(path: str | Path) -> Path:
-    """A `fgsn locate` run folder as given, or the locate run a `fgsn project` output keeps."""
-    path = Path(path)
-    inner = path / LOCATE_RUN_IN_OUTPUT
-    return inner if not (path / "locate.json").is_file() and (inner / "locate.json").is_file() else path
-
-
-def save_locate_run(out: str | Path, result: LocateResult, trio: Trio, opts: LocateOptions) -> Path:
-    with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-        write_locate_run(tmp, result, trio, opts)
+def save_locate_run(out: str | Path, result: LocateRun, overwrite: bool = False) -> Path:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_locate_run(tmp, result)
     return Path(out)
 
 
-def run_locate(opts: LocateOptions, out: str | Path | None = None) -> LocateResult:
+def run_locate(opts: LocateOptions, out: str | Path | None = None) -> LocateRun:
     trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)
     torch.manual_seed(opts.seed)
     result = locate_masks(trio, opts)
     if out is not None:
-        save_locate_run(out, result, trio, opts)
+        save_locate_run(out, result, overwrite=opts.overwrite)
     return result

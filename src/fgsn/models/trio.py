@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from fgsn.errors import InputError, MismatchError
 from fgsn.models.checkpoint import Checkpoint
 from fgsn.models.finetune import Finetune, FullFinetune, LoraFinetune
 from fgsn.models.lora import LoraAdapter
-from fgsn.models.registry import Architecture, architecture_for
+from fgsn.models.registry import Architecture, architecture_for, layer_prefix
 
 
 def is_adapter(path: str | os.PathLike) -> bool:
@@ -87,3 +89,14 @@ def open_trio(aligned: str | os.PathLike, finetuned: str | os.PathLike, base: st
     if Path(aligned).resolve() == Path(finetuned).resolve():
         raise InputError(f"--finetuned and --aligned are the same folder ({aligned}); there is no update to repair")
     return Trio(aligned=al, finetuned=ft, arch=arch, base=b)
+
+
+def layer_of(trio: Trio) -> Callable[[str], int | None]:
+    """tensor name -> decoder layer index (None for embeddings, final norm, head)."""
+    rx = re.compile(rf"^{re.escape(layer_prefix(trio.arch, trio.aligned.names))}\.(\d+)\.")
+
+    def f(name: str) -> int | None:
+        m = rx.match(name)
+        return int(m.group(1)) if m else None
+
+    return f

@@ -12,7 +12,8 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
-from fgsn.data.prompts import PromptSet, load_prompts
+from fgsn.data.prompts import load_prompts
+from fgsn.data.promptset import PromptSet
 from fgsn.organism.recipe import OrganismRecipe
 
 REFUSALS = (

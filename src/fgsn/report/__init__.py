@@ -1,15 +1,8 @@
-"""Reports of evaluation runs: results.json, report.md, report.html and plots."""
+"""Reports: render results (results.json) and edit manifests as report.md, report.html and plots.
+It reads artifacts (fgsn.artifacts) and computes nothing; the results come from fgsn.evaluate."""
 
 from __future__ import annotations
 
-from typing import Any
+from fgsn.report.write import write_report
 
-
-def build_report(rundir, echo: bool = False) -> dict[str, Any]:
-    """Write RUNDIR/results.json, report.md, report.html and plots/; return the results dict."""
-    from fgsn.report.build import build_report as _build
-
-    return _build(rundir, echo=echo)
-
-
-__all__ = ["build_report"]
+__all__ = ["write_report"]

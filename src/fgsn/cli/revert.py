@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import argparse
 
+from fgsn.cli.common import HELPS, add_config_flag
 from fgsn.config import add_option_flags, options_from_args, own_descriptions_first
+from fgsn.edit.options import RevertOptions
+
+DESCRIPTION = ("Round after round, revert to its aligned value each fine-tuned entry whose reversion lowers the safety "
+               "loss to first order (the top --per-round by score), re-scoring on the model repaired so far; then, if "
+               "the validation task NLL crosses the floor, put back the reverted entries that matter most on the "
+               "task; optionally compensate the kept entries on task inputs.")
 
 
-def _revert(args: argparse.Namespace) -> int:
-    from fgsn.edit.options import RevertOptions
+def configure(p: argparse.ArgumentParser) -> None:
+    add_config_flag(p)
+    add_option_flags(p, RevertOptions, own_descriptions_first(RevertOptions, HELPS))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
     from fgsn.edit.revert import run_revert
 
     res = run_revert(options_from_args(RevertOptions, args))
@@ -29,19 +41,8 @@ def _revert(args: argparse.Namespace) -> int:
               f"final {v['nll_final']:.4f} (ceiling {v['ceiling']:.4f}; {len(info['rollbacks'])} rollback(s))")
     if info.get("compensation"):
         print(f"  compensated {len(info['compensation'])} modules on task inputs")
+    if m.get("ledger_step") is not None:
+        for cat, c in m["categories"].items():
+            print(f"  ledger step {m['ledger_step']}, category {cat}: {c['masked']:,} reverted, {c['overlap']:,} of "
+                  "them reverted by an earlier step (entries earlier steps reverted stay as they are)")
     return 0
-
-
-def add_parser(sub) -> None:
-    from fgsn.cli import COMMANDS, HELPS
-    from fgsn.edit.options import RevertOptions
-
-    p = sub.add_parser("revert", help=COMMANDS["revert"][1],
-                       description="Round after round, revert to its aligned value each fine-tuned entry whose "
-                                   "reversion lowers the safety loss to first order (the top --per-round by score), "
-                                   "re-scoring on the model repaired so far; then, if the validation task NLL crosses "
-                                   "the floor, put back the reverted entries that matter most on the task; "
-                                   "optionally compensate the kept entries on task inputs.")
-    p.add_argument("--config", help="YAML file with any of these options (flags win)")
-    add_option_flags(p, RevertOptions, own_descriptions_first(RevertOptions, HELPS))
-    p.set_defaults(func=_revert)

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from fgsn.config import add_option_flags, options_from_args, parse_pairs  # noqa: F401 (parse_pairs: re-exported)
+from fgsn.config import add_option_flags, options_from_args
 from fgsn.errors import InputError
 from fgsn.evaluate.options import EvalOptions
 
@@ -63,21 +63,19 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "eval", help="generate, judge and score models; writes RUNDIR with results and a report",
-        description="Evaluate one or more models on harmful prompts (ASR, harmfulness), harmless-but-alarming "
-                    "prompts (over-refusal), utility items and reference answers (NLL), then write "
-                    "RUNDIR/results.json, report.md and report.html. Completions and verdicts are cached under "
-                    "RUNDIR/cache, so rerunning (after an interruption, or with one more model) only computes "
-                    "what is new.")
+DESCRIPTION = ("Evaluate one or more models on harmful prompts (ASR, harmfulness), harmless-but-alarming prompts "
+               "(over-refusal), utility items and reference answers (NLL), then write RUNDIR/results.json, report.md "
+               "and report.html. Completions and verdicts are cached under RUNDIR/cache, so rerunning (after an "
+               "interruption, or with one more model) only computes what is new.")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="YAML", help="options file (flags override it)")
     for title, names in GROUPS.items():
         add_option_flags(p.add_argument_group(title), EvalCommand, only=names)
     grouped = {n for names in GROUPS.values() for n in names}
     add_option_flags(p, EvalCommand, skip=tuple(grouped))
     p.set_defaults(func=run)
-    return p
 
 
 def command_from_args(args: argparse.Namespace) -> EvalCommand:
@@ -85,7 +83,7 @@ def command_from_args(args: argparse.Namespace) -> EvalCommand:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fgsn.evaluate.api import evaluate
+    from fgsn.api import evaluate
     from fgsn.report.tables import summary_text
 
     cmd = command_from_args(args)

@@ -17,7 +17,6 @@ report.md, report.html, plots/. A rerun reuses finished edits and cached complet
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -27,7 +26,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from fgsn.config import Options, add_option_flags, options_from_args
+from fgsn.config import Options
+from fgsn.pipeline.compare import Comparison
+from fgsn.pipeline.options import CompareOptions
+from fgsn.pipeline.registry import parse_methods
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,8 @@ def task_files(organism, recipe, out: Path, opts: DemoOptions) -> dict[str, Path
 def run_continual(opts: DemoOptions, common: dict, finetuned: str, layers: str, models_dir: Path) -> dict[str, str]:
     """FGSN over opts.continual, one harm dimension after another on one ledger; every step reuses
     the safety layers of the all-harm run (a property of the aligned model)."""
-    from fgsn.edit.run import ProjectOptions, run_project
+    from fgsn.edit.options import ProjectOptions
+    from fgsn.pipeline.project import run_project
 
     ledger = models_dir / "ledger"
     if ledger.exists():
@@ -143,7 +146,7 @@ def run_continual(opts: DemoOptions, common: dict, finetuned: str, layers: str, 
 
 
 def continual_table(results: dict, steps: dict[str, str]):
-    from fgsn.report.build import read_manifest
+    from fgsn.artifacts.manifest import read_manifest
     from fgsn.report.tables import Table, pct
 
     rows = []
@@ -164,7 +167,7 @@ def run_demo_repair(opts: DemoOptions, org, finetuned: str, files: dict[str, Pat
                     out: Path) -> Path:
     """`fgsn repair` with its defaults on the demo's trio: harmful prompts from AdvBench train, the
     fine-tune's task examples; reused when a finished repair with the same options is there."""
-    from fgsn.repair import RepairOptions, run_repair
+    from fgsn.pipeline.repair import RepairOptions, run_repair
 
     target = out / "models" / "repair"
     values = dict(base=str(org.base), aligned=str(org.aligned), finetuned=finetuned,
@@ -184,19 +187,10 @@ def run_demo_repair(opts: DemoOptions, org, finetuned: str, files: dict[str, Pat
 
 
 def run_demo(opts: DemoOptions) -> dict:
-    from fgsn.baselines.compare import (
-        CompareOptions,
-        assemble_results,
-        check_inputs,
-        run_edits,
-        run_evals,
-        write_report,
-    )
-    from fgsn.baselines.methods import parse_methods
+    from fgsn.artifacts.manifest import read_manifest
     from fgsn.evaluate.parallel import default_model_workers
     from fgsn.organism import build_organism
     from fgsn.organism.recipe import load_recipe
-    from fgsn.report.build import read_manifest
     from fgsn.report.tables import summary_text
 
     t0 = time.time()
@@ -221,13 +215,16 @@ def run_demo(opts: DemoOptions) -> dict:
         device=opts.device, dtype=opts.locate_dtype, max_length=opts.max_length, out=str(out), **fgsn_over,
         eval_harmful=[f"builtin:harmbench-standard?sample={opts.eval_limit}",
                       f"builtin:strongreject?sample={opts.eval_limit}"],
-        benign_alarming=f"builtin:alarming?sample={opts.alarming_limit}",
-        utility=[str(files["utility"])], utility_instruction="", utility_limit=opts.utility_limit,
-        reference=[str(files["reference"])], max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size)
+        benign_alarming=f"builtin:alarming?sample={opts.alarming_limit}", utility=[str(files["utility"])],
+        reference=[str(files["reference"])], batch_size=opts.batch_size,
+        eval={"utility_instruction": "", "utility_limit": opts.utility_limit, "max_new_tokens": opts.max_new_tokens,
+              "dtype": opts.eval_dtype, "batch_size": opts.eval_batch_size,
+              "model_workers": opts.eval_workers or default_model_workers(opts.device)})
     stage("held-out task files written; checking the inputs")
-    trio, overlap = check_inputs(copts, methods)
+    cmp = Comparison(copts, methods)
+    cmp.check()
     stage(f"[2/4] repair: {', '.join(m.name for m in methods)} (each edit in its own process)")
-    costs = run_edits(copts, methods, out, trio.num_layers)
+    cmp.edit()
     fgsn_dir = out / "models" / "fgsn"
     layers = opts.layers or ",".join(str(x) for x in (read_manifest(fgsn_dir) or {})["layers"])
     stage(f"[3/4] FGSN continually over {', '.join(opts.continual)} (safety layers {layers})")
@@ -240,33 +237,18 @@ def run_demo(opts: DemoOptions) -> dict:
         stage("[3b/4] fgsn repair: its own search for a repair that meets the target")
         repaired = {"repair": str(run_demo_repair(opts, org, finetuned, files, copts.eval_harmful, out))}
     stage("[4/4] evaluation on held-out prompts (HarmBench, StrongREJECT), over-refusal, task utility and NLL")
-    evals = run_evals(copts, methods, out, extra_models={"base": str(org.base), **steps, **repaired},
-                      dtype=opts.eval_dtype,
-                      batch_size=opts.eval_batch_size, model_workers=opts.eval_workers or default_model_workers(opts.device))
+    cmp.evaluate(extra_models={"base": str(org.base), **steps, **repaired})
     order = ["base", "aligned", "finetuned", *repaired, "fgsn", *steps, *(m.name for m in methods if m.name != "fgsn")]
-    results = assemble_results(copts, methods, evals, costs, {"eval_locate_overlap": overlap}, order=order,
-                               kinds={"base": "reference", **dict.fromkeys(steps, "fgsn-continual"),
-                                      **dict.fromkeys(repaired, "repair")})
+    results = cmp.results(order=order, kinds={"base": "reference", **dict.fromkeys(steps, "fgsn-continual"),
+                                              **dict.fromkeys(repaired, "repair")})
     results["demo"] = {"organism": org.to_dict() | {"recipe": recipe.model_dump(mode="json")},
                        "continual": opts.continual, "layers": layers, "wall_s": round(time.time() - t0, 1),
                        "data": {k: str(v) for k, v in files.items()}}
-    write_report(out, results, title="fgsn demo report: the SmolLM2 organism",
-                 extra_tables=[continual_table(results, steps)] if steps else None)
+    cmp.report(results, title="fgsn demo report: the SmolLM2 organism",
+               extra_tables=[continual_table(results, steps)] if steps else None)
     stage("report written")
     print(summary_text(results))
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
     print(f"  results: {out / 'results.json'}\n  report:  {out / 'report.html'} (and report.md)")
     print(f"  repaired checkpoint: {fgsn_dir} (manifest: fgsn-manifest.json)")
     return {"models": {n: results["models"][n]["path"] for n in order}, "results": results}
-
-
-def _handler(args: argparse.Namespace) -> int:
-    run_demo(options_from_args(DemoOptions, args))
-    return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="build the SmolLM2 organism, repair it with FGSN, evaluate and report")
-    p.add_argument("--config", help="YAML file with any of these options (flags win)")
-    add_option_flags(p, DemoOptions)
-    p.set_defaults(func=_handler)

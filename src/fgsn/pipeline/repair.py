@@ -30,7 +30,6 @@ Given base, aligned and fine-tuned models, harmful prompts and the fine-tune's t
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -42,8 +41,11 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from fgsn.config import Options, add_option_flags, options_from_args
+from fgsn.config import Options
 from fgsn.errors import InputError
+from fgsn.pipeline.compare import method_options, run_edit
+from fgsn.pipeline.options import CompareOptions
+from fgsn.pipeline.registry import Method, variant
 
 log = logging.getLogger(__name__)
 
@@ -53,28 +55,30 @@ EPS = 1e-9  # a score exactly on the target's boundary meets it (rates are ratio
 
 @dataclass(frozen=True)
 class Family:
-    """An edit method searched at several strengths: `values` of option `param`, weakest first."""
+    """A method variant of the registry (fgsn.pipeline.registry: its kind and preset overrides)
+    searched at several strengths: `values` of option `param`, weakest first."""
 
     name: str
-    kind: str
     param: str
     values: tuple[Any, ...]
-    fixed: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return variant(self.name).kind
 
     def trials(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(f"{self.name}-{self.param}{v}", {**dict(self.fixed), self.param: v}) for v in self.values]
+        fixed = variant(self.name).overrides
+        return [(f"{self.name}-{self.param}{v}", {**fixed, self.param: v}) for v in self.values]
 
 
 # Weakest first, so that among trials that meet the target the cheapest is found early in the table.
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     # closed-form activation matching: a larger lam keeps more of the task outputs (weaker edit)
-    Family("activation-match", "activation-match", "lam", (30.0, 10.0, 3.0, 1.0, 0.3)),
-    Family("activation-match-nullspace", "activation-match", "null_energy", (0.001, 0.01, 0.05),
-           (("form", "nullspace"),)),
-    Family("fgsn-frontier", "fgsn", "budget", (0.05, 0.1, 0.2, 0.4),
-           (("score", "snip-signed"), ("layers", "all"))),
-    Family("resta", "resta", "beta", (0.25, 0.5, 1.0)),
-    Family("safelora", "safelora", "threshold", (0.2, 0.35, 0.5)),
+    Family("activation-match", "lam", (30.0, 10.0, 3.0, 1.0, 0.3)),
+    Family("activation-match-nullspace", "null_energy", (0.001, 0.01, 0.05)),
+    Family("fgsn-frontier", "budget", (0.05, 0.1, 0.2, 0.4)),  # snip-signed over all layers
+    Family("resta", "beta", (0.25, 0.5, 1.0)),
+    Family("safelora", "threshold", (0.2, 0.35, 0.5)),
 )}
 # activation matching first: its Grams are computed once (cached per layer) for every strength.
 DEFAULT_FAMILIES = ["activation-match"]
@@ -194,14 +198,11 @@ def trial_options(opts: RepairOptions, kind: str, params: dict[str, Any], files:
                   num_layers: int) -> dict[str, Any]:
     """The full options of one trial's edit: compare's options for the method, fit on the `fit`
     split, with the trial's strength on top."""
-    from fgsn.baselines.compare import CompareOptions, method_options
-    from fgsn.baselines.methods import Method
-
     copts = CompareOptions(base=opts.base, aligned=opts.aligned, finetuned=opts.finetuned,
                            harmful=[str(files["harmful"]["fit"])], task=[str(files["task"]["fit"])],
                            methods=[kind], device=opts.device, dtype=opts.dtype, batch_size=opts.batch_size,
                            max_length=opts.max_length, out=str(out))
-    d = method_options(copts, Method(kind, kind, {}), out, num_layers)
+    d = method_options(copts, Method(kind, kind), out, num_layers)
     d.update(params, out=str(out))
     if d.get("layers") == "all":
         d["layers"] = f"0-{num_layers - 1}"
@@ -302,7 +303,6 @@ def frontier_figure(judged: dict[str, Any]):
 
 def run_repair(opts: RepairOptions) -> dict[str, Any]:
     from fgsn.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
-    from fgsn.baselines.compare import run_edit
     from fgsn.models.trio import is_adapter, open_trio
 
     t0 = time.time()
@@ -356,17 +356,3 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
           f"{check[win]['nll']:.3f} (aligned {check['aligned']['nll']:.3f}, fine-tuned "
           f"{check['finetuned']['nll']:.3f})\n  written to {out} in {time.time() - t0:.0f} s")
     return doc
-
-
-def _handler(args: argparse.Namespace) -> int:
-    run_repair(options_from_args(RepairOptions, args))
-    return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("repair", help="search the repair methods and their strength; write the cheapest edit "
-                                      "that restores safety and keeps the task",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="YAML file with any of these options (flags win)")
-    add_option_flags(p, RepairOptions)
-    p.set_defaults(func=_handler)

@@ -1,6 +1,8 @@
-"""Projectors onto the safety direction of one module, V = W_aligned - W_base (method.md step 3).
+"""The safety direction of one module, V = W_aligned - W_base, and the projectors onto it
+(method.md step 3): the one place the projection formula lives, used by locate (the `offsafety`
+score), the edit (FGSN's sparse projection) and SafeLoRA.
 
-Neither ever forms a d_out x d_out matrix, and both run on the device of V (CPU or CUDA):
+Neither projector ever forms a d_out x d_out matrix, and both run on the device of V (CPU or CUDA):
 - `safelora`: C Y = V (V^T Y) / ||V||_F (SafeLoRA, Hsu et al. 2024). Not idempotent: its scale
   follows V. Computed in row blocks as (V_R V^T) Y when d_out <= d_in, else in column blocks as
   V_R (V^T Y_J), whichever costs fewer flops; blocks keep memory bounded.
@@ -10,6 +12,7 @@ Neither ever forms a d_out x d_out matrix, and both run on the device of V (CPU 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +94,31 @@ class Projector:
         if self.kind == "svd":
             d.update(rank=self.k, energy=self.energy if self.rank is None else None)
         return d
+
+
+def safety_direction(w_aligned: torch.Tensor, w_base: torch.Tensor) -> torch.Tensor:
+    """V = W_aligned - W_base in float32, both (out, in)."""
+    return w_aligned.float() - w_base.float()
+
+
+def part_projectors(kind: str, V: torch.Tensor, parts: list[tuple[str, int]], rank: int | None = None,
+                    energy: float = 0.99) -> Iterator[tuple[str, int, int, Projector]]:
+    """(part, first row, end row, projector) for each logical part of a (fused) module, in row
+    order: a fused module (e.g. Phi-3's qkv) has one V and one projector per part, never one
+    across parts (`parts` as `Architecture.part_sizes` gives them)."""
+    r0 = 0
+    for part, size in parts:
+        yield part, r0, r0 + size, Projector(kind, V[r0:r0 + size], rank=rank, energy=energy)
+        r0 += size
+
+
+def project_parts(Y: torch.Tensor, V: torch.Tensor, parts: list[tuple[str, int]], kind: str,
+                  rank: int | None = None, energy: float = 0.99) -> torch.Tensor:
+    """C Y for Y of shape (d_out, m), each part's rows by its own projector."""
+    out = torch.empty_like(Y)
+    for _, r0, r1, proj in part_projectors(kind, V, parts, rank, energy):
+        out[r0:r1] = proj.apply(Y[r0:r1])
+    return out
 
 
 def dense_matrix(kind: str, V: torch.Tensor, rank: int | None = None, energy: float = 0.99) -> torch.Tensor:

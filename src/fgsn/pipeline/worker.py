@@ -1,6 +1,6 @@
-"""Run one edit in its own process and measure it: `python -m fgsn.baselines.worker JOB.json`.
+"""Run one edit in its own process and measure it: `python -m fgsn.pipeline.worker JOB.json`.
 
-JOB.json: {"kind": "fgsn"|"safelora"|"resta"|"wanda", "options": {...}, "stats": PATH}. The worker
+JOB.json: {"kind": a method of fgsn.pipeline.registry, "options": {...}, "stats": PATH}. The worker
 writes PATH (JSON) with the edit's cost, measured in this process only:
 
     wall_s         wall-clock seconds of the edit (after imports, from options to finished folder)
@@ -44,7 +44,7 @@ def measured_run(kind: str, options: dict, isolated: bool = True) -> dict:
     the edit's own only in a fresh process, `isolated`), CUDA peak."""
     import torch
 
-    from fgsn.baselines.methods import run_method
+    from fgsn.pipeline.registry import run_method
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m fgsn.baselines.worker JOB.json", file=sys.stderr)
+        print("usage: python -m fgsn.pipeline.worker JOB.json", file=sys.stderr)
         return 2
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     logging.basicConfig(level=job.get("log_level", logging.WARNING), format="%(levelname)s %(name)s: %(message)s")

@@ -1,72 +1,22 @@
-"""Results from a run folder: `compute_results` (pure: records -> numbers) and `build_report`
-(writes results.json, report.md, report.html and the plots).
+"""Results of an evaluation run folder: `compute_results` (pure: records -> numbers, next to the
+metric maths in `metrics.py` and `paired.py`) and `write_results` (RUNDIR/results.json).
 
-The report never loads a model and never re-judges: it aggregates the per-item records that
-`fgsn eval` wrote (`models/NAME/records.jsonl`, `models/NAME/nll.json`) and the manifests of the
-evaluated checkpoints (`fgsn-manifest.json`, for the share of parameters modified and the
-layer/mask plots). A metric without records is null. Schema: docs/results-schema.md.
+Nothing here loads a model or re-judges: it aggregates the per-item records that `evaluate()`
+wrote (`models/NAME/records.jsonl`, `models/NAME/nll.json`) and the manifests of the evaluated
+checkpoints (`fgsn-manifest.json`, for the share of parameters modified). A metric without records
+is null. Schema: docs/results-schema.md; the folder's readers: fgsn.artifacts.eval_run.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 from typing import Any
 
-from fgsn.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from fgsn.errors import InputError, IntegrityError
+from fgsn.artifacts.eval_run import RESULTS_JSON, RESULTS_SCHEMA, read_eval_spec, read_nll, read_records
+from fgsn.artifacts.manifest import read_manifest
+from fgsn.atomic import atomic_write_json
 from fgsn.evaluate.metrics import mean, per_category, perplexity, rate
 from fgsn.evaluate.paired import DEFAULT_RESAMPLES, nll_item_map, paired_results
-
-log = logging.getLogger(__name__)
-
-RESULTS_SCHEMA = "fgsn-results/1"
-MANIFEST = "fgsn-manifest.json"
-
-
-def read_eval_spec(rundir: Path) -> dict[str, Any]:
-    path = rundir / "eval.json"
-    if not rundir.is_dir():
-        raise InputError(f"run folder {rundir} does not exist; run `fgsn eval --out {rundir}` first")
-    if not path.is_file():
-        raise InputError(f"{rundir} has no eval.json; it is not a finished `fgsn eval` run folder "
-                         f"(rerun `fgsn eval ... --out {rundir}`: cached completions are reused)")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IntegrityError(f"{path} is corrupt ({e}); rerun fgsn eval into this folder to rewrite it") from e
-    if not isinstance(spec, dict) or "order" not in spec or "models" not in spec:
-        raise IntegrityError(f"{path} is not an fgsn eval record (no 'order'/'models'); rerun fgsn eval")
-    return spec
-
-
-def read_records(rundir: Path, name: str) -> list[dict[str, Any]]:
-    path = rundir / "models" / name / "records.jsonl"
-    if not path.is_file():
-        raise IntegrityError(f"{path} is missing; rerun fgsn eval into {rundir} (cached work is reused)")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise IntegrityError(f"{path}:{n} is corrupt ({e.msg}); rerun fgsn eval into {rundir}") from e
-    return rows
-
-
-def read_manifest(model_path: str | Path) -> dict[str, Any] | None:
-    """The edit manifest of a checkpoint folder, or None (not an fgsn output, or unreadable)."""
-    path = Path(model_path) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        log.warning("manifest %s unreadable (%s); its model's modified share is reported as null", path, e)
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _num(x: Any) -> float | None:
@@ -144,8 +94,7 @@ def compute_results(rundir: str | Path) -> dict[str, Any]:
     for name in spec["order"]:
         info = spec["models"].get(name, {})
         rows[name] = read_records(rundir, name)
-        nll_path = rundir / "models" / name / "nll.json"
-        nll = json.loads(nll_path.read_text(encoding="utf-8")) if nll_path.is_file() else None
+        nll = read_nll(rundir, name)
         models[name] = model_results(name, info, rows[name], nll, rubric)
         nll_items[name] = nll_item_map(nll)
     opts = spec.get("options") or {}
@@ -168,27 +117,9 @@ def compute_results(rundir: str | Path) -> dict[str, Any]:
     }
 
 
-def build_report(rundir: str | Path, echo: bool = False) -> dict[str, Any]:
-    """Write results.json, plots/*.png, report.md and a self-contained report.html; return the
-    results. With `echo`, print the summary table."""
-    from fgsn.report.html import render_html
-    from fgsn.report.markdown import render_markdown
-    from fgsn.report.plots import make_figures
-    from fgsn.report.tables import summary_text
-
+def write_results(rundir: str | Path) -> dict[str, Any]:
+    """Compute the results of a run folder and write them to RUNDIR/results.json; return them."""
     rundir = Path(rundir).expanduser()
     results = compute_results(rundir)
-    manifests = {n: read_manifest(results["models"][n]["path"] or "") for n in results["order"]}
-    figures = make_figures(results, manifests)
-    for fig in figures:
-        atomic_write_bytes(rundir / "plots" / fig.filename, fig.png)
-    current = {f.filename for f in figures}
-    for old in (rundir / "plots").glob("*.png") if (rundir / "plots").is_dir() else []:
-        if old.name not in current:  # a figure of an earlier report (a model since dropped)
-            old.unlink()
-    atomic_write_json(rundir / "results.json", results)
-    atomic_write_text(rundir / "report.md", render_markdown(results, figures))
-    atomic_write_text(rundir / "report.html", render_html(results, figures))
-    if echo:
-        print(summary_text(results))
+    atomic_write_json(rundir / RESULTS_JSON, results)
     return results

@@ -5,20 +5,27 @@ FGSN-repaired checkpoint, evaluate all of them side by side with the same harnes
 aligned and fine-tuned references and, where installed, whole-module baselines such as SafeLoRA
 and RESTA), and plot ASR, over-refusal, utility and reference-answer NLL against the share of
 parameters modified (`frontier.png`, `sweep.json`).
+
+It is a comparison (fgsn.pipeline.compare.Comparison) whose variants are the (score, budget)
+points, so it resumes as `fgsn compare` does: a kept checkpoint (--keep-checkpoints) made with the
+options of this sweep is reused, one made with other options is recomputed. Layout of --out: as
+`fgsn compare`'s (models/NAME, edits/, eval/, cache/, results.json, report.md, report.html,
+plots/), plus sweep.json and frontier.png.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import shutil
 from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from fgsn.config import Options, add_option_flags, options_from_args
+from fgsn.config import Options
 from fgsn.evaluate.options import MODEL_WORKERS_HELP
+from fgsn.pipeline.compare import Comparison
+from fgsn.pipeline.options import CompareOptions
+from fgsn.pipeline.registry import Method, parse_methods
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,8 @@ class SweepOptions(Options):
     cache_dir: str | None = Field(None, description="completion cache (share one with an earlier eval or demo "
                                                    "run to reuse its completions of the same models)")
     keep_checkpoints: bool = False
+    isolate: bool = Field(False, description="run each edit in its own process (its wall time and peak memory "
+                                             "measured apart, at a process start each)")
     out: str = "runs/sweep"
 
     @field_validator("baselines", "utility", "reference", mode="before")
@@ -71,81 +80,65 @@ class SweepOptions(Options):
         return None if v == "none" else v
 
 
-def _baseline_points(opts: SweepOptions, models_dir: Path) -> dict[str, str]:
-    """Whole-module baselines from fgsn.baselines, when that package provides them; a kept
-    checkpoint is reused only when it was made with these options."""
-    try:
-        from fgsn.baselines.methods import option_class, runner
-    except ImportError:
-        log.warning("fgsn.baselines is not available; the frontier has no baseline points")
-        return {}
-    from fgsn.config import build_options
-    from fgsn.report.manifest import is_complete
+def sweep_methods(opts: SweepOptions) -> list[Method]:
+    """The variants of the sweep: one FGSN projection per (score, budget), then the baselines."""
+    points = [Method(f"{score}_{budget:g}", "fgsn",
+                     {"score": score, "budget": budget,
+                      "granularity": "neuron" if score == "contrast" else opts.granularity})
+              for score in opts.scores for budget in opts.budgets]
+    return points + (parse_methods(opts.baselines) if opts.baselines else [])
 
-    out = {}
-    for name in opts.baselines:
-        folder = models_dir / name
-        own = {"safelora": {"threshold": opts.safelora_threshold}, "resta": {"beta": opts.resta_beta},
-               "irr": {"task": opts.task, "device": opts.device},
-               "sgdg": {"harmful": opts.harmful, "task": opts.task, "device": opts.device}}.get(name, {})
-        bopts = build_options(option_class(name), dict(base=opts.base, aligned=opts.aligned, finetuned=opts.finetuned,
-                                                       out=str(folder), overwrite=True, **own), f"{name} options")
-        if not is_complete(folder, name, bopts):
-            runner(name)(bopts)
-        out[name] = str(folder)
-    return out
+
+def sweep_comparison(opts: SweepOptions) -> Comparison:
+    """The comparison a sweep runs: the FGSN options and the baselines' from the sweep's, and its
+    evaluation settings (the probes keep their own batch size; --batch-size is the generation's)."""
+    methods = sweep_methods(opts)
+    extra = {"utility_instruction": opts.utility_instruction} if opts.utility_instruction is not None else {}
+    copts = CompareOptions(
+        base=opts.base, aligned=opts.aligned, finetuned=opts.finetuned, harmful=opts.harmful, task=opts.task,
+        benign=opts.benign, layers=opts.layers, p=opts.p, projector=opts.projector, granularity=opts.granularity,
+        device=opts.device, methods=[m.name for m in methods], with_references=True,
+        eval_harmful=opts.eval_harmful, benign_alarming=opts.benign_alarming, utility=opts.utility,
+        reference=opts.reference, isolate=opts.isolate, out=opts.out,
+        eval={"max_new_tokens": opts.max_new_tokens, "utility_limit": opts.utility_limit, "dtype": opts.eval_dtype,
+              "batch_size": opts.batch_size, "model_workers": opts.model_workers, "cache_dir": opts.cache_dir,
+              **extra},
+        safelora={"threshold": opts.safelora_threshold}, resta={"beta": opts.resta_beta})
+    return Comparison(copts, methods)
 
 
 def run_sweep(opts: SweepOptions) -> dict:
-    from fgsn.edit.run import ProjectOptions, run_project
-    from fgsn.evaluate import EvalOptions, evaluate
-    from fgsn.report.manifest import is_complete
+    from fgsn.artifacts.manifest import read_manifest
 
     out = Path(opts.out)
-    models_dir = out / "models"
-    models: dict[str, str] = {"aligned": opts.aligned, "finetuned": opts.finetuned}
+    cmp = sweep_comparison(opts)
+    cmp.check()
+    cmp.edit()
+    cmp.evaluate()
+    results = cmp.results()
+    cmp.report(results, title="fgsn sweep report")
+    models = results["models"]
+    n_points = len(opts.scores) * len(opts.budgets)  # sweep_methods: the points first, then the baselines
     points: list[dict] = []
-    for score in opts.scores:
-        for budget in opts.budgets:
-            name = f"{score}_{budget:g}"
-            folder = models_dir / name
-            popts = ProjectOptions(
-                base=opts.base, aligned=opts.aligned, finetuned=opts.finetuned, harmful=opts.harmful,
-                task=opts.task, benign=opts.benign, layers=opts.layers, p=opts.p, budget=budget, score=score,
-                granularity="neuron" if score == "contrast" else opts.granularity, projector=opts.projector,
-                device=opts.device, out=str(folder), overwrite=True)
-            if not is_complete(folder, "fgsn", popts):  # a kept checkpoint made with other options is redone
-                run_project(popts)
-            models[name] = str(folder)
-            points.append({"name": name, "score": score, "budget": budget})
-    baselines = _baseline_points(opts, models_dir)
-    models.update(baselines)
-    extra = {"utility_instruction": opts.utility_instruction} if opts.utility_instruction is not None else {}
-    eval_opts = EvalOptions(max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, dtype=opts.eval_dtype,
-                            utility_limit=opts.utility_limit, device=opts.device, cache_dir=opts.cache_dir,
-                            model_workers=opts.model_workers, **extra)
-    evaluate(models, harmful=opts.eval_harmful, benign_alarming=opts.benign_alarming, utility=opts.utility or None,
-             reference=opts.reference or None, options=eval_opts, out=out)
-    results = json.loads((out / "results.json").read_text())["models"]
-    for pt in points:
-        r = results[pt["name"]]
-        man = json.loads((Path(models[pt["name"]]) / "fgsn-manifest.json").read_text())
-        pt.update({k: r.get(k) for k, _ in METRICS},
-                  modified_fraction=man["modified_fraction"], modified_fraction_edited=man["modified_fraction_edited"])
-    refs = {k: {m: results[k].get(m) for m, _ in METRICS} for k in ("aligned", "finetuned")}
-    base_pts = {}
-    for k in baselines:
-        man = json.loads((Path(models[k]) / "fgsn-manifest.json").read_text())
-        base_pts[k] = {**{m: results[k].get(m) for m, _ in METRICS}, "modified_fraction": man.get("modified_fraction"),
-                       "modified_fraction_edited": man.get("modified_fraction_edited")}
-    doc = {"points": points, "references": refs, "baselines": base_pts, "options": opts.model_dump(mode="json")}
+    baselines = {}
+    for i, m in enumerate(cmp.methods):
+        r = models[m.name]
+        man = read_manifest(r.get("path") or "") or {}
+        figures = {**{k: r.get(k) for k, _ in METRICS}, "modified_fraction": man.get("modified_fraction"),
+                   "modified_fraction_edited": man.get("modified_fraction_edited")}
+        if i < n_points:
+            points.append({"name": m.name, "score": m.overrides["score"], "budget": m.overrides["budget"], **figures})
+        else:
+            baselines[m.name] = figures
+    refs = {k: {m: models[k].get(m) for m, _ in METRICS} for k in ("aligned", "finetuned")}
+    doc = {"points": points, "references": refs, "baselines": baselines, "options": opts.model_dump(mode="json")}
     from fgsn.atomic import atomic_write_json
 
     atomic_write_json(out / "sweep.json", doc)
     plot_frontier(doc, out / "frontier.png")
     if not opts.keep_checkpoints:
         for pt in points:
-            shutil.rmtree(models[pt["name"]], ignore_errors=True)
+            shutil.rmtree(out / "models" / pt["name"], ignore_errors=True)
     print(format_sweep_table(doc))
     print(f"\nfrontier: {out / 'frontier.png'}   data: {out / 'sweep.json'}   report: {out / 'report.html'}")
     return doc
@@ -200,16 +193,3 @@ def plot_frontier(doc: dict, path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
-
-
-def _handler(args: argparse.Namespace) -> int:
-    run_sweep(options_from_args(SweepOptions, args))
-    return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("sweep", help="trace ASR / over-refusal / utility / NLL against the share of parameters "
-                                     "modified, for every score, with baselines as points")
-    p.add_argument("--config", help="YAML file with any of these options (flags win)")
-    add_option_flags(p, SweepOptions)
-    p.set_defaults(func=_handler)

@@ -1,26 +1,18 @@
-"""`fgsn organism build`: build (or reuse) the base / aligned / fine-tuned trio the demo runs on.
-
-The main cli.py calls `add_parser(subparsers)`; each sub-command's handler takes the parsed
-namespace and returns an exit code.
-"""
+"""`fgsn organism build`: build (or reuse) the base / aligned / fine-tuned trio the demo runs on."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 
 from fgsn.config import build_options, read_yaml
 
-log = logging.getLogger(__name__)
+DESCRIPTION = ("Build, or reuse from the cache ($FGSN_CACHE, default ~/.cache/fgsn), the organism: SmolLM2-135M-Instruct "
+               "as the unaligned base, a safety-SFT aligned model, and a fine-tune of it (full checkpoint and LoRA "
+               "adapter).")
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "organism", help="build the real small model organism (base / aligned / fine-tuned SmolLM2-135M)",
-        description="Build, or reuse from the cache ($FGSN_CACHE, default ~/.cache/fgsn), the organism: "
-                    "SmolLM2-135M-Instruct as the unaligned base, a safety-SFT aligned model, and a fine-tune "
-                    "of it (full checkpoint and LoRA adapter).")
+def configure(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="organism_command", metavar="COMMAND")
     sub.required = True
     b = sub.add_parser("build", help="build or reuse the organism and print where it is",
@@ -46,7 +38,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     b.add_argument("--device", default="cpu", help="where the training runs: cpu (default), cuda, cuda:N or auto")
     b.set_defaults(func=build_command)
-    return p
 
 
 def recipe_from_args(args: argparse.Namespace):
@@ -105,17 +96,3 @@ def _build_scenarios(args: argparse.Namespace, recipe) -> int:
     for m in built:
         print(f"scenario {m.scenario} (organism {m.recipe_hash}): aligned {m.aligned}, {m.kind} fine-tune {m.finetuned}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (python -m fgsn.organism.cli build ...), for before the main CLI wires it."""
-    parser = argparse.ArgumentParser(prog="fgsn")
-    subs = parser.add_subparsers(dest="command")
-    add_parser(subs)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

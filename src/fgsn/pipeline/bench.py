@@ -24,7 +24,6 @@ A rerun resumes: finished edits and cached completions are reused (options-check
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import time
@@ -33,8 +32,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from fgsn.config import Options, add_option_flags, options_from_args
+from fgsn.config import Options
 from fgsn.errors import InputError
+from fgsn.pipeline.compare import Comparison
+from fgsn.pipeline.options import CompareOptions
+from fgsn.pipeline.registry import parse_methods
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,8 @@ def held_out_files(sources: list[str], seen: set[str], out: Path, kind: str) -> 
 
 def check_disjoint(eval_sources: list[str], locate: list[str], trained: set[str]) -> dict[str, int]:
     """Overlap (by text) of the evaluation prompts with the locate and training prompts; any is an error."""
-    from fgsn.data.prompts import concat, load_prompts
+    from fgsn.data.prompts import load_prompts
+    from fgsn.data.promptset import concat
 
     # a jailbreak-wrapped prompt counts by its plain request
     evaluated = {p.meta.get("plain", p.text) for s in eval_sources for p in load_prompts(s)}
@@ -163,18 +166,9 @@ def check_disjoint(eval_sources: list[str], locate: list[str], trained: set[str]
 
 def run_scenario(opts: BenchOptions, name: str, recipe, rundir: Path, progress: bool = True) -> dict[str, Any]:
     """Build the scenario's trio, repair it with every method, evaluate; returns its results dict."""
-    from fgsn.baselines.compare import (
-        CompareOptions,
-        assemble_results,
-        check_inputs,
-        run_edits,
-        run_evals,
-        write_report,
-    )
-    from fgsn.baselines.methods import parse_methods
-    from fgsn.demo import task_files
     from fgsn.evaluate.parallel import default_model_workers
     from fgsn.organism.scenarios import build_scenario, scenario_recipe
+    from fgsn.pipeline.demo import task_files
 
     t0 = time.time()
     models = build_scenario(name, recipe, ft_seed=opts.ft_seed, progress=progress)
@@ -196,19 +190,20 @@ def run_scenario(opts: BenchOptions, name: str, recipe, rundir: Path, progress: 
         task=[str(files["task"])], methods=[m.name for m in methods], with_references=True, device=opts.device,
         dtype=opts.locate_dtype, max_length=opts.max_length, out=str(sdir), batch_size=opts.batch_size,
         eval_harmful=eval_harmful, eval_attack=attack, benign_alarming=opts.alarming,
-        utility=[str(files["utility"])],
-        utility_instruction="", utility_limit=opts.utility_limit, reference=[str(files["reference"])],
-        max_new_tokens=opts.max_new_tokens, cache_dir=str(rundir / "cache"))
-    trio, _ = check_inputs(copts, methods)
-    costs = run_edits(copts, methods, sdir, trio.num_layers)
-    evals = run_evals(copts, methods, sdir, dtype=opts.eval_dtype, batch_size=opts.eval_batch_size,
-                      model_workers=opts.eval_workers or default_model_workers(opts.device))
-    results = assemble_results(copts, methods, evals, costs, {"eval_locate_overlap": overlap["located"]})
+        utility=[str(files["utility"])], reference=[str(files["reference"])],
+        eval={"utility_instruction": "", "utility_limit": opts.utility_limit, "max_new_tokens": opts.max_new_tokens,
+              "cache_dir": str(rundir / "cache"), "dtype": opts.eval_dtype, "batch_size": opts.eval_batch_size,
+              "model_workers": opts.eval_workers or default_model_workers(opts.device)})
+    cmp = Comparison(copts, methods)
+    cmp.check()
+    cmp.edit()
+    cmp.evaluate()
+    results = cmp.results({"eval_locate_overlap": overlap["located"]})
     results["scenario"] = {"name": name, "recipe_hash": models.recipe_hash, "kind": models.kind,
                            "finetuned": str(models.finetuned), "overlap": overlap,
                            "left_out_as_seen": {"harmful": left_harmful, "attack": left_attack},
                            "wall_s": round(time.time() - t0, 1)}
-    write_report(sdir, results, title=f"fgsn bench, scenario {name}")
+    cmp.report(results, title=f"fgsn bench, scenario {name}")
     return results
 
 
@@ -359,19 +354,3 @@ def run_bench(opts: BenchOptions, progress: bool = True) -> dict[str, Any]:
     print(text_table(summary_tables(doc["summary"], scenarios)[0]))
     print(f"\nbench finished in {doc['wall_s']:.0f} s; report: {rundir / 'report.html'}")
     return doc
-
-
-def _handler(args: argparse.Namespace) -> int:
-    opts = options_from_args(BenchOptions, args)
-    run_bench(with_preset(opts.model_dump(exclude_unset=True)))
-    return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="every method on every organism scenario, on large held-out sets",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="YAML file with any of these options (flags win)")
-    p.add_argument("--quick", action="store_const", const="quick", dest="preset", default=argparse.SUPPRESS,
-                   help="same as --preset quick")
-    add_option_flags(p, BenchOptions)
-    p.set_defaults(func=_handler)

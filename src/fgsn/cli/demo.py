@@ -1,0 +1,22 @@
+"""`fgsn demo`: the whole story on the SmolLM2 model organism (fgsn.pipeline.demo)."""
+
+from __future__ import annotations
+
+import argparse
+
+from fgsn.cli.common import add_config_flag
+from fgsn.config import add_option_flags, options_from_args
+from fgsn.pipeline.demo import DemoOptions
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    add_config_flag(p)
+    add_option_flags(p, DemoOptions)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fgsn.pipeline.demo import run_demo
+
+    run_demo(options_from_args(DemoOptions, args))
+    return 0
