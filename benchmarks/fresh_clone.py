@@ -1,7 +1,8 @@
 """The README's wall times from a fresh clone: `make test`, `make demo`, then `make demo` again
 (warm), with an empty `$FGSN_CACHE`, on this machine, with or without native bfloat16. "Warm" means
 the organism (and the converted SmolLM2) are cached: the demo's outputs and every other cache entry
-(probe and Gram statistics) are removed first, so the demo recomputes all its edits and evaluations.
+(probe and Gram statistics) are removed first, so the demo recomputes all its edits and evaluations;
+the first demo's output is kept as `runs/demo-fresh` in the clone.
 
     python benchmarks/fresh_clone.py --out runs/fresh-nobf16.json --bf16 0   # as on a CPU without it
     python benchmarks/fresh_clone.py --out runs/fresh-bf16.json --bf16 auto  # as the CPU is
@@ -75,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     for step in steps:
         if step == "demo-warm":
-            shutil.rmtree(clone / "runs" / "demo", ignore_errors=True)
+            demo = clone / "runs" / "demo"
+            if demo.is_dir():  # kept aside, so that the two runs' results can be compared
+                shutil.rmtree(clone / "runs" / "demo-fresh", ignore_errors=True)
+                demo.rename(clone / "runs" / "demo-fresh")
             for entry in cache.iterdir():
                 if entry.name not in KEEP_WARM:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()

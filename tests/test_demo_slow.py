@@ -44,4 +44,4 @@ def test_reduced_demo_end_to_end(tmp_path):
         masked.append(man["categories"][cat]["masked"])
     assert all(x > 0 for x in masked) and masked[1] < masked[0] and masked[2] < masked[0], masked
     report = (out / "report.md").read_text()
-    assert "Continual projection" in report and "Edit cost" in report
+    assert "Continual repair" in report and "Edit cost" in report

@@ -60,6 +60,26 @@ def test_splits_leave_out_eval_prompts_and_refuse_task_without_answers(files, tm
         write_splits(ok.model_copy(update={"fit_share": 0.6, "search_share": 0.4}), tmp_path / "d4")
 
 
+def test_fit_only_prompts_are_fitted_on_and_never_scored(files, tmp_path):
+    trained = tmp_path / "trained.jsonl"
+    trained.write_text("\n".join(json.dumps({"prompt": p}) for p in [*HARMFUL[:8], "a prompt only for fitting"]))
+    opts = _opts(tmp_path, harmful=[str(files / "harm.jsonl")], task=[str(files / "task.jsonl")],
+                 fit_only=str(trained), eval_harmful=[str(files / "eval.jsonl")])
+    got, _ = write_splits(opts, tmp_path / "data")
+
+    def texts(part: str) -> list[str]:
+        return [json.loads(x)["prompt"] for x in got["harmful"][part].read_text().splitlines()]
+
+    scored = texts("search") + texts("check")
+    assert not set(HARMFUL[:8]) & set(scored) and "a prompt only for fitting" in texts("fit")
+    assert set(HARMFUL[1:8]) <= set(texts("fit")) and HARMFUL[0] not in texts("fit")  # evaluated: left out
+    assert sorted(texts("fit") + scored) == sorted({*HARMFUL[1:], "a prompt only for fitting"})
+    # the other prompts are split as without --fit-only
+    plain, _ = write_splits(opts.model_copy(update={"fit_only": []}), tmp_path / "plain")
+    rest = [json.loads(x)["prompt"] for x in plain["harmful"]["search"].read_text().splitlines()]
+    assert texts("search") == [t for t in rest if t not in HARMFUL[:8]]
+
+
 def _scores(**trials):
     refs = {"aligned": {"asr": 0.1, "nll": 1.0, "over_refusal": 0.1},
             "finetuned": {"asr": 0.5, "nll": 0.5, "over_refusal": 0.0}}
@@ -86,6 +106,18 @@ def test_selection_without_a_passing_trial_says_so(tmp_path):
     s = _scores(a=(0.1, 0.5))
     s["a"]["over_refusal"] = 0.3
     assert not judge_trials(opts, s, {"a": 0.1})["met"]
+
+
+def test_a_search_split_without_erosion_is_flagged(tmp_path):
+    opts = _opts(tmp_path)
+    assert judge_trials(opts, _scores(a=(0.1, 0.5)), {"a": 0.1})["weak_signal"] is None  # 0.1 -> 0.5: clear
+    s = _scores(a=(0.0, 0.5))
+    s["aligned"]["asr"], s["finetuned"]["asr"] = 0.0, 0.035  # the fine-tune hardly erodes these prompts
+    s["finetuned"]["n_harmful"] = 57
+    j = judge_trials(opts, s, {"a": 0.1})
+    assert j["met"] and "hardly shows the fine-tune's erosion" in j["weak_signal"] and "57 prompts" in j["weak_signal"]
+    s["finetuned"]["asr"], s["finetuned"]["n_harmful"] = 0.06, 20  # above 5 points but within two prompts
+    assert judge_trials(opts, s, {"a": 0.1})["weak_signal"] is not None
 
 
 def test_families_are_ordered_weakest_first():

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from fgsn.artifacts.manifest import assemble_manifest
+from fgsn.baselines.common import mask_record, open_with_unaligned
 from fgsn.baselines.options import IRROptions
 from fgsn.data.prompts import load_prompts
 from fgsn.data.promptset import PromptSet, concat
@@ -38,9 +39,7 @@ from fgsn.edit.projection import check_finite
 from fgsn.edit.revert import MERGED_NOTE, revert_targets
 from fgsn.edit.rewrite import EditResult, require_out, stream_rewrite, write_output
 from fgsn.errors import InputError
-from fgsn.models.checkpoint import Checkpoint
 from fgsn.models.finetune import LoraFinetune
-from fgsn.models.trio import check_same_model, open_trio
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +52,7 @@ def irr_mask(delta: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
 def run_irr(opts: IRROptions) -> EditResult:
     out = require_out(opts, "irr")
     t0 = time.time()
-    if (opts.unaligned or opts.base) is None:
-        raise InputError("IRR needs the model the safety vector is measured from: --base (the default stand-in) or "
-                         "--unaligned (the paper's harmfully fine-tuned aligned model)")
-    trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)
-    if opts.unaligned:
-        unaligned = Checkpoint(opts.unaligned, allow_pickle=opts.allow_pickle)
-        check_same_model(trio.aligned, unaligned, "aligned", "unaligned")
-    else:
-        unaligned = trio.base
+    trio, unaligned = open_with_unaligned(opts, "IRR")
     task = PromptSet("task", [])
     if opts.compensate != "none":
         if not opts.task:
@@ -85,10 +76,7 @@ def run_irr(opts: IRROptions) -> EditResult:
         delta = w_ft.float() - wa
         mask = irr_mask(delta, wa - w_un.float())
         new = torch.where(mask, w_al, w_ft)
-        dn = float(delta.pow(2).sum())
-        records.append({"name": name, "layer": t.layer, "module": t.spec.name, "numel": mask.numel(),
-                        "masked": int(mask.sum()), "changed": int((new != w_ft).sum()),
-                        "mask_update_energy": float(delta[mask].pow(2).sum()) / dn if dn else 0.0})
+        records.append(mask_record(name, t, mask, new, w_ft, delta))
         return new
 
     def write(tmp: Path) -> dict:

@@ -37,13 +37,13 @@ from pathlib import Path
 import torch
 
 from fgsn.artifacts.manifest import assemble_manifest
+from fgsn.baselines.common import open_with_unaligned
 from fgsn.baselines.options import RestaOptions
 from fgsn.edit.projection import check_finite
 from fgsn.edit.rewrite import EditResult, require_out, stream_rewrite, write_output
 from fgsn.errors import InputError
-from fgsn.models.checkpoint import Checkpoint
 from fgsn.models.registry import edit_targets
-from fgsn.models.trio import check_same_model, layer_of, open_trio
+from fgsn.models.trio import layer_of
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +83,7 @@ def tensor_seed(seed: int, name: str) -> int:
 def run_resta(opts: RestaOptions) -> EditResult:
     out = require_out(opts, "resta")
     t0 = time.time()
-    unaligned_path = opts.unaligned or opts.base
-    if unaligned_path is None:
-        raise InputError("RESTA needs the model the safety vector is measured from: --base (default, "
-                         "delta_s = aligned - base) or --unaligned (the paper's harmfully fine-tuned aligned model)")
-    trio = open_trio(opts.aligned, opts.finetuned, opts.base, allow_pickle=opts.allow_pickle)
-    if opts.unaligned:
-        unaligned = Checkpoint(opts.unaligned, allow_pickle=opts.allow_pickle)
-        check_same_model(trio.aligned, unaligned, "aligned", "unaligned")
-    else:
-        unaligned = trio.base
+    trio, unaligned = open_with_unaligned(opts, "RESTA")
     layer = layer_of(trio)
     if opts.scope == "linear":
         scope = {t.tensor for t in edit_targets(trio.arch, trio.aligned.names, trio.num_layers)}

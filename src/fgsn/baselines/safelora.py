@@ -38,12 +38,12 @@ from fgsn.artifacts.masks import PackedMasks
 from fgsn.baselines.options import SafeLoRAOptions
 from fgsn.direction import part_projectors, safety_direction
 from fgsn.edit.projection import ProjectionSettings, check_finite
+from fgsn.edit.revert import revert_targets
 from fgsn.edit.rewrite import EditResult, require_out, side_files, write_output
 from fgsn.edit.stream import stream_edit, write_adapter
 from fgsn.errors import InputError
-from fgsn.locate.layers import parse_layers
 from fgsn.models.finetune import LoraFinetune
-from fgsn.models.registry import EditTarget, edit_targets, to_out_in
+from fgsn.models.registry import EditTarget, to_out_in
 from fgsn.models.safetensors_io import PlannedTensor
 from fgsn.models.trio import Trio, open_trio
 from fgsn.models.writer import CheckpointWriter, copy_side_files
@@ -52,15 +52,8 @@ log = logging.getLogger(__name__)
 
 
 def candidate_targets(trio: Trio, modules: list[str] | None, layers: str | None) -> list[EditTarget]:
-    """The linear modules SafeLoRA considers: the registry's modules (or `modules`) in every layer
-    (or `layers`); for a LoRA adapter only those it changes."""
-    lay = parse_layers(layers, trio.num_layers)
-    targets = edit_targets(trio.arch, trio.aligned.names, trio.num_layers, modules, lay)
-    if isinstance(trio.finetuned, LoraFinetune):
-        targets = [t for t in targets if trio.finetuned.changed(t.tensor)]
-    if not targets:
-        raise InputError("SafeLoRA: the fine-tune changes none of the candidate modules; check --modules / --layers")
-    return targets
+    """The linear modules SafeLoRA considers (those a LoRA adapter changes, for an adapter)."""
+    return revert_targets(trio, modules, layers, who="SafeLoRA")
 
 
 def module_cosine(trio: Trio, t: EditTarget) -> dict:

@@ -29,6 +29,7 @@ import torch
 
 from fgsn.artifacts.manifest import assemble_manifest
 from fgsn.artifacts.masks import PackedMasks
+from fgsn.baselines.common import mask_record
 from fgsn.baselines.options import WandaOptions
 from fgsn.data.prompts import load_prompts
 from fgsn.data.promptset import concat
@@ -149,10 +150,7 @@ def run_wanda(opts: WandaOptions) -> EditResult:
         m = from_out_in(mask, arch)
         fill = w_al if opts.target == "update" else torch.zeros((), dtype=w_ft.dtype)
         new = torch.where(m, fill, w_ft)
-        dn = float(delta.pow(2).sum())
-        records.append({"name": name, "layer": t.layer, "module": t.spec.name, "numel": mask.numel(),
-                        "masked": int(mask.sum()), "changed": int((new != w_ft).sum()),
-                        "mask_update_energy": float(delta[mask].pow(2).sum()) / dn if dn else 0.0})
+        records.append(mask_record(name, t, mask, new, w_ft, delta))
         return new
 
     def write(tmp: Path) -> dict:

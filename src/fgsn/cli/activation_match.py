@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from fgsn.cli.common import HELPS, add_config_flag
-from fgsn.config import add_option_flags, options_from_args, own_descriptions_first
+from fgsn.cli.common import HELPS, configure_options
+from fgsn.config import options_from_args, own_descriptions_first
 from fgsn.edit.options import ActivationMatchOptions
 
 DESCRIPTION = ("Closed-form activation matching: per linear module, W = W_f + (W_a - W_f) G_h (G_h + lam G_t + mu I)^-1 "
@@ -15,9 +15,7 @@ DESCRIPTION = ("Closed-form activation matching: per linear module, W = W_f + (W
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    add_config_flag(p)
-    add_option_flags(p, ActivationMatchOptions, own_descriptions_first(ActivationMatchOptions, HELPS))
-    p.set_defaults(func=run)
+    configure_options(p, ActivationMatchOptions, run, own_descriptions_first(ActivationMatchOptions, HELPS))
 
 
 def _fmt(x: float | None) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from fgsn.config import add_option_flags
+
 SKIP = ("func", "config", "command", "verbose", "kind", "baseline_method")
 
 HELPS = {
@@ -82,6 +84,14 @@ BASELINE_HELPS = {
 
 def add_config_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with any of these options (flags win)")
+
+
+def configure_options(p: argparse.ArgumentParser, cls, run, helps: dict[str, str] | None = None) -> None:
+    """A command whose flags are one options model's fields: --config, one flag a field (help from
+    the field's description, else `helps`), and `run` as what the command does."""
+    add_config_flag(p)
+    add_option_flags(p, cls, helps)
+    p.set_defaults(func=run)
 
 
 def methods_help() -> str:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from fgsn.cli.common import add_config_flag
-from fgsn.config import add_option_flags, options_from_args
+from fgsn.cli.common import configure_options
+from fgsn.config import options_from_args
 from fgsn.pipeline.demo import DemoOptions
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    add_config_flag(p)
-    add_option_flags(p, DemoOptions)
-    p.set_defaults(func=run)
+    configure_options(p, DemoOptions, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from fgsn.cli.common import HELPS, add_config_flag
-from fgsn.config import add_option_flags, options_from_args
+from fgsn.cli.common import HELPS, configure_options
+from fgsn.config import options_from_args
 from fgsn.errors import FgsnError
 from fgsn.locate.options import LocateOptions
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    add_config_flag(p)
-    add_option_flags(p, LocateOptions, HELPS)
-    p.set_defaults(func=run)
+    configure_options(p, LocateOptions, run, HELPS)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from fgsn.cli.common import HELPS, add_config_flag
-from fgsn.config import add_option_flags, options_from_args
+from fgsn.cli.common import HELPS, configure_options
+from fgsn.config import options_from_args
 from fgsn.edit.options import ProjectOptions
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    add_config_flag(p)
-    add_option_flags(p, ProjectOptions, HELPS)
-    p.set_defaults(func=run)
+    configure_options(p, ProjectOptions, run, HELPS)
 
 
 def run(args: argparse.Namespace) -> int:

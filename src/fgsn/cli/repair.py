@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from fgsn.cli.common import add_config_flag
-from fgsn.config import add_option_flags, options_from_args
+from fgsn.cli.common import configure_options
+from fgsn.config import options_from_args
 from fgsn.pipeline import repair
 
 DESCRIPTION = repair.__doc__.split("\n\n")[0]
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    add_config_flag(p)
-    add_option_flags(p, repair.RepairOptions)
-    p.set_defaults(func=run)
+    configure_options(p, repair.RepairOptions, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from fgsn.cli.common import HELPS, add_config_flag
-from fgsn.config import add_option_flags, options_from_args, own_descriptions_first
+from fgsn.cli.common import HELPS, configure_options
+from fgsn.config import options_from_args, own_descriptions_first
 from fgsn.edit.options import RevertOptions
 
 DESCRIPTION = ("Round after round, revert to its aligned value each fine-tuned entry whose reversion lowers the safety "
@@ -19,9 +19,7 @@ DESCRIPTION = ("Round after round, revert to its aligned value each fine-tuned e
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    add_config_flag(p)
-    add_option_flags(p, RevertOptions, own_descriptions_first(RevertOptions, HELPS))
-    p.set_defaults(func=run)
+    configure_options(p, RevertOptions, run, own_descriptions_first(RevertOptions, HELPS))
 
 
 def run(args: argparse.Namespace) -> int:

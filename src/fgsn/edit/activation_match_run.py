@@ -586,7 +586,8 @@ def _run(opts: ActivationMatchOptions, trio: Trio, harmful: PromptSet, task: Pro
                 man["categories"] = {cont.category: {
                     "masked": man["changed"], "masked_total": man["changed"], "overlap": c["changed_again"],
                     "modified_fraction": man["modified_fraction"],
-                    "modified_fraction_edited": man["modified_fraction_edited"], **c}}
+                    "modified_fraction_edited": man["modified_fraction_edited"], "change_norm": tot["change_norm"],
+                    "change_ratio": tot["change_ratio"], **c}}
             # what varies with the cache stays out of the (deterministic) manifest
             (tmp / "fgsn").mkdir(exist_ok=True)
             atomic_write_json(tmp / "fgsn" / "activation-match.json",

@@ -146,13 +146,16 @@ def loss_ceiling(nll_f: float, nll_a: float | None, floor: str, keep: float) -> 
     return nll_f + (1.0 - keep) * max(nll_a - nll_f, 0.0)
 
 
-def revert_targets(trio: Trio, modules: list[str] | None, layers: str | None) -> list[EditTarget]:
+def revert_targets(trio: Trio, modules: list[str] | None, layers: str | None, who: str = "") -> list[EditTarget]:
+    """The linear modules an entry-wise edit considers: the registry's modules (or `modules`) in every
+    layer (or `layers`); for a LoRA adapter only those it changes. `who` prefixes the error."""
     lay = parse_layers(layers, trio.num_layers)
     targets = edit_targets(trio.arch, trio.aligned.names, trio.num_layers, modules, lay)
     if isinstance(trio.finetuned, LoraFinetune):
         targets = [t for t in targets if trio.finetuned.changed(t.tensor)]
     if not targets:
-        raise InputError("the fine-tune changes none of the target modules; check --modules / --layers")
+        raise InputError(f"{who + ': ' if who else ''}the fine-tune changes none of the target modules; "
+                         "check --modules / --layers")
     return targets
 
 

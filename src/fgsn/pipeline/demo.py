@@ -47,7 +47,13 @@ class DemoOptions(Options):
     locate_limit: int = Field(64, ge=2, description="AdvBench train prompts to locate on")
     task_limit: int = Field(64, ge=2, description="fine-tuning task prompts to locate on")
     max_length: int = Field(256, ge=8, description="probe prompts are cut to this many tokens")
-    continual: list[str] = Field(default_factory=lambda: list(CONTINUAL))
+    continual: list[str] = Field(default_factory=lambda: list(CONTINUAL),
+                                 description="AdvBench harm dimensions repaired one after another on one ledger")
+    continual_editor: Literal["fgsn", "activation-match"] = Field(
+        "fgsn", description="editor of the continual run: fgsn (the paper's projection, on the safety layers) or "
+                            "activation-match (ridge form at --continual-lam; earlier dimensions' outputs held to "
+                            "the aligned model's: --old-target aligned)")
+    continual_lam: float = Field(1.0, ge=0, description="with --continual-editor activation-match: its lambda")
     baselines: list[str] = Field(default_factory=lambda: list(BASELINES),
                                  description="methods of `fgsn compare` run next to fgsn (none: no baselines)")
     # FGSN settings (see `fgsn project --help`); unset: project's defaults
@@ -123,8 +129,9 @@ def task_files(organism, recipe, out: Path, opts: DemoOptions) -> dict[str, Path
 
 
 def run_continual(opts: DemoOptions, common: dict, finetuned: str, layers: str, models_dir: Path) -> dict[str, str]:
-    """FGSN over opts.continual, one harm dimension after another on one ledger; every step reuses
-    the safety layers of the all-harm run (a property of the aligned model)."""
+    """The continual editor over opts.continual, one harm dimension after another on one ledger
+    (models `fgsn-stepN`, or `am-stepN` for activation matching); FGSN's steps reuse the safety
+    layers of the all-harm run (a property of the aligned model)."""
     from fgsn.edit.options import ProjectOptions
     from fgsn.pipeline.project import run_project
 
@@ -133,15 +140,24 @@ def run_continual(opts: DemoOptions, common: dict, finetuned: str, layers: str, 
         shutil.rmtree(ledger)  # the continual run starts from the fine-tuned model each time
     steps: dict[str, str] = {}
     current = finetuned
+    prefix = "fgsn" if opts.continual_editor == "fgsn" else "am"
     for i, cat in enumerate(opts.continual, 1):
-        step = run_project(ProjectOptions(**{**common, "layers": layers}, finetuned=current, category=cat,
-                                          ledger=str(ledger), overwrite=True,
-                                          harmful=[f"builtin:advbench?split=train&category={cat}"],
-                                          out=str(models_dir / f"fgsn-step{i}")))
+        each = dict(finetuned=current, category=cat, ledger=str(ledger), overwrite=True,
+                    harmful=[f"builtin:advbench?split=train&category={cat}"], out=str(models_dir / f"{prefix}-step{i}"))
+        if opts.continual_editor == "fgsn":
+            step = run_project(ProjectOptions(**{**common, "layers": layers}, **each))
+        else:
+            from fgsn.edit.activation_match_run import run_activation_match
+            from fgsn.edit.options import ActivationMatchOptions
+
+            plain = {k: common[k] for k in ("base", "aligned", "task", "device", "dtype", "max_length", "batch_size")}
+            step = run_activation_match(ActivationMatchOptions(**plain, **each, lam=opts.continual_lam,
+                                                               old_target="aligned"))
         c = step.manifest["categories"][cat]
+        size = f", ||change|| {c['change_norm']:.3g}" if c.get("change_norm") is not None else ""
         print(f"  step {i} {cat}: {c['masked']:,} new weights ({100 * c['modified_fraction']:.3f}%), "
-              f"{c['overlap']:,} already projected")
-        steps[f"fgsn-step{i}"] = current = str(step.out)
+              f"{c['overlap']:,} already edited{size}")
+        steps[f"{prefix}-step{i}"] = current = str(step.out)
     return steps
 
 
@@ -155,35 +171,41 @@ def continual_table(results: dict, steps: dict[str, str]):
         for cat, c in (man.get("categories") or {}).items():
             if c.get("masked") is None:
                 continue
+            size = c.get("change_norm")
             rows.append([name, cat, f"{c['masked']:,}", f"{c.get('overlap', 0):,}",
-                         pct(results["models"][name].get("asr"))])
-    return Table("Continual projection", ["model", "dimension added", "new weights", "already projected",
-                                          "ASR after the step"], rows,
-                 "Each step locates one AdvBench harm dimension and projects only weights no earlier step "
-                 "projected (the ledger); a later dimension needing fewer new weights is the point of it.")
+                         "—" if size is None else f"{size:.3g}", pct(results["models"][name].get("asr"))])
+    return Table("Continual repair", ["model", "dimension added", "new weights", "already edited",
+                                      "||change|| (activation-match)", "ASR after the step"], rows,
+                 "Each step repairs one AdvBench harm dimension through the ledger without undoing earlier steps: "
+                 "FGSN projects only weights no earlier step projected; activation matching keeps the outputs "
+                 "earlier steps restored. A later dimension needing less new change is the point of it.")
+
+
+def trained_refusals_file(root: Path, out: Path) -> Path:
+    """The harmful prompts of the organism's safety SFT (kind `refusal`), for `fgsn repair
+    --fit-only`: the aligned model was trained to refuse exactly these, and its refusals of them
+    survive the fine-tune, so scored they would make every trial look like a repair."""
+    rows = [json.loads(line) for line in (root / "data" / "aligned_sft.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    return _write_jsonl(out / "data" / "aligned-refusals.jsonl",
+                        [{"prompt": r["prompt"]} for r in rows if r.get("kind") == "refusal"])
 
 
 def run_demo_repair(opts: DemoOptions, org, finetuned: str, files: dict[str, Path], eval_harmful: list[str],
                     out: Path) -> Path:
-    """`fgsn repair` with its defaults on the demo's trio: harmful prompts from AdvBench train, the
-    fine-tune's task examples; reused when a finished repair with the same options is there."""
-    from fgsn.pipeline.repair import RepairOptions, run_repair
+    """`fgsn repair` with its defaults on the demo's trio: harmful prompts from AdvBench train (those
+    of the safety SFT for fitting only), the fine-tune's task examples; reused when a finished
+    repair with the same options is there."""
+    from fgsn.pipeline.repair import repair_or_reuse
 
-    target = out / "models" / "repair"
-    values = dict(base=str(org.base), aligned=str(org.aligned), finetuned=finetuned,
-                  harmful=[f"builtin:advbench?split=train&limit={opts.repair_limit}"], task=[str(files["task"])],
-                  out=str(target),
-                  eval_harmful=list(eval_harmful), device=opts.device, dtype=opts.locate_dtype,
-                  max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
-                  eval_batch_size=opts.eval_batch_size, max_length=opts.max_length, overwrite=True,
-                  **({"families": opts.repair_families} if opts.repair_families else {}))
-    ropts = RepairOptions(**values)
-    done = target / "fgsn" / "repair.json"
-    if done.is_file() and json.loads(done.read_text(encoding="utf-8")).get("options") == ropts.model_dump(mode="json"):
-        print(f"  repair: reusing {target}")
-        return target
-    run_repair(ropts)
-    return target
+    return repair_or_reuse(dict(
+        base=str(org.base), aligned=str(org.aligned), finetuned=finetuned,
+        harmful=[f"builtin:advbench?split=train&limit={opts.repair_limit}"], task=[str(files["task"])],
+        fit_only=[str(trained_refusals_file(org.root, out))], out=str(out / "models" / "repair"),
+        eval_harmful=list(eval_harmful), device=opts.device,
+        dtype=opts.locate_dtype, max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
+        eval_batch_size=opts.eval_batch_size, max_length=opts.max_length, overwrite=True,
+        **({"families": opts.repair_families} if opts.repair_families else {})))
 
 
 def run_demo(opts: DemoOptions) -> dict:
@@ -227,7 +249,8 @@ def run_demo(opts: DemoOptions) -> dict:
     cmp.edit()
     fgsn_dir = out / "models" / "fgsn"
     layers = opts.layers or ",".join(str(x) for x in (read_manifest(fgsn_dir) or {})["layers"])
-    stage(f"[3/4] FGSN continually over {', '.join(opts.continual)} (safety layers {layers})")
+    where = f"safety layers {layers}" if opts.continual_editor == "fgsn" else f"lambda {opts.continual_lam}"
+    stage(f"[3/4] {opts.continual_editor} continually over {', '.join(opts.continual)} ({where})")
     common = dict(base=str(org.base), aligned=str(org.aligned), task=[str(files["task"])], device=opts.device,
                   dtype=opts.locate_dtype,
                   max_length=opts.max_length, batch_size=opts.batch_size, **fgsn_over)
@@ -239,7 +262,7 @@ def run_demo(opts: DemoOptions) -> dict:
     stage("[4/4] evaluation on held-out prompts (HarmBench, StrongREJECT), over-refusal, task utility and NLL")
     cmp.evaluate(extra_models={"base": str(org.base), **steps, **repaired})
     order = ["base", "aligned", "finetuned", *repaired, "fgsn", *steps, *(m.name for m in methods if m.name != "fgsn")]
-    results = cmp.results(order=order, kinds={"base": "reference", **dict.fromkeys(steps, "fgsn-continual"),
+    results = cmp.results(order=order, kinds={"base": "reference", **dict.fromkeys(steps, f"{opts.continual_editor}-continual"),
                                               **dict.fromkeys(repaired, "repair")})
     results["demo"] = {"organism": org.to_dict() | {"recipe": recipe.model_dump(mode="json")},
                        "continual": opts.continual, "layers": layers, "wall_s": round(time.time() - t0, 1),

@@ -6,7 +6,9 @@ Given base, aligned and fine-tuned models, harmful prompts and the fine-tune's t
    parts: `fit` (what every edit computes its statistics on: masks, Grams, gradients), `search`
    (what the trials are scored on) and `check` (scored once, on the winner, as an estimate no
    choice has seen); a prompt that is also in an evaluation set given with --eval-harmful is left
-   out (public sets share prompts) and counted;
+   out (public sets share prompts) and counted; --fit-only prompts (and the same ones in --harmful)
+   go to `fit` only: the aligned model's own safety-training prompts belong there, since their
+   refusals survive the fine-tune and would make every trial look like a repair;
 2. runs a grid of trials, a family (an edit method) at several strengths each, every edit in
    its own process like `fgsn compare` (resumable, options-checked);
 3. scores every trial and the aligned / fine-tuned references on the search part: ASR (greedy
@@ -91,6 +93,10 @@ class RepairOptions(Options):
     harmful: list[str] = Field(description="harmful prompt sources the repair may use (split into fit / search / "
                                            "check); never the evaluation sets")
     task: list[str] = Field(description="the fine-tune's task data: prompt/answer files (split the same way)")
+    fit_only: list[str] = Field(default_factory=list, description=(
+        "harmful prompts for the fit split only, never scored (e.g. the aligned model's own safety-training "
+        "prompts: their refusals survive the fine-tune, so they cannot tell a strong repair from a weak one); "
+        "the same prompts in --harmful go to the fit split too"))
     out: str = Field(description="folder of the repaired checkpoint")
     families: list[str] = Field(default_factory=lambda: list(DEFAULT_FAMILIES),
                                 description="edit families searched, each at its grid of strengths")
@@ -116,7 +122,7 @@ class RepairOptions(Options):
     isolate: bool = Field(True, description="run each edit in its own process (its peak memory is its own)")
     overwrite: bool = Field(False, description="replace an existing --out")
 
-    @field_validator("harmful", "task", "families", "eval_harmful", mode="before")
+    @field_validator("harmful", "task", "fit_only", "families", "eval_harmful", mode="before")
     @classmethod
     def _listify(cls, v):
         return [v] if isinstance(v, str) else v
@@ -177,7 +183,10 @@ def write_splits(opts: RepairOptions, data: Path) -> tuple[dict[str, dict[str, P
                         "repair", len(leak), kind)
             rows = [r for r in rows if r["prompt"] not in evaluated]
         dropped[kind] = len(leak)
-        parts = split_rows(rows, opts)
+        only = {p.text: {"prompt": p.text, "category": p.category} for s in opts.fit_only for p in load_prompts(s)
+                if p.text not in evaluated} if kind == "harmful" else {}
+        parts = split_rows([r for r in rows if r["prompt"] not in only], opts)
+        parts["fit"] = list({**only, **{r["prompt"]: r for r in parts["fit"]}}.values())  # fit-only prompts first
         small = [p for p, r in parts.items() if len(r) < 2]
         if small:
             raise InputError(f"too few {kind} prompts ({len(rows)}) to split into fit / search / check (parts "
@@ -270,8 +279,24 @@ def judge_trials(opts: RepairOptions, scores: dict[str, dict], costs: dict[str, 
             win = max(rows, key=lambda n: rows[n]["task_kept"] if rows[n]["task_kept"] is not None else -1e9)
             why = (f"no trial meets the target and none keeps {opts.keep_task:.0%} of the task; the one keeping the "
                    f"most task ({(rows[win]['task_kept'] or 0):.0%})")
-    return {"trials": rows, "winner": win, "met": bool(passing), "why": why,
+    return {"trials": rows, "winner": win, "met": bool(passing), "why": why, "weak_signal": weak_signal(opts, al, ft),
             "references": {"aligned": al, "finetuned": ft}}
+
+
+def weak_signal(opts: RepairOptions, al: dict, ft: dict) -> str | None:
+    """A warning when the search split hardly shows the fine-tune's erosion (fine-tuned ASR within the
+    ASR target, or two prompts, of the aligned model's): every trial then meets the ASR part of the
+    target there, and the choice rests on cost alone, i.e. on the weakest edit. Typical cause: the
+    harmful prompts are the aligned model's own safety-training prompts, whose refusals survive a
+    fine-tune that erodes them elsewhere."""
+    n = ft.get("n_harmful") or al.get("n_harmful") or 0
+    gap = ft["asr"] - al["asr"]
+    if gap > max(opts.max_asr_gap, 2 / n if n else 0.0) + EPS:
+        return None
+    return (f"the search split hardly shows the fine-tune's erosion (ASR fine-tuned {ft['asr']:.3f} vs aligned "
+            f"{al['asr']:.3f}{f' on {n} prompts' if n else ''}), so it cannot tell a strong repair from a weak one; "
+            "give --harmful prompts the aligned model was not trained to refuse (its refusals of its own "
+            "safety-training prompts survive the fine-tune)")
 
 
 def frontier_figure(judged: dict[str, Any]):
@@ -332,6 +357,8 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
     check = score_models(opts, {**refs, win: models[win]}, adapters, files, "check", work)
     if not judged["met"]:
         log.warning("fgsn repair: %s", judged["why"])
+    if judged["weak_signal"]:
+        log.warning("fgsn repair: %s", judged["weak_signal"])
     doc = {"schema": SCHEMA, "options": opts.model_dump(mode="json"), "splits": {
         k: {p: len(f.read_text(encoding="utf-8").splitlines()) for p, f in v.items()} for k, v in files.items()},
         "left_out_as_evaluation_prompts": dropped,
@@ -341,7 +368,7 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
         man = manifests[win]
-        man["repair"] = {"winner": win, "met": judged["met"], "why": judged["why"],
+        man["repair"] = {"winner": win, "met": judged["met"], "why": judged["why"], "weak_signal": judged["weak_signal"],
                          "search": judged["trials"][win], "check": check[win], "trials": len(trials)}
         atomic_write_json(tmp / "fgsn-manifest.json", man)
         atomic_write_json(tmp / "fgsn" / "repair.json", doc)
@@ -356,3 +383,16 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
           f"{check[win]['nll']:.3f} (aligned {check['aligned']['nll']:.3f}, fine-tuned "
           f"{check['finetuned']['nll']:.3f})\n  written to {out} in {time.time() - t0:.0f} s")
     return doc
+
+
+def repair_or_reuse(values: dict[str, Any]) -> Path:
+    """`fgsn repair` with these option values, or the finished repair already at their `out` when it
+    ran with the same options (the demo and the bench rerun cheaply); returns the checkpoint folder."""
+    opts = RepairOptions(**values)
+    out = Path(opts.out)
+    done = out / "fgsn" / "repair.json"
+    if done.is_file() and json.loads(done.read_text(encoding="utf-8")).get("options") == opts.model_dump(mode="json"):
+        print(f"  repair: reusing {out}")
+        return out
+    run_repair(opts)
+    return out

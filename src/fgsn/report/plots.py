@@ -194,7 +194,7 @@ def continual(results: dict[str, Any]) -> Figure | None:
     ax.set_title("ASR of every category after each continual step")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    return Figure("continual", "Continual projection: ASR per category after each step", "continual_asr.png",
+    return Figure("continual", "Continual repair: ASR per category after each step", "continual_asr.png",
                   _png(fig), "Models ordered by their manifest's ledger_step; a rising line is forgetting.")
 
 
