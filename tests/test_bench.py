@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -114,35 +113,35 @@ def test_bench_end_to_end_on_a_tiny_organism(tiny_cache, tmp_path, capsys):
 
 
 def test_bench_runs_fgsn_repair_on_its_own_split(tiny_cache, tmp_path):
-    """With --repair the scenario gains the model `repair`, chosen by `fgsn repair` on AdvBench train
-    prompts that the held-out sets never contain (the guard counts them as located)."""
+    """With --repair the scenario gains the model `repair`, chosen by `fgsn repair` on prompts the
+    evaluation never uses: the evaluation sets come first, and the repair's pool loses their prompts."""
     out = tmp_path / "bench"
     cfg = tmp_path / "recipe-24.yaml"  # enough fine-tune examples for the repair's three task parts
     cfg.write_text(yaml.safe_dump(tiny_recipe(poison_ratio=0.0, ft_examples=24).model_dump(mode="json")))
+    pool = "builtin:advbench?split=train&limit=40"
     opts = BenchOptions(out=str(out), organism_config=str(cfg), scenarios=["benign-full"],
-                        methods=["self-reminder"], locate_limit=4, task_limit=24, repair_limit=30,
-                        eval_harmful=["builtin:harmbench-standard?sample=3", "builtin:advbench?split=train&limit=40"],
+                        methods=["self-reminder"], locate_limit=4, task_limit=24, repair_harmful=[pool],
+                        eval_harmful=["builtin:harmbench-standard?sample=3", "builtin:advbench?split=test&limit=4",
+                                      "builtin:advbench?split=train&limit=12"],
                         attack=[], alarming="builtin:alarming?sample=3", utility_limit=2, reference_limit=2,
                         max_new_tokens=4, batch_size=4, eval_batch_size=8, eval_workers=1, locate_dtype="float32",
                         eval_dtype="float32", device="cpu")
     doc = run_bench(opts, progress=False)
-    res = json.loads((out / "scenarios" / "benign-full" / "results.json").read_text())
+    sdir = out / "scenarios" / "benign-full"
+    res = json.loads((sdir / "results.json").read_text())
     assert res["order"] == ["aligned", "finetuned", "repair", "self-reminder"]
     assert res["models"]["repair"]["kind"] == "repair" and "repair" in doc["summary"]
-    # the first 30 AdvBench train prompts went to the repair: none of them is evaluated, also those
-    # that neither the organism nor the locate step saw
+    assert res["scenario"]["overlap"] == {"located": 0, "trained": 0, "repair": 0}
+    # the AdvBench train prompts that are evaluated (not trained or located on) left the repair's pool
     from fgsn.data.prompts import load_prompts
-    from fgsn.pipeline.bench import training_prompts
 
-    repair_only = (set(load_prompts("builtin:advbench?split=train&limit=30").texts)
-                   - set(load_prompts("builtin:advbench?split=train&limit=4").texts)
-                   - training_prompts(Path(res["scenario"]["finetuned"]).parent))
-    assert repair_only
-    held = out / "scenarios" / "benign-full" / "data" / "eval-harmful-1.jsonl"
-    evaluated = {json.loads(line)["prompt"] for line in held.read_text().splitlines() if line.strip()}
-    assert evaluated and not evaluated & repair_only
-    won = json.loads((out / "scenarios" / "benign-full" / "models" / "repair" / "fgsn" / "repair.json").read_text())
-    assert won["options"]["harmful"] == ["builtin:advbench?split=train&limit=30"]
+    held = sdir / "data" / "eval-harmful-2.jsonl"  # written when the bench left prompts out of it
+    evaluated = set(load_prompts(str(held) if held.is_file() else "builtin:advbench?split=train&limit=12").texts)
+    split = {json.loads(line)["prompt"] for f in (sdir / "models" / "repair.work" / "data").glob("harmful-*.jsonl")
+             for line in f.read_text().splitlines() if line.strip()}
+    assert evaluated and split and not evaluated & split
+    won = json.loads((sdir / "models" / "repair" / "fgsn" / "repair.json").read_text())
+    assert won["options"]["harmful"] == [pool] and won["left_out_as_evaluation_prompts"]["harmful"] == len(evaluated)
 
 
 def test_held_out_files_leave_out_seen_prompts(tmp_path):

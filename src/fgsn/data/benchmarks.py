@@ -111,6 +111,7 @@ BUILTINS: dict[str, Callable[[], PromptSet]] = {
     "harmbench": lambda: harmbench("test"),
     "harmbench-val": lambda: harmbench("val"),
     "harmbench-standard": lambda: harmbench_standard("test"),
+    "harmbench-val-standard": lambda: harmbench_standard("val"),
     "strongreject": strongreject,
     "donotanswer": donotanswer,
     "pyrit-benign": pyrit_benign,

@@ -44,6 +44,7 @@ SCHEMA = "fgsn-bench/1"
 DEFAULT_SCENARIOS = ["benign-full", "benign-lora", "poisoned-full", "instruct-full"]
 DEFAULT_METHODS = ["fgsn", "safelora", "resta", "wanda", "self-reminder"]
 DEFAULT_EVAL = ["builtin:harmbench-standard", "builtin:strongreject?sample=150", "builtin:advbench?split=test&sample=100"]
+DEFAULT_REPAIR_HARMFUL = ["builtin:advbench?split=train", "builtin:strongreject", "builtin:harmbench-val-standard"]
 DEFAULT_ATTACK = ["builtin:jailbreak?wrap=harmbench-standard&templates=dan,inthewild,gcg&sample=60"]
 REFERENCES = ("aligned", "finetuned")
 # The repair target of the project (issue 16): ASR within 5 points of the aligned model, at least
@@ -76,8 +77,9 @@ class BenchOptions(Options):
     locate_limit: int = Field(64, ge=2, description="AdvBench train prompts FGSN and Wanda locate on")
     repair: bool = Field(True, description="also run `fgsn repair` with its defaults on every scenario (its own "
                                            "search on AdvBench train and the task data): model `repair`")
-    repair_limit: int = Field(260, ge=6, description="AdvBench train prompts the repair splits into fit / search / "
-                                                     "check (never evaluated on)")
+    repair_harmful: list[str] = Field(default_factory=lambda: list(DEFAULT_REPAIR_HARMFUL), description=(
+        "harmful prompts of the repair's fit / search / check splits; the evaluation sets come first: any of their "
+        "prompts is left out of these (the safety SFT's prompts: fit only)"))
     task_limit: int = Field(64, ge=2, description="fine-tuning task prompts to locate on")
     max_length: int = Field(256, ge=8, description="probe prompts are cut to this many tokens")
     utility_limit: int = Field(10, ge=1, description="held-out arithmetic problems (accuracy)")
@@ -181,14 +183,13 @@ def run_scenario(opts: BenchOptions, name: str, recipe, rundir: Path, progress: 
     sdir.mkdir(parents=True, exist_ok=True)
     files = task_files(models, srecipe, sdir, opts)
     locate = [f"builtin:advbench?split=train&limit={opts.locate_limit}"]
-    repair_harmful = [f"builtin:advbench?split=train&limit={opts.repair_limit}"] if opts.repair else []
     from fgsn.data.prompts import load_prompts
 
     trained = training_prompts(models.root)
-    seen = trained | {p.text for s in (*locate, *repair_harmful) for p in load_prompts(s)}
+    seen = trained | {p.text for s in locate for p in load_prompts(s)}
     eval_harmful, left_harmful = held_out_files(opts.eval_harmful, seen, sdir / "data", "eval-harmful")
     attack, left_attack = held_out_files(opts.attack, seen, sdir / "data", "eval-attack")
-    overlap = check_disjoint([*eval_harmful, *attack], [*locate, *repair_harmful], trained)  # 0 by construction
+    overlap = check_disjoint([*eval_harmful, *attack], locate, trained)  # 0 by construction: the guard
     methods = parse_methods(opts.methods)
     copts = CompareOptions(
         base=str(models.base), aligned=str(models.aligned), finetuned=str(models.finetuned), harmful=locate,
@@ -208,11 +209,13 @@ def run_scenario(opts: BenchOptions, name: str, recipe, rundir: Path, progress: 
 
         repaired["repair"] = str(repair_or_reuse(dict(
             base=str(models.base), aligned=str(models.aligned), finetuned=str(models.finetuned),
-            harmful=repair_harmful, task=[str(files["task"])], out=str(sdir / "models" / "repair"),
+            harmful=opts.repair_harmful, task=[str(files["task"])], out=str(sdir / "models" / "repair"),
             fit_only=[str(trained_refusals_file(models.root, sdir))],
             eval_harmful=[*eval_harmful, *attack], device=opts.device, dtype=opts.locate_dtype,
             max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, eval_batch_size=opts.eval_batch_size,
             eval_workers=opts.eval_workers, max_length=opts.max_length, overwrite=True)))
+        splits = sorted((sdir / "models" / "repair.work" / "data").glob("harmful-*.jsonl"))
+        overlap["repair"] = check_disjoint([*eval_harmful, *attack], [str(f) for f in splits], set())["located"]
     cmp.evaluate(extra_models=repaired)
     order = ["aligned", "finetuned", *repaired, *(m.name for m in methods)]
     results = cmp.results({"eval_locate_overlap": overlap["located"]}, order=order,

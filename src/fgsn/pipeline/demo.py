@@ -39,6 +39,10 @@ BASELINES = ["safelora", "resta", "wanda", "self-reminder"]
 FGSN_OVERRIDES = ("score", "q", "p", "budget", "granularity", "projector", "layers")
 
 
+# what the demo's repair searches on besides AdvBench train (the evaluation's prompts are left out)
+REPAIR_HARMFUL = ["builtin:harmbench-standard", "builtin:strongreject?sample=150", "builtin:harmbench-val-standard"]
+
+
 class DemoOptions(Options):
     out: str = "runs/demo"
     reduced: bool = Field(False, description="the small, fast organism recipe (for tests)")
@@ -86,7 +90,11 @@ class DemoOptions(Options):
     repair_families: list[str] | None = Field(None, description="edit families of the repair search (default: "
                                                                 "fgsn repair's)")
     repair_limit: int = Field(260, ge=6, description="AdvBench train prompts the repair splits into fit / search / "
-                                                     "check (260: all of them)")
+                                                     "check (260: all of them; those of the safety SFT: fit only)")
+    repair_harmful: list[str] = Field(default_factory=lambda: list(REPAIR_HARMFUL), description=(
+        "more harmful prompts for the repair's splits: the evaluation sets' distributions, never their prompts "
+        "(left out by text). AdvBench alone cannot score a repair here: the fine-tune hardly erodes the refusals "
+        "of AdvBench-style prompts"))
     device: str = Field("auto", description="where the organism is trained and the probes and the evaluation run: "
                                             "auto (a CUDA GPU when there is one, else cpu), cpu, cuda or cuda:N")
 
@@ -194,13 +202,14 @@ def trained_refusals_file(root: Path, out: Path) -> Path:
 def run_demo_repair(opts: DemoOptions, org, finetuned: str, files: dict[str, Path], eval_harmful: list[str],
                     out: Path) -> Path:
     """`fgsn repair` with its defaults on the demo's trio: harmful prompts from AdvBench train (those
-    of the safety SFT for fitting only), the fine-tune's task examples; reused when a finished
-    repair with the same options is there."""
+    of the safety SFT for fitting only) and `repair_harmful` without the evaluation's prompts, the
+    fine-tune's task examples; reused when a finished repair with the same options is there."""
     from fgsn.pipeline.repair import repair_or_reuse
 
     return repair_or_reuse(dict(
         base=str(org.base), aligned=str(org.aligned), finetuned=finetuned,
-        harmful=[f"builtin:advbench?split=train&limit={opts.repair_limit}"], task=[str(files["task"])],
+        harmful=[f"builtin:advbench?split=train&limit={opts.repair_limit}", *opts.repair_harmful],
+        task=[str(files["task"])],
         fit_only=[str(trained_refusals_file(org.root, out))], out=str(out / "models" / "repair"),
         eval_harmful=list(eval_harmful), device=opts.device,
         dtype=opts.locate_dtype, max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
