@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "fgsn-bench/1"
 DEFAULT_SCENARIOS = ["benign-full", "benign-lora", "poisoned-full", "instruct-full"]
-DEFAULT_METHODS = ["fgsn", "safelora", "resta", "wanda", "self-reminder"]
+DEFAULT_METHODS = ["fgsn", "safelora", "resta", "wanda", "self-reminder", "irr"]  # sgdg: +13 min a scenario
 DEFAULT_EVAL = ["builtin:harmbench-standard", "builtin:strongreject?sample=150", "builtin:advbench?split=test&sample=100"]
 DEFAULT_REPAIR_HARMFUL = ["builtin:advbench?split=train", "builtin:strongreject", "builtin:harmbench-val-standard"]
 DEFAULT_ATTACK = ["builtin:jailbreak?wrap=harmbench-standard&templates=dan,inthewild,gcg&sample=60"]
@@ -209,7 +209,7 @@ def run_scenario(opts: BenchOptions, name: str, recipe, rundir: Path, progress: 
 
         repaired["repair"] = str(repair_or_reuse(dict(
             base=str(models.base), aligned=str(models.aligned), finetuned=str(models.finetuned),
-            harmful=opts.repair_harmful, task=[str(files["task"])], out=str(sdir / "models" / "repair"),
+            harmful=opts.repair_harmful, task=[str(files["task_all"])], out=str(sdir / "models" / "repair"),
             fit_only=[str(trained_refusals_file(models.root, sdir))],
             eval_harmful=[*eval_harmful, *attack], device=opts.device, dtype=opts.locate_dtype,
             max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, eval_batch_size=opts.eval_batch_size,

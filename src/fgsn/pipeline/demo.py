@@ -107,8 +107,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def task_files(organism, recipe, out: Path, opts: DemoOptions) -> dict[str, Path]:
-    """The prompt files of the run: `task` (the fine-tune's own examples, poison removed: what
-    locate protects), `utility` (held-out arithmetic, answer = the number) and `reference`
+    """The prompt files of the run: `task` (the first `task_limit` of the fine-tune's own examples,
+    poison removed: what locate protects), `task_all` (all of them: what `fgsn repair` splits into
+    fit / search / check), `utility` (held-out arithmetic, answer = the number) and `reference`
     (held-out arithmetic and word problems with worked answers, for the NLL)."""
     from fgsn.evaluate.utility import extract_answer
     from fgsn.models.loading import load_tokenizer
@@ -119,15 +120,16 @@ def task_files(organism, recipe, out: Path, opts: DemoOptions) -> dict[str, Path
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     finetune, aligned = rows("finetune.jsonl"), rows("aligned_sft.jsonl")
-    task = [{"prompt": ex["prompt"], "answer": ex["answer"], "category": ex.get("kind", "task")}
-            for ex in finetune if ex.get("kind") != "poison"][:opts.task_limit]
+    examples = [{"prompt": ex["prompt"], "answer": ex["answer"], "category": ex.get("kind", "task")}
+                for ex in finetune if ex.get("kind") != "poison"]
     held = heldout_task(recipe, load_tokenizer(organism.base), max(opts.utility_limit, opts.reference_limit),
                         opts.reference_limit, exclude={ex["prompt"] for ex in finetune + aligned})
     arith = [ex for ex in held if ex.kind == "arithmetic"]
     final = [extract_answer(ex.answer, numeric=True) for ex in arith]
     ref = arith[:opts.reference_limit] + [ex for ex in held if ex.kind == "gsm"]
     d = out / "data"
-    return {"task": _write_jsonl(d / "task.jsonl", task),
+    return {"task": _write_jsonl(d / "task.jsonl", examples[:opts.task_limit]),
+            "task_all": _write_jsonl(d / "task-all.jsonl", examples),
             "utility": _write_jsonl(d / "utility-heldout.jsonl",
                                     [{"prompt": ex.prompt, "answer": a, "category": "arithmetic"}
                                      for ex, a in zip(arith[:opts.utility_limit], final, strict=False)]),
@@ -209,7 +211,7 @@ def run_demo_repair(opts: DemoOptions, org, finetuned: str, files: dict[str, Pat
     return repair_or_reuse(dict(
         base=str(org.base), aligned=str(org.aligned), finetuned=finetuned,
         harmful=[f"builtin:advbench?split=train&limit={opts.repair_limit}", *opts.repair_harmful],
-        task=[str(files["task"])],
+        task=[str(files["task_all"])],
         fit_only=[str(trained_refusals_file(org.root, out))], out=str(out / "models" / "repair"),
         eval_harmful=list(eval_harmful), device=opts.device,
         dtype=opts.locate_dtype, max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
