@@ -19,7 +19,8 @@ def test_reduced_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     run_demo(DemoOptions(out=str(out), reduced=True, locate_limit=16, task_limit=16, eval_limit=8,
                          alarming_limit=6, utility_limit=4, reference_limit=2, max_new_tokens=24,
-                         baselines=["safelora", "self-reminder"], repair_families=["resta"], repair_limit=48))
+                         baselines=["safelora", "self-reminder"], repair_families=["resta"], repair_limit=48,
+                         repair_harmful=["builtin:harmbench-val-standard"]))
     res = json.loads((out / "results.json").read_text())
     names = ["base", "aligned", "finetuned", "repair", "fgsn", "fgsn-step1", "fgsn-step2", "fgsn-step3", "safelora",
              "self-reminder"]
@@ -36,6 +37,11 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert m["repair"]["kind"] == "repair"
     rep = json.loads((out / "models" / "repair" / "fgsn" / "repair.json").read_text())
     assert rep["winner"].startswith("resta-") and len(rep["trials"]) == 3
+    # the safety SFT's refusals are fitted on, never scored; the scored parts come from HarmBench val
+    scored = {json.loads(line)["prompt"] for part in ("search", "check")
+              for line in (out / "models" / "repair.work" / "data" / f"harmful-{part}.jsonl").read_text().splitlines()}
+    sft = {json.loads(line)["prompt"] for line in (out / "data" / "aligned-refusals.jsonl").read_text().splitlines()}
+    assert scored and sft and not scored & sft
     assert m["safelora"]["edit_wall_s"] > 0 and m["fgsn"]["edit_peak_rss_mb"] > 0
     # continual: every step adds weights, later dimensions fewer than the first
     masked = []
