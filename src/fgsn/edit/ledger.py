@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from fgsn.artifacts.masks import PackedMasks
-from fgsn.atomic import atomic_write_json, atomic_write_jsonl, dumps_json, sha256_file
+from fgsn.atomic import atomic_write_json, atomic_write_jsonl, dumps_json, read_jsonl, sha256_file
 from fgsn.errors import IntegrityError, LedgerError
 
 VERSION = 2
@@ -101,8 +101,7 @@ class Ledger:
 
     def prompts(self, step: dict) -> list[dict]:
         """The prompts a step recorded (activation-match), one dict a line as written."""
-        return [json.loads(line) for line in (self.path / step["prompts_file"]).read_text(encoding="utf-8").splitlines()
-                if line.strip()]
+        return read_jsonl(self.path / step["prompts_file"])
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[Ledger]:

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fgsn.atomic import atomic_write_json, atomic_write_text
+from fgsn.atomic import atomic_write_json, atomic_write_text, jsonl_lines
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ShardCache:
 
     def _load(self, part: Path) -> None:
         try:
-            lines = part.read_text(encoding="utf-8").splitlines()
+            lines = jsonl_lines(part.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as e:
             log.warning("cache shard %s unreadable (%s); ignoring it", part, e)
             return

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from fgsn.atomic import read_jsonl
 from fgsn.config import Options
 from fgsn.errors import InputError
 from fgsn.pipeline.compare import Comparison
@@ -118,14 +119,12 @@ def with_preset(values: dict[str, Any]) -> BenchOptions:
 
 def training_prompts(root: Path) -> set[str]:
     """Every prompt the organism was trained on (safety SFT and fine-tune, poison included)."""
-    import json
 
     out: set[str] = set()
     for name in ("aligned_sft.jsonl", "finetune.jsonl"):
         path = root / "data" / name
         if path.is_file():
-            out.update(json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines()
-                       if line.strip())
+            out.update(row["prompt"] for row in read_jsonl(path))
     return out
 
 

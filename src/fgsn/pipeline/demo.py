@@ -17,7 +17,6 @@ report.md, report.html, plots/. A rerun reuses finished edits and cached complet
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -26,6 +25,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from fgsn.atomic import read_jsonl
 from fgsn.config import Options
 from fgsn.pipeline.compare import Comparison
 from fgsn.pipeline.options import CompareOptions
@@ -116,8 +116,7 @@ def task_files(organism, recipe, out: Path, opts: DemoOptions) -> dict[str, Path
     from fgsn.organism.data import heldout_task
 
     def rows(name: str) -> list[dict]:
-        text = (organism.root / "data" / name).read_text(encoding="utf-8")
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return read_jsonl(organism.root / "data" / name)
 
     finetune, aligned = rows("finetune.jsonl"), rows("aligned_sft.jsonl")
     examples = [{"prompt": ex["prompt"], "answer": ex["answer"], "category": ex.get("kind", "task")}
@@ -195,8 +194,7 @@ def trained_refusals_file(root: Path, out: Path) -> Path:
     """The harmful prompts of the organism's safety SFT (kind `refusal`), for `fgsn repair
     --fit-only`: the aligned model was trained to refuse exactly these, and its refusals of them
     survive the fine-tune, so scored they would make every trial look like a repair."""
-    rows = [json.loads(line) for line in (root / "data" / "aligned_sft.jsonl").read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    rows = read_jsonl(root / "data" / "aligned_sft.jsonl")
     return _write_jsonl(out / "data" / "aligned-refusals.jsonl",
                         [{"prompt": r["prompt"]} for r in rows if r.get("kind") == "refusal"])
 

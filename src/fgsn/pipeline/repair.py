@@ -43,6 +43,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from fgsn.atomic import read_jsonl
 from fgsn.config import Options
 from fgsn.errors import InputError
 from fgsn.pipeline.compare import method_options, run_edit
@@ -360,7 +361,7 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
     if judged["weak_signal"]:
         log.warning("fgsn repair: %s", judged["weak_signal"])
     doc = {"schema": SCHEMA, "options": opts.model_dump(mode="json"), "splits": {
-        k: {p: len(f.read_text(encoding="utf-8").splitlines()) for p, f in v.items()} for k, v in files.items()},
+        k: {p: len(read_jsonl(f)) for p, f in v.items()} for k, v in files.items()},
         "left_out_as_evaluation_prompts": dropped,
         **judged, "check": {"winner": check[win], **{k: check[k] for k in refs}},
         "edit_costs": edit_costs, "wall_s": round(time.time() - t0, 1)}
