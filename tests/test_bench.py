@@ -132,6 +132,7 @@ def test_bench_runs_fgsn_repair_on_its_own_split(tiny_cache, tmp_path):
     assert res["order"] == ["aligned", "finetuned", "repair", "self-reminder"]
     assert res["models"]["repair"]["kind"] == "repair" and "repair" in doc["summary"]
     assert res["scenario"]["overlap"] == {"located": 0, "trained": 0, "repair": 0}
+    assert "self-reminder vs repair" in res["paired"]  # every method is also paired with the repair
     # the AdvBench train prompts that are evaluated (not trained or located on) left the repair's pool
     from fgsn.data.prompts import load_prompts
 

@@ -198,7 +198,9 @@ def run_scenario(opts: BenchOptions, name: str, recipe, rundir: Path, progress: 
         utility=[str(files["utility"])], reference=[str(files["reference"])],
         eval={"utility_instruction": "", "utility_limit": opts.utility_limit, "max_new_tokens": opts.max_new_tokens,
               "cache_dir": str(rundir / "cache"), "dtype": opts.eval_dtype, "batch_size": opts.eval_batch_size,
-              "model_workers": opts.eval_workers or default_model_workers(opts.device)})
+              "model_workers": opts.eval_workers or default_model_workers(opts.device),
+              # with the repair: every method also paired with it (does it beat each baseline?)
+              "paired_against": ["aligned", "finetuned", *(["repair"] if opts.repair else [])]})
     cmp = Comparison(copts, methods)
     cmp.check()
     cmp.edit()
