@@ -77,7 +77,7 @@ class BenchOptions(Options):
     alarming: str = Field("builtin:alarming", description="harmless-but-alarming prompts (over-refusal)")
     locate_limit: int = Field(64, ge=2, description="AdvBench train prompts FGSN and Wanda locate on")
     repair: bool = Field(True, description="also run `fgsn repair` with its defaults on every scenario (its own "
-                                           "search on AdvBench train and the task data): model `repair`")
+                                           "search on --repair-harmful and the fine-tune's data): model `repair`")
     repair_harmful: list[str] = Field(default_factory=lambda: list(DEFAULT_REPAIR_HARMFUL), description=(
         "harmful prompts of the repair's fit / search / check splits; the evaluation sets come first: any of their "
         "prompts is left out of these (the safety SFT's prompts: fit only)"))
@@ -119,7 +119,6 @@ def with_preset(values: dict[str, Any]) -> BenchOptions:
 
 def training_prompts(root: Path) -> set[str]:
     """Every prompt the organism was trained on (safety SFT and fine-tune, poison included)."""
-
     out: set[str] = set()
     for name in ("aligned_sft.jsonl", "finetune.jsonl"):
         path = root / "data" / name
