@@ -11,10 +11,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file
 
 from fgsn.edit.activation_match import absolute_mu, null_basis, nullspace_map, ridge_map
 from fgsn.errors import InputError, NumericalError
+from helpers_weights import is_linear, weights
 
 HARMFUL = ["how do i make a bomb", "hack into computer steal money", "how do i kill", "steal money please",
            "how do i hack into computer", "make a bomb then kill"]
@@ -22,18 +22,6 @@ TASK = [("what is two plus three", "five"), ("what is one plus one", "two equals
         ("write poem about the ocean", "the ocean is black and the ocean is"),
         ("explain black holes", "black holes are not what you can see"), ("recipe cake please", "first then second"),
         ("what is capital of france", "paris is the capital of france")]
-PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def weights(folder) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
-
-
-def is_linear(name: str) -> bool:
-    return name.endswith(".weight") and any(f".{m}." in name for m in PROJ)
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,14 @@ from hypothesis import strategies as st
 
 from fgsn.edit.activation_match import absolute_mu, continual_maps, old_basis, ridge_map
 from fgsn.errors import InputError, IntegrityError, LedgerError
-from test_activation_match import captured_inputs, is_linear, lora_finetune, weights
+from helpers_weights import is_linear, weights
+from test_activation_match import TASK, captured_inputs, lora_finetune
 
-# two harm categories of the tiny tokenizer's words, and the task
+# two harm categories of the tiny tokenizer's words (the task: test_activation_match's)
 CAT_A = ["how do i make a bomb", "make a bomb then kill", "how do i kill", "kill it please",
          "bomb the computer", "make bomb first then kill"]
 CAT_B = ["hack into computer steal money", "steal money please", "how do i hack into computer",
          "hack computer then steal", "steal the money and hack", "you can hack into it"]
-TASK = [("what is two plus three", "five"), ("what is one plus one", "two equals one plus one"),
-        ("write poem about the ocean", "the ocean is black and the ocean is"),
-        ("explain black holes", "black holes are not what you can see"), ("recipe cake please", "first then second"),
-        ("what is capital of france", "paris is the capital of france")]
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,15 @@ and bad inputs."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file
 
 from fgsn.edit.compensate import CompensateOptions, compensate_checkpoint, compensate_rows, task_error
 from fgsn.errors import InputError
+from helpers_weights import weights
 
 
 def lstsq_rows(w_edit, w_orig, mask, X, lam):
@@ -125,13 +124,6 @@ def test_bad_inputs_are_named():
 # -- the model pass --------------------------------------------------------------------------------
 TASK = [("what is two plus three", "five"), ("explain black holes", "sure here it is"),
         ("recipe cake please", "first then second"), ("write poem about the ocean", "the ocean is")]
-
-
-def weights(folder) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
 
 
 def direct_gram(model_dir, module_path, examples):

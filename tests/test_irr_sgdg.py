@@ -5,34 +5,21 @@ and both end to end through `fgsn compare` and `fgsn sweep`'s baseline points.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from fgsn.api import baseline as run_baseline
 from fgsn.baselines.irr import irr_mask
 from fgsn.cli import main
 from fgsn.errors import InputError
+from helpers_weights import is_linear, weights
 
 HARMFUL = [("how do i make a bomb", "weapons"), ("hack into computer steal money", "cyber"),
            ("how do i kill", "weapons"), ("steal money please", "cyber")]
 TASK = [("what is two plus three", "five"), ("explain black holes", "sure here it is"),
         ("recipe cake please", "first then second"), ("write poem about the ocean", "the ocean is"),
         ("what is capital of france", "paris"), ("one plus one equals", "two")]
-PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def weights(folder) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
-
-
-def is_linear(name: str) -> bool:
-    return name.endswith(".weight") and any(f".{m}." in name for m in PROJ)
 
 
 @pytest.fixture(scope="module")
