@@ -36,7 +36,7 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert m["fgsn-step1"]["kind"] == "fgsn-continual" and m["base"]["kind"] == "reference"
     assert m["repair"]["kind"] == "repair"
     rep = json.loads((out / "models" / "repair" / "fgsn" / "repair.json").read_text())
-    assert rep["winner"].startswith("resta-") and len(rep["trials"]) == 3
+    assert rep["winner"].startswith("resta-") and rep["options"]["search"] == "bisect" and 1 <= len(rep["trials"]) <= 3
     # the safety SFT's refusals are fitted on, never scored; the scored parts come from HarmBench val
     scored = {json.loads(line)["prompt"] for part in ("search", "check")
               for line in (out / "models" / "repair.work" / "data" / f"harmful-{part}.jsonl").read_text().splitlines()}

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from fgsn.cli import main
 from fgsn.errors import InputError
-from fgsn.pipeline.repair import FAMILIES, RepairOptions, judge_trials, split_rows, write_splits
+from fgsn.pipeline.repair import (
+    FAMILIES,
+    RepairOptions,
+    bisect_family,
+    judge_trials,
+    repair_or_reuse,
+    split_rows,
+    write_splits,
+)
 
 VERBS = ["make", "hack", "steal", "kill", "write", "explain"]
 OBJECTS = ["a bomb", "computer", "money", "the ocean", "black holes", "a poem", "cake"]
@@ -127,16 +138,20 @@ def test_families_are_ordered_weakest_first():
         RepairOptions(base="b", aligned="a", finetuned="f", harmful=["h"], task=["t"], out="o", families=["x"])
 
 
-def test_repair_end_to_end(llama_trio, files, tmp_path, capsys):
+@pytest.mark.parametrize("search", ["grid", "bisect"])
+def test_repair_end_to_end(llama_trio, files, tmp_path, capsys, search):
     out = tmp_path / "repaired"
     args = ["repair", "--base", llama_trio["base"], "--aligned", llama_trio["aligned"], "--finetuned",
             llama_trio["finetuned"], "--harmful", files / "harm.jsonl", "--task", files / "task.jsonl",
             "--families", "resta", "--out", out, "--max-new-tokens", "3", "--device", "cpu", "--dtype", "float32",
-            "--eval-workers", "1", "--no-isolate"]
+            "--eval-workers", "1", "--no-isolate", "--search", search]
     assert main([str(a) for a in args]) == 0
     man = json.loads((out / "fgsn-manifest.json").read_text())
     doc = json.loads((out / "fgsn" / "repair.json").read_text())
-    assert doc["schema"] == "fgsn-repair/1" and set(doc["trials"]) == {n for n, _ in FAMILIES["resta"].trials()}
+    family = {n for n, _ in FAMILIES["resta"].trials()}
+    assert doc["schema"] == "fgsn-repair/1" and doc["options"]["search"] == search
+    assert set(doc["trials"]) == family if search == "grid" else doc["winner"] in set(doc["trials"]) <= family
+    assert man["repair"]["trials"] == len(doc["trials"]) and man["repair"]["trials_planned"] == len(family)
     assert man["repair"]["winner"] == doc["winner"] and man["method"] == "resta"
     assert doc["splits"]["harmful"]["fit"] + doc["splits"]["harmful"]["search"] + doc["splits"]["harmful"]["check"] \
         == len(HARMFUL)
@@ -167,3 +182,52 @@ def test_activation_match_trials_are_its_editor_options(llama_trio, files, tmp_p
         o = option_class(fam.kind)(**d)
         assert o.lam == params["lam"] and o.harmful == [str(split["harmful"]["fit"])]
         assert o.task == [str(split["task"]["fit"])] and o.out == str(tmp_path / name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), min_size=1, max_size=7))
+@example([(0, 0), (0, 0), (0, 6)])  # two task-keeping trials with one ASR: the weaker (cheaper) one
+@example([(0, 0), (2, 1), (2, 1), (0, 9)])
+def test_bisect_scores_the_trial_the_grid_would_choose(steps):
+    """Stronger edits (later in the family) have lower or equal ASR and higher or equal task NLL and
+    cost more: bisecting the family scores the trial the whole grid would choose, in at most about
+    3 log2(n) + 1 trials."""
+    opts = RepairOptions(base="b", aligned="a", finetuned="f", harmful=["h"], task=["t"], out="o")
+    asr, nll = 0.6, 0.5
+    scores = _scores()
+    names = []
+    for i, (da, dn) in enumerate(steps):
+        asr, nll = max(0.0, asr - da / 20), nll + dn / 40
+        names.append(f"t{i}")
+        scores[names[-1]] = {"asr": asr, "nll": nll, "over_refusal": 0.1}
+    costs = {n: 0.1 * (i + 1) for i, n in enumerate(names)}
+    grid = judge_trials(opts, scores, costs)
+    seen: dict[str, dict] = {}
+
+    def row(n):
+        seen[n] = grid["trials"][n]
+        return seen[n]
+
+    bisect_family(names, row)
+    chosen = judge_trials(opts, {**{k: scores[k] for k in ("aligned", "finetuned")}, **{n: scores[n] for n in seen}},
+                          {n: costs[n] for n in seen})
+    assert chosen["winner"] == grid["winner"] and chosen["met"] == grid["met"]
+    assert len(seen) <= 3 * math.ceil(math.log2(len(names) + 1)) + 1
+    if grid["met"]:
+        assert len(seen) <= math.ceil(math.log2(len(names) + 1)) + 1
+
+
+def test_a_repair_written_before_search_modes_is_reused_as_a_grid_search(tmp_path, monkeypatch, capsys):
+    import fgsn.pipeline.repair as repair
+
+    values = {"base": "b", "aligned": "a", "finetuned": "f", "harmful": ["h"], "task": ["t"], "out": str(tmp_path / "o")}
+    old = RepairOptions(**values, search="grid").model_dump(mode="json")
+    del old["search"]
+    (tmp_path / "o" / "fgsn").mkdir(parents=True)
+    (tmp_path / "o" / "fgsn" / "repair.json").write_text(json.dumps({"options": old}))
+    runs = []
+    monkeypatch.setattr(repair, "run_repair", runs.append)
+    assert repair_or_reuse({**values, "search": "grid"}) == tmp_path / "o" and not runs
+    assert "reusing" in capsys.readouterr().out
+    repair_or_reuse(values)  # the default, bisect, is another search: run again
+    assert len(runs) == 1 and runs[0].search == "bisect"

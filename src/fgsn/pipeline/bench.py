@@ -78,6 +78,10 @@ class BenchOptions(Options):
     locate_limit: int = Field(64, ge=2, description="AdvBench train prompts FGSN and Wanda locate on")
     repair: bool = Field(True, description="also run `fgsn repair` with its defaults on every scenario (its own "
                                            "search on --repair-harmful and the fine-tune's data): model `repair`")
+    repair_search: Literal["grid", "bisect"] = Field("grid", description=(
+        "the repair's search: grid scores every strength, so each scenario's report has the whole search "
+        "frontier (fgsn repair's default, bisect, scores about log2 of them and picks the same trial when the "
+        "search split is monotone in the strength)"))
     repair_harmful: list[str] = Field(default_factory=lambda: list(DEFAULT_REPAIR_HARMFUL), description=(
         "harmful prompts of the repair's fit / search / check splits; the evaluation sets come first: any of their "
         "prompts is left out of these (the safety SFT's prompts: fit only)"))
@@ -213,7 +217,8 @@ def run_scenario(opts: BenchOptions, name: str, recipe, rundir: Path, progress: 
             fit_only=[str(trained_refusals_file(models.root, sdir))],
             eval_harmful=[*eval_harmful, *attack], device=opts.device, dtype=opts.locate_dtype,
             max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, eval_batch_size=opts.eval_batch_size,
-            eval_workers=opts.eval_workers, max_length=opts.max_length, overwrite=True)))
+            eval_workers=opts.eval_workers, max_length=opts.max_length, search=opts.repair_search,
+            overwrite=True)))
         splits = sorted((sdir / "models" / "repair.work" / "data").glob("harmful-*.jsonl"))
         overlap["repair"] = check_disjoint([*eval_harmful, *attack], [str(f) for f in splits], set())["located"]
     cmp.evaluate(extra_models=repaired)
