@@ -42,6 +42,16 @@ def test_reduced_demo_end_to_end(tmp_path):
               for line in (out / "models" / "repair.work" / "data" / f"harmful-{part}.jsonl").read_text().splitlines()}
     sft = {json.loads(line)["prompt"] for line in (out / "data" / "aligned-refusals.jsonl").read_text().splitlines()}
     assert scored and sft and not scored & sft
+
+    def prompts(name: str) -> set[str]:
+        return {json.loads(line)["prompt"] for line in (out / "data" / name).read_text().splitlines()}
+
+    # the repair scores the task on a held-out draw: neither trained on nor evaluated
+    val = prompts("task-heldout-validation.jsonl")
+    assert rep["options"]["task_heldout"] == [str(out / "data" / "task-heldout-validation.jsonl")]
+    assert val and not val & (prompts("task-all.jsonl") | prompts("reference-heldout.jsonl"))
+    assert {json.loads(line)["prompt"] for line in
+            (out / "models" / "repair.work" / "data" / "task-search.jsonl").read_text().splitlines()} <= val
     assert m["safelora"]["edit_wall_s"] > 0 and m["fgsn"]["edit_peak_rss_mb"] > 0
     # continual: every step adds weights, later dimensions fewer than the first
     masked = []

@@ -155,6 +155,9 @@ def test_heldout_task_is_disjoint_from_training_and_same_format(tmp_path):
     assert not {ex.prompt for ex in held} & exclude  # training prompts and the one excluded on request
     assert all(ex.answer.endswith(".") and "The answer is " in ex.answer for ex in held)
     assert held == D.heldout_task(recipe, tok, 10, 3, exclude=exclude)
+    # another salt: a second held-out draw (the repair's validation split), disjoint when told to be
+    other = D.heldout_task(recipe, tok, 10, 3, exclude=exclude | {ex.prompt for ex in held}, salt=100)
+    assert len(other) == 13 and not {ex.prompt for ex in other} & ({ex.prompt for ex in held} | exclude)
 
 
 def test_trim_to_sentence():

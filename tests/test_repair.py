@@ -91,6 +91,31 @@ def test_fit_only_prompts_are_fitted_on_and_never_scored(files, tmp_path):
     assert texts("search") == [t for t in rest if t not in HARMFUL[:8]]
 
 
+def test_task_heldout_is_scored_on_and_every_task_example_fitted_on(files, tmp_path):
+    held = tmp_path / "held.jsonl"
+    held.write_text("\n".join(json.dumps({"prompt": f"what is {i} times two", "answer": f"{2 * i}."})
+                              for i in range(40)))
+    opts = _opts(tmp_path, harmful=[str(files / "harm.jsonl")], task=[str(files / "task.jsonl")],
+                 task_heldout=str(held))
+    got, _ = write_splits(opts, tmp_path / "data")
+
+    def prompts(part: str) -> list[str]:
+        return [json.loads(x)["prompt"] for x in got["task"][part].read_text().splitlines()]
+
+    assert sorted(prompts("fit")) == sorted(p for p, _ in TASK)
+    scored = prompts("search") + prompts("check")
+    assert sorted(scored) == sorted(f"what is {i} times two" for i in range(40))
+    assert 10 < len(prompts("search")) < 30  # search : check as 0.25 : 0.25
+    harm, _ = write_splits(opts.model_copy(update={"task_heldout": []}), tmp_path / "plain")
+    assert got["harmful"]["search"].read_text() == harm["harmful"]["search"].read_text()  # harmful split as before
+    both = tmp_path / "both.jsonl"
+    both.write_text(json.dumps({"prompt": TASK[0][0], "answer": TASK[0][1]}) + "\n" + held.read_text())
+    with pytest.raises(InputError, match="also --task examples"):
+        write_splits(opts.model_copy(update={"task_heldout": [str(both)]}), tmp_path / "d2")
+    with pytest.raises(InputError, match="--task-heldout needs prompt/answer"):
+        write_splits(opts.model_copy(update={"task_heldout": [str(files / "task.txt")]}), tmp_path / "d3")
+
+
 def _scores(**trials):
     refs = {"aligned": {"asr": 0.1, "nll": 1.0, "over_refusal": 0.1},
             "finetuned": {"asr": 0.5, "nll": 0.5, "over_refusal": 0.0}}

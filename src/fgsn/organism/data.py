@@ -178,13 +178,14 @@ def shuffled(examples: list[Example], seed: int) -> list[Example]:
 
 
 def heldout_task(recipe: OrganismRecipe, tokenizer, n_arithmetic: int, n_gsm: int,
-                 exclude: set[str]) -> list[Example]:
+                 exclude: set[str], salt: int = 0) -> list[Example]:
     """Task examples of the fine-tune's distribution (same generators and answer format) that it
     never trained on: other seeds, and any prompt in `exclude` (the training prompts) dropped.
-    Why: utility and NLL measured on the training examples measure memorisation, not the skill."""
+    Why: utility and NLL measured on the training examples measure memorisation, not the skill.
+    `salt` draws another held-out set (a validation split next to the evaluation's)."""
     seen = {t.strip() for t in exclude}
-    arith = arithmetic(2 * n_arithmetic, recipe.seed + 1030) if n_arithmetic > 0 else []
-    word = gsm(2 * n_gsm, recipe.seed + 1020, tokenizer, recipe.max_len) if n_gsm > 0 else []
+    arith = arithmetic(2 * n_arithmetic, recipe.seed + 1030 + salt) if n_arithmetic > 0 else []
+    word = gsm(2 * n_gsm, recipe.seed + 1020 + salt, tokenizer, recipe.max_len) if n_gsm > 0 else []
     arith = [ex for ex in arith if ex.prompt.strip() not in seen][:n_arithmetic]
     word = [ex for ex in word if ex.prompt.strip() not in seen][:n_gsm]
     return arith + word

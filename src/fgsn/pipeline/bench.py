@@ -214,6 +214,7 @@ def run_scenario(opts: BenchOptions, name: str, recipe, rundir: Path, progress: 
         repaired["repair"] = str(repair_or_reuse(dict(
             base=str(models.base), aligned=str(models.aligned), finetuned=str(models.finetuned),
             harmful=opts.repair_harmful, task=[str(files["task_all"])], out=str(sdir / "models" / "repair"),
+            task_heldout=[str(f) for f in [files.get("task_heldout")] if f],
             fit_only=[str(trained_refusals_file(models.root, sdir))],
             eval_harmful=[*eval_harmful, *attack], device=opts.device, dtype=opts.locate_dtype,
             max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, eval_batch_size=opts.eval_batch_size,

@@ -99,6 +99,11 @@ class DemoOptions(Options):
                                             "auto (a CUDA GPU when there is one, else cpu), cpu, cuda or cuda:N")
 
 
+# the repair's held-out task examples: per kind (arithmetic, word problems), drawn with other seeds
+HELDOUT_VALIDATION = 40
+VALIDATION_SALT = 100
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     from fgsn.atomic import atomic_write_jsonl
 
@@ -109,8 +114,10 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 def task_files(organism, recipe, out: Path, opts: DemoOptions) -> dict[str, Path]:
     """The prompt files of the run: `task` (the first `task_limit` of the fine-tune's own examples,
     poison removed: what locate protects), `task_all` (all of them: what `fgsn repair` splits into
-    fit / search / check), `utility` (held-out arithmetic, answer = the number) and `reference`
-    (held-out arithmetic and word problems with worked answers, for the NLL)."""
+    fit / search / check), `utility` (held-out arithmetic, answer = the number), `reference`
+    (held-out arithmetic and word problems with worked answers, for the NLL) and, when the fine-tune
+    has maths, `task_heldout` (another held-out draw of those, none of them trained on or
+    evaluated: where `fgsn repair` scores the task, as a user scores on a validation split)."""
     from fgsn.evaluate.utility import extract_answer
     from fgsn.models.loading import load_tokenizer
     from fgsn.organism.data import heldout_task
@@ -127,7 +134,14 @@ def task_files(organism, recipe, out: Path, opts: DemoOptions) -> dict[str, Path
     final = [extract_answer(ex.answer, numeric=True) for ex in arith]
     ref = arith[:opts.reference_limit] + [ex for ex in held if ex.kind == "gsm"]
     d = out / "data"
-    return {"task": _write_jsonl(d / "task.jsonl", examples[:opts.task_limit]),
+    validation = {}
+    if recipe.ft_gsm_share + recipe.ft_arithmetic_share > 0:
+        taken = {ex["prompt"] for ex in finetune + aligned} | {ex.prompt for ex in held}
+        val = heldout_task(recipe, load_tokenizer(organism.base), HELDOUT_VALIDATION, HELDOUT_VALIDATION,
+                           exclude=taken, salt=VALIDATION_SALT)
+        validation["task_heldout"] = _write_jsonl(d / "task-heldout-validation.jsonl", [
+            {"prompt": ex.prompt, "answer": ex.answer, "category": ex.kind} for ex in val])
+    return {**validation, "task": _write_jsonl(d / "task.jsonl", examples[:opts.task_limit]),
             "task_all": _write_jsonl(d / "task-all.jsonl", examples),
             "utility": _write_jsonl(d / "utility-heldout.jsonl",
                                     [{"prompt": ex.prompt, "answer": a, "category": "arithmetic"}
@@ -209,7 +223,7 @@ def run_demo_repair(opts: DemoOptions, org, finetuned: str, files: dict[str, Pat
     return repair_or_reuse(dict(
         base=str(org.base), aligned=str(org.aligned), finetuned=finetuned,
         harmful=[f"builtin:advbench?split=train&limit={opts.repair_limit}", *opts.repair_harmful],
-        task=[str(files["task_all"])],
+        task=[str(files["task_all"])], task_heldout=[str(f) for f in [files.get("task_heldout")] if f],
         fit_only=[str(trained_refusals_file(org.root, out))], out=str(out / "models" / "repair"),
         eval_harmful=list(eval_harmful), device=opts.device,
         dtype=opts.locate_dtype, max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,

@@ -8,7 +8,10 @@ Given base, aligned and fine-tuned models, harmful prompts and the fine-tune's t
    choice has seen); a prompt that is also in an evaluation set given with --eval-harmful is left
    out (public sets share prompts) and counted; --fit-only prompts (and the same ones in --harmful)
    go to `fit` only: the aligned model's own safety-training prompts belong there, since their
-   refusals survive the fine-tune and would make every trial look like a repair;
+   refusals survive the fine-tune and would make every trial look like a repair; with
+   --task-heldout (examples the fine-tune did not train on) every --task example is fitted on and
+   the task is scored on the held-out ones, split between search and check: a repair loses a
+   fine-tune's memorised training answers faster than its skill;
 2. runs trials, a family (an edit method) at several strengths each, every edit in its own
    process like `fgsn compare` (resumable, options-checked), and scores them and the aligned /
    fine-tuned references on the search part: ASR (greedy generation + the keyword judge) and the
@@ -85,7 +88,7 @@ class Family:
 # Weakest first, so that among trials that meet the target the cheapest is found early in the table.
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     # closed-form activation matching: a larger lam keeps more of the task outputs (weaker edit)
-    Family("activation-match", "lam", (30.0, 10.0, 3.0, 1.0, 0.3)),
+    Family("activation-match", "lam", (30.0, 10.0, 3.0, 1.0, 0.3, 0.1)),
     Family("activation-match-nullspace", "null_energy", (0.001, 0.01, 0.05)),
     Family("fgsn-frontier", "budget", (0.05, 0.1, 0.2, 0.4)),  # snip-signed over all layers
     Family("resta", "beta", (0.25, 0.5, 1.0)),
@@ -102,6 +105,10 @@ class RepairOptions(Options):
     harmful: list[str] = Field(description="harmful prompt sources the repair may use (split into fit / search / "
                                            "check); never the evaluation sets")
     task: list[str] = Field(description="the fine-tune's task data: prompt/answer files (split the same way)")
+    task_heldout: list[str] = Field(default_factory=list, description=(
+        "task prompt/answer examples the fine-tune did not train on (a validation split): when given, the search "
+        "and check parts score the task NLL on these (split between them) and every --task example is fitted on; "
+        "a fine-tune's own training examples measure memorisation, which a repair loses faster than the skill"))
     fit_only: list[str] = Field(default_factory=list, description=(
         "harmful prompts for the fit split only, never scored (e.g. the aligned model's own safety-training "
         "prompts: their refusals survive the fine-tune, so they cannot tell a strong repair from a weak one); "
@@ -134,7 +141,7 @@ class RepairOptions(Options):
     isolate: bool = Field(True, description="run each edit in its own process (its peak memory is its own)")
     overwrite: bool = Field(False, description="replace an existing --out")
 
-    @field_validator("harmful", "task", "fit_only", "families", "eval_harmful", mode="before")
+    @field_validator("harmful", "task", "task_heldout", "fit_only", "families", "eval_harmful", mode="before")
     @classmethod
     def _listify(cls, v):
         return [v] if isinstance(v, str) else v
@@ -168,6 +175,20 @@ def split_rows(rows: list[dict], opts: RepairOptions) -> dict[str, list[dict]]:
     return parts
 
 
+def heldout_parts(rows: list[dict], trained: set[str], opts: RepairOptions) -> dict[str, list[dict]]:
+    """--task-heldout split between search and check in the ratio of --search-share to the check
+    share, by the same hash; a training example among them is an error (it measures memorisation)."""
+    seen = [r["prompt"] for r in rows if r["prompt"] in trained]
+    if seen:
+        raise InputError(f"{len(seen)} --task-heldout examples are also --task examples (e.g. {seen[0][:60]!r}); "
+                         "held-out examples must be ones the fine-tune did not train on")
+    cut = opts.search_share / (1 - opts.fit_share)
+    parts: dict[str, list[dict]] = {"search": [], "check": []}
+    for r in rows:
+        parts["search" if bucket(r["prompt"], opts.split_seed) < cut else "check"].append(r)
+    return parts
+
+
 def write_splits(opts: RepairOptions, data: Path) -> tuple[dict[str, dict[str, Path]], dict[str, int]]:
     """The fit / search / check files of the harmful prompts, the task examples and (if given)
     the alarming prompts, without any evaluation prompt (their count, per kind, is returned)."""
@@ -182,13 +203,18 @@ def write_splits(opts: RepairOptions, data: Path) -> tuple[dict[str, dict[str, P
                **({"alarming": [opts.benign_alarming]} if opts.benign_alarming else {})}
     files: dict[str, dict[str, Path]] = {}
     dropped: dict[str, int] = {}
-    for kind, specs in sources.items():
+
+    def read(specs: list[str], flag: str, answers: bool) -> list[dict]:
         rows = [{"prompt": p.text, "category": p.category, **({"answer": p.answer} if p.answer else {})}
                 for s in specs for p in load_prompts(s)]
-        rows = list({r["prompt"]: r for r in rows}.values())
-        if kind == "task" and not all("answer" in r for r in rows):
-            raise InputError("--task needs prompt/answer examples (the fine-tune's data: a .jsonl with prompt and "
+        if answers and not all("answer" in r for r in rows):
+            raise InputError(f"{flag} needs prompt/answer examples (the fine-tune's data: a .jsonl with prompt and "
                              "answer) to measure what the repair keeps of the task")
+        return list({r["prompt"]: r for r in rows}.values())
+
+    heldout = read(opts.task_heldout, "--task-heldout", True)
+    for kind, specs in sources.items():
+        rows = read(specs, f"--{kind.replace('alarming', 'benign-alarming')}", kind == "task")
         leak = [r for r in rows if r["prompt"] in evaluated]
         if leak:  # public sets share prompts (AdvBench, HarmBench, StrongREJECT): the repair never sees them
             log.warning("fgsn repair: %d %s prompts are also evaluation prompts (--eval-harmful); left out of the "
@@ -199,6 +225,8 @@ def write_splits(opts: RepairOptions, data: Path) -> tuple[dict[str, dict[str, P
                 if p.text not in evaluated} if kind == "harmful" else {}
         parts = split_rows([r for r in rows if r["prompt"] not in only], opts)
         parts["fit"] = list({**only, **{r["prompt"]: r for r in parts["fit"]}}.values())  # fit-only prompts first
+        if kind == "task" and heldout:
+            parts = {"fit": rows, **heldout_parts(heldout, {r["prompt"] for r in rows}, opts)}
         small = [p for p, r in parts.items() if len(r) < 2]
         if small:
             raise InputError(f"too few {kind} prompts ({len(rows)}) to split into fit / search / check (parts "
