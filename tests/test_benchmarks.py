@@ -304,3 +304,21 @@ def test_tree_rss_sums_a_parent_and_its_child(tmp_path):
     res = tree_rss.measure([sys.executable, "-c", code], interval=0.02, timeline=str(tmp_path / "t.txt"))
     assert res["rc"] == 0 and res["peak_tree_rss_mib"] > 160
     assert (tmp_path / "t.txt").read_text().startswith("seconds tree_rss_mib\n")
+
+
+def test_repair_search_replays_a_grid_with_the_bisection():
+    from repair_search import replay
+
+    from fgsn.pipeline.repair import FAMILIES, RepairOptions
+
+    names = [n for n, _ in FAMILIES["activation-match"].trials()]
+    asr = [0.40, 0.30, 0.20, 0.14, 0.12, 0.11]  # weakest first: lam 30 ... 0.1
+    nll = [0.50, 0.51, 0.52, 0.53, 0.60, 0.70]
+    doc = {"options": RepairOptions(base="b", aligned="a", finetuned="f", harmful=["h"], task=["t"], out="o",
+                                    search="grid").model_dump(mode="json"),
+           "references": {"aligned": {"asr": 0.1, "nll": 1.0}, "finetuned": {"asr": 0.5, "nll": 0.5}},
+           "trials": {n: {"asr": a, "nll": v, "cost": i + 1.0} for i, (n, a, v) in enumerate(zip(names, asr, nll, strict=True))},
+           "winner": names[3]}
+    r = replay(doc)
+    assert r["grid"] == r["bisect"] == names[3] and r["of"] == 6
+    assert names[3] in r["scored"] and len(r["scored"]) <= 3
