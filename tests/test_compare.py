@@ -128,6 +128,37 @@ def test_rerun_recomputes_an_fgsn_edit_whose_options_changed(run, llama_trio, fi
     assert manifest("fgsn")["options"]["p"] == 0.05
 
 
+def test_an_edit_is_rerun_when_an_input_file_changed_under_the_same_path(tmp_path, monkeypatch):
+    """Options name prompt files by path: the same options over an edited file are another edit."""
+    import fgsn.pipeline.compare as C
+    from fgsn.artifacts.manifest import MANIFEST, manifest_options
+    from fgsn.edit.options import ProjectOptions
+
+    harm = tmp_path / "harm.jsonl"
+    harm.write_text('{"prompt": "a"}\n')
+    options = {"base": "B", "aligned": "A", "finetuned": "F", "harmful": [str(harm)], "task": ["builtin:x"],
+               "out": str(tmp_path / "o")}
+    runs = []
+
+    def fake_run(kind, opts, isolated):
+        runs.append(kind)
+        out = Path(opts["out"])
+        out.mkdir(exist_ok=True)
+        man = {"method": kind, "noop": False, "options": manifest_options(ProjectOptions(**opts))}
+        (out / MANIFEST).write_text(json.dumps(man))
+        return {"wall_s": 1.0}
+
+    monkeypatch.setattr(C, "measured_run", fake_run)
+    edits = tmp_path / "edits"
+    assert C.run_edit("fgsn", "fgsn", options, edits, isolate=False)["resumed"] is False
+    assert C.run_edit("fgsn", "fgsn", options, edits, isolate=False)["resumed"] is True
+    harm.write_text('{"prompt": "b"}\n')  # same path, other prompts
+    assert C.run_edit("fgsn", "fgsn", options, edits, isolate=False)["resumed"] is False
+    assert C.run_edit("fgsn", "fgsn", options, edits, isolate=False)["resumed"] is True
+    (edits / "fgsn.json").unlink()  # no record of the inputs (an older run): run again
+    assert C.run_edit("fgsn", "fgsn", options, edits, isolate=False)["resumed"] is False and len(runs) == 3
+
+
 def test_is_complete_needs_the_same_method_and_options(tmp_path):
     from fgsn.artifacts.manifest import MANIFEST, is_complete, manifest_options
     from fgsn.edit.options import ProjectOptions

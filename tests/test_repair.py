@@ -207,6 +207,7 @@ def test_activation_match_trials_are_its_editor_options(llama_trio, files, tmp_p
         o = option_class(fam.kind)(**d)
         assert o.lam == params["lam"] and o.harmful == [str(split["harmful"]["fit"])]
         assert o.task == [str(split["task"]["fit"])] and o.out == str(tmp_path / name)
+        assert o.exact_rank is False  # the manifest-only SVD is skipped in trials
 
 
 @settings(max_examples=300, deadline=None)

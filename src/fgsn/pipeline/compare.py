@@ -29,6 +29,7 @@ far (an upper bound that can hide a later method's smaller peak), marked `isolat
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import os
@@ -101,20 +102,40 @@ def run_isolated(name: str, kind: str, options: dict[str, Any], stats_path: Path
     return json.loads(stats_path.read_text(encoding="utf-8"))
 
 
+def input_files_sha256(options: dict[str, Any]) -> str:
+    """A sha256 over the contents of the files the options name (prompt and task files; model
+    folders and builtin: sources are not files): the same options over an edited prompt file are
+    another edit."""
+    h = hashlib.sha256()
+    for key in sorted(options):
+        values = options[key] if isinstance(options[key], list) else [options[key]]
+        for v in values:
+            if isinstance(v, str) and v and not v.startswith("builtin:") and Path(v).is_file():
+                h.update(f"{key}\0{v}\0".encode())
+                h.update(hashlib.sha256(Path(v).read_bytes()).digest())
+    return h.hexdigest()
+
+
 def run_edit(name: str, kind: str, options: dict[str, Any], edits_dir: Path, overwrite: bool = False,
              isolate: bool = True) -> dict:
-    """Run one edit into options["out"] unless a complete output made with the same options is
-    there (then it is reused, `resumed: true`); returns its measured cost (edits_dir/NAME.json)."""
+    """Run one edit into options["out"] unless a complete output made with the same options and
+    the same input file contents is there (then it is reused, `resumed: true`); returns its
+    measured cost (edits_dir/NAME.json, which records the inputs' sha256)."""
     edits_dir.mkdir(parents=True, exist_ok=True)
     out = Path(options["out"])
     stats_path = edits_dir / f"{name}.json"
+    digest = input_files_sha256(options)
+    prev = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.is_file() else {}
     if not overwrite and is_complete(out, kind, options):
-        log.warning("%s: complete output in %s; not re-run", name, out)
-        prev = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.is_file() else {}
-        return {**prev, "resumed": True}
+        if prev.get("inputs_sha256") == digest:
+            log.warning("%s: complete output in %s; not re-run", name, out)
+            return {**prev, "resumed": True}
+        log.warning("%s: the output in %s was made from other input files (or their record is missing); re-run",
+                    name, out)
     log.warning("running %s (%s) -> %s", name, kind, out)
     cost = run_isolated(name, kind, options, stats_path) if isolate else measured_run(kind, options, isolated=False)
     cost["resumed"] = False
+    cost["inputs_sha256"] = digest
     atomic_write_json(stats_path, cost)
     return cost
 

@@ -59,7 +59,7 @@ from fgsn.config import Options
 from fgsn.errors import InputError
 from fgsn.pipeline.compare import method_options, run_edit
 from fgsn.pipeline.options import CompareOptions
-from fgsn.pipeline.registry import Method, variant
+from fgsn.pipeline.registry import Method, option_class, variant
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def trial_options(opts: RepairOptions, kind: str, params: dict[str, Any], files:
                            max_length=opts.max_length, out=str(out))
     d = method_options(copts, Method(kind, kind), out, num_layers)
     d.update(params, out=str(out))
-    if "exact_rank" in d:  # an SVD per module for the manifest only: seconds per trial, and trials are many
+    if "exact_rank" in option_class(kind).model_fields:  # an SVD per module for the manifest only: seconds a trial
         d["exact_rank"] = False
     if d.get("layers") == "all":
         d["layers"] = f"0-{num_layers - 1}"
