@@ -19,10 +19,10 @@ Given base, aligned and fine-tuned models, harmful prompts and the fine-tune's t
    `--search grid` runs and scores every strength (the whole frontier); `--search bisect` (the
    default) assumes what holds for every family here, that a stronger edit has lower ASR and keeps
    less of the task, and bisects each family's strengths: first for the weakest that meets the
-   ASR target, then (when that one loses the task) for the strongest that keeps the task, so a
-   family of n strengths costs about 2 log2(n) trials at worst and log2(n) when the target is met,
-   and the choice below is the one the grid would make whenever ASR and task are monotone in the
-   strength on the search split;
+   ASR target, then (when that one loses the task) for the strongest that keeps the task and the
+   weakest with its ASR, so a family of n strengths costs about log2(n) trials when the target is
+   met and 3 log2(n) at worst, and the choice below is the one the grid would make whenever ASR,
+   task and cost are monotone in the strength on the search split;
 3. picks the cheapest trial (least change: the edit's ||change|| / ||W_f - W_a|| where its
    manifest has it, else the share of parameters modified) whose search ASR is within
    --max-asr-gap of the aligned model's and whose task NLL keeps at least --keep-task of the
