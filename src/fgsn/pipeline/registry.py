@@ -261,6 +261,7 @@ register(EditMethod(
         "activation-match": {},                          # ridge form at the compare options (editor defaults)
         "activation-match-nullspace": {"form": "nullspace"},  # AlphaEdit-style: the change avoids the task inputs
         "activation-match-seq": {"sequential": True},    # each layer's Grams from the model repaired so far
+        "activation-match-located": {"layers": "search"},  # only the safety layers of locate's cosine-gap search
     })
 register(EditMethod(
     "revert", "iterative reversion with rollback: revert the fine-tuned entries whose return to the aligned value "
