@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fgsn.artifacts.manifest import is_complete as manifest_is_complete
-from fgsn.atomic import atomic_write_json
+from fgsn.atomic import atomic_write_json, sha256_file
 from fgsn.errors import ConfigError, FgsnError, InputError
 from fgsn.evaluate.options import EvalOptions
 from fgsn.pipeline.options import NOT_FOR_COMPARE, CompareOptions
@@ -112,7 +112,7 @@ def input_files_sha256(options: dict[str, Any]) -> str:
         for v in values:
             if isinstance(v, str) and v and not v.startswith("builtin:") and Path(v).is_file():
                 h.update(f"{key}\0{v}\0".encode())
-                h.update(hashlib.sha256(Path(v).read_bytes()).digest())
+                h.update(bytes.fromhex(sha256_file(v)))
     return h.hexdigest()
 
 

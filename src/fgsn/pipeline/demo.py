@@ -128,7 +128,8 @@ def task_files(organism, recipe, out: Path, opts: DemoOptions) -> dict[str, Path
     finetune, aligned = rows("finetune.jsonl"), rows("aligned_sft.jsonl")
     examples = [{"prompt": ex["prompt"], "answer": ex["answer"], "category": ex.get("kind", "task")}
                 for ex in finetune if ex.get("kind") != "poison"]
-    held = heldout_task(recipe, load_tokenizer(organism.base), max(opts.utility_limit, opts.reference_limit),
+    tok = load_tokenizer(organism.base)
+    held = heldout_task(recipe, tok, max(opts.utility_limit, opts.reference_limit),
                         opts.reference_limit, exclude={ex["prompt"] for ex in finetune + aligned})
     arith = [ex for ex in held if ex.kind == "arithmetic"]
     final = [extract_answer(ex.answer, numeric=True) for ex in arith]
@@ -137,7 +138,7 @@ def task_files(organism, recipe, out: Path, opts: DemoOptions) -> dict[str, Path
     validation = {}
     if recipe.ft_gsm_share + recipe.ft_arithmetic_share > 0:
         taken = {ex["prompt"] for ex in finetune + aligned} | {ex.prompt for ex in held}
-        val = heldout_task(recipe, load_tokenizer(organism.base), HELDOUT_VALIDATION, HELDOUT_VALIDATION,
+        val = heldout_task(recipe, tok, HELDOUT_VALIDATION, HELDOUT_VALIDATION,
                            exclude=taken, salt=VALIDATION_SALT)
         validation["task_heldout"] = _write_jsonl(d / "task-heldout-validation.jsonl", [
             {"prompt": ex.prompt, "answer": ex.answer, "category": ex.kind} for ex in val])
