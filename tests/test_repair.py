@@ -184,7 +184,7 @@ def test_repair_end_to_end(llama_trio, files, tmp_path, capsys, search):
     assert (out / "fgsn" / "repair_frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "model.safetensors").is_file() or list(out.glob("*.safetensors"))
     trials = tmp_path / "repaired.work" / "trials"
-    assert [p.name for p in trials.iterdir()] == [doc["winner"]]  # losers' checkpoints removed
+    assert not any(trials.iterdir())  # every trial's checkpoint removed: the winner is `out` itself
     printed = capsys.readouterr().out
     assert doc["winner"] in printed and ("meets the target" in printed or "DOES NOT" in printed)
     assert main([str(a) for a in args]) != 0

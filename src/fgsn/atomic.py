@@ -108,6 +108,20 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(src, dst)
+
+
+def link_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy the folder `src` into `dst` by hard links where the file system allows (a checkpoint
+    published from a scratch folder costs no second copy on disk), else by plain copies. Safe
+    because fgsn never writes a file in place: every write replaces the file with a new one."""
+    shutil.copytree(src, dst, dirs_exist_ok=True, copy_function=_link_or_copy)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -33,10 +33,10 @@ Given base, aligned and fine-tuned models, harmful prompts and the fine-tune's t
    trial, the winner and why), `repair.json`, and a frontier plot of every scored trial
    (`repair_frontier.png`).
 
-    OUT/                    the repaired checkpoint (a copy of the winning trial) + fgsn-manifest.json
+    OUT/                    the repaired checkpoint (the winning trial, hard-linked where the disk allows)
     OUT/fgsn/repair.json    splits, trials with their search scores, the winner, the check scores
     OUT/fgsn/repair_frontier.png
-    OUT.work/               trials/NAME (checkpoints; losers deleted unless --keep-trials),
+    OUT.work/               trials/NAME (checkpoints; deleted once OUT is written, unless --keep-trials),
                             edits/, eval-search/, eval-check/, cache/, data/ (the split files)
 """
 
@@ -138,7 +138,7 @@ class RepairOptions(Options):
     dtype: str = Field("fast", description="dtype of probes and scoring: fast = bfloat16 where native")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     max_length: int = Field(256, ge=8, description="probe prompts are cut to this many tokens")
-    keep_trials: bool = Field(False, description="keep every trial's checkpoint (default: only the winner's)")
+    keep_trials: bool = Field(False, description="keep every trial's checkpoint in OUT.work/trials (default: none; the winner is OUT itself)")
     isolate: bool = Field(True, description="run each edit in its own process (its peak memory is its own)")
     overwrite: bool = Field(False, description="replace an existing --out")
 
@@ -412,7 +412,7 @@ def frontier_figure(judged: dict[str, Any]):
 
 
 def run_repair(opts: RepairOptions) -> dict[str, Any]:
-    from fgsn.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
+    from fgsn.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, link_tree
     from fgsn.models.trio import is_adapter, open_trio
 
     t0 = time.time()
@@ -479,7 +479,7 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
         "edit_costs": edit_costs, "wall_s": round(time.time() - t0, 1)}
     src = Path(models[win])
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        link_tree(src, tmp)
         man = manifests[win]
         man["repair"] = {"winner": win, "met": judged["met"], "why": judged["why"], "weak_signal": judged["weak_signal"],
                          "search": judged["trials"][win], "check": check[win], "trials": len(manifests),
@@ -487,10 +487,9 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
         atomic_write_json(tmp / "fgsn-manifest.json", man)
         atomic_write_json(tmp / "fgsn" / "repair.json", doc)
         atomic_write_bytes(tmp / "fgsn" / "repair_frontier.png", frontier_figure(judged).png)
-    if not opts.keep_trials:
-        for n, (_, o) in trials.items():
-            if n != win:
-                shutil.rmtree(o["out"], ignore_errors=True)
+    if not opts.keep_trials:  # the winner lives on in `out`
+        for _, o in trials.values():
+            shutil.rmtree(o["out"], ignore_errors=True)
     verdict = "meets the target" if judged["met"] else "DOES NOT meet the target (best trade-off written)"
     print(f"fgsn repair: {win} {verdict}: {judged['why']}\n  check split: ASR {check[win]['asr']:.3f} "
           f"(aligned {check['aligned']['asr']:.3f}, fine-tuned {check['finetuned']['asr']:.3f}), task NLL "
