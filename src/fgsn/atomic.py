@@ -108,7 +108,8 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _link_or_copy(src: str, dst: str) -> None:
+def link_or_copy(src: str, dst: str) -> None:
+    """Hard-link the file `src` to `dst`, or copy it where links fail."""
     try:
         os.link(src, dst)
     except OSError:  # another file system, or one without hard links
@@ -119,7 +120,7 @@ def link_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Copy the folder `src` into `dst` by hard links where the file system allows (a checkpoint
     published from a scratch folder costs no second copy on disk), else by plain copies. Safe
     because fgsn never writes a file in place: every write replaces the file with a new one."""
-    shutil.copytree(src, dst, dirs_exist_ok=True, copy_function=_link_or_copy)
+    shutil.copytree(src, dst, dirs_exist_ok=True, copy_function=link_or_copy)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

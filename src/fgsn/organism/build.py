@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from fgsn.atomic import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from fgsn.atomic import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, link_or_copy
 from fgsn.errors import InputError, IntegrityError
 from fgsn.models.shipped import fgsn_cache_root, read_marker, smollm2_dir
 from fgsn.organism import data as D
@@ -98,13 +98,6 @@ def check_stages(stages: Sequence[str]) -> tuple[str, ...]:
     return tuple(s for s in STAGES if s in stages)
 
 
-def _hardlink_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def reuse_aligned(recipe: OrganismRecipe, paths: OrganismPaths) -> str | None:
     """Copy (hard-link) the aligned model and the base's generated answers from another organism
     with the same aligned_key, if one is finished. Returns its hash, or None."""
@@ -121,7 +114,7 @@ def reuse_aligned(recipe: OrganismRecipe, paths: OrganismPaths) -> str | None:
         with atomic_dir(paths.aligned, overwrite=True) as tmp:
             for f in src.iterdir():
                 if f.is_file() and f.name != MARKER:
-                    _hardlink_or_copy(str(f), str(tmp / f.name))
+                    link_or_copy(str(f), str(tmp / f.name))
             info = json.loads((src / MARKER).read_text(encoding="utf-8"))
             info.update({"recipe_hash": recipe.short_hash(), "copied_from": other.name})
             atomic_write_json(tmp / MARKER, info)
