@@ -107,9 +107,12 @@ def test_bench_end_to_end_on_a_tiny_organism(tiny_cache, tmp_path, capsys):
     mp.setattr(C, "run_isolated", _no_edit)
     try:
         again = run_bench(opts, progress=False)
+        # the same run with --out spelt relative: the edits' options name the same files
+        mp.chdir(tmp_path)
+        relative = run_bench(opts.model_copy(update={"out": "bench"}), progress=False)
     finally:
         mp.undo()
-    assert again["summary"]["fgsn"]["mean"] == s["fgsn"]["mean"]
+    assert again["summary"]["fgsn"]["mean"] == s["fgsn"]["mean"] == relative["summary"]["fgsn"]["mean"]
 
 
 def test_bench_runs_fgsn_repair_on_its_own_split(tiny_cache, tmp_path):

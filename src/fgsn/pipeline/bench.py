@@ -366,7 +366,9 @@ def run_bench(opts: BenchOptions, progress: bool = True) -> dict[str, Any]:
     t0 = time.time()
     scenarios = [s.name for s in parse_scenarios(opts.scenarios)]
     recipe = load_recipe(opts.organism_config, opts.reduced)
-    rundir = Path(opts.out).expanduser()
+    # absolute: the edits' options name prompt files written under it, so a resume must not
+    # depend on how --out is spelt (`runs/bench` against `/home/u/runs/bench`)
+    rundir = Path(opts.out).expanduser().absolute()
     rundir.mkdir(parents=True, exist_ok=True)
     per: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(scenarios, 1):

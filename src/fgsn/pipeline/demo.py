@@ -240,7 +240,7 @@ def run_demo(opts: DemoOptions) -> dict:
     from fgsn.report.tables import summary_text
 
     t0 = time.time()
-    out = Path(opts.out)
+    out = Path(opts.out).expanduser().absolute()  # as in the bench: resumes match however --out is spelt
     out.mkdir(parents=True, exist_ok=True)
     recipe = load_recipe(opts.organism_config, opts.reduced)
 
