@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 SCHEMA = "fgsn-bench/1"
 DEFAULT_SCENARIOS = ["benign-full", "benign-lora", "poisoned-full", "instruct-full"]
 DEFAULT_METHODS = ["fgsn", "safelora", "resta", "wanda", "self-reminder", "irr"]  # sgdg: +13 min a scenario
-DEFAULT_EVAL = ["builtin:harmbench-standard", "builtin:strongreject?sample=150", "builtin:advbench?split=test&sample=100"]
+# 159 + 110 + 50 = 319 prompts (at least 300 after the seen ones are left out): the floor, cut
+# from 409 so that the default run fits its 90 minutes (cut prompts, not scenarios)
+DEFAULT_EVAL = ["builtin:harmbench-standard", "builtin:strongreject?sample=110", "builtin:advbench?split=test&sample=50"]
 DEFAULT_REPAIR_HARMFUL = ["builtin:advbench?split=train", "builtin:strongreject", "builtin:harmbench-val-standard"]
 DEFAULT_ATTACK = ["builtin:jailbreak?wrap=harmbench-standard&templates=dan,inthewild,gcg&sample=60"]
 REFERENCES = ("aligned", "finetuned")
@@ -78,10 +80,10 @@ class BenchOptions(Options):
     locate_limit: int = Field(64, ge=2, description="AdvBench train prompts FGSN and Wanda locate on")
     repair: bool = Field(True, description="also run `fgsn repair` with its defaults on every scenario (its own "
                                            "search on --repair-harmful and the fine-tune's data): model `repair`")
-    repair_search: Literal["grid", "bisect"] = Field("grid", description=(
-        "the repair's search: grid scores every strength, so each scenario's report has the whole search "
-        "frontier (fgsn repair's default, bisect, scores about log2 of them and picks the same trial when the "
-        "search split is monotone in the strength)"))
+    repair_search: Literal["grid", "bisect"] = Field("bisect", description=(
+        "the repair's search: bisect (fgsn repair's default) scores about log2 of the strengths and picks the "
+        "same trial as grid when the search split is monotone in the strength; grid scores every strength, so "
+        "each scenario's report has the whole search frontier (about 2 more trials a scenario)"))
     repair_harmful: list[str] = Field(default_factory=lambda: list(DEFAULT_REPAIR_HARMFUL), description=(
         "harmful prompts of the repair's fit / search / check splits; the evaluation sets come first: any of their "
         "prompts is left out of these (the safety SFT's prompts: fit only)"))
