@@ -521,3 +521,62 @@ def test_command_line_two_categories(llama_trio, files, tmp_path, capsys):
     assert main([str(a) for a in [*args2[:-1], tmp_path / "s3"]]) == 2
     err = capsys.readouterr().err
     assert "already step 1" in err and "new --category" in err and not (tmp_path / "s3").exists()
+
+
+# -- old_target joint: each step is the one-shot edit of every category so far -----------------------
+def test_joint_steps_equal_the_one_shot_edit_of_the_union_in_either_order(llama_trio, files, tmp_path):
+    """A then B and B then A (old_target joint) both write the edit that one non-continual run on
+    A and B together writes (the pooled Gram is the union's per-token mean; every Gram is taken on
+    the original fine-tune), so the order of the categories does not matter."""
+    t = llama_trio
+    (tmp_path / "ab.jsonl").write_text((files / "a.jsonl").read_text() + "\n" + (files / "b.jsonl").read_text())
+    for f in ("a.jsonl", "b.jsonl", "task.jsonl"):
+        (tmp_path / f).write_bytes((files / f).read_bytes())
+    kw = dict(old_target="joint", cache=False)
+    union = weights(run(t, tmp_path, tmp_path / "union", harmful="ab.jsonl", cache=False).out)
+    ends = {}
+    for first, second in (("a", "b"), ("b", "a")):
+        led, s1 = str(tmp_path / f"led-{first}"), tmp_path / f"{first}1"
+        run(t, tmp_path, s1, harmful=f"{first}.jsonl", ledger=led, category=first, **kw)
+        res = run(t, tmp_path, tmp_path / f"{first}{second}", harmful=f"{second}.jsonl", finetuned=s1, ledger=led,
+                  category=second, **kw)
+        assert res.manifest["activation_match"]["continual"]["settings"]["old_target"] == "joint"
+        ends[first] = weights(res.out)
+    ft = weights(t["finetuned"])
+    for n, w in union.items():
+        if not is_linear(n):
+            continue
+        scale = float((w - ft[n]).double().norm()) + 1e-12
+        for first in ("a", "b"):
+            assert float((ends[first][n] - w).double().norm()) <= 2e-3 * scale + 1e-6, (first, n)
+
+
+def test_joint_step_on_a_category_the_earlier_one_spans_changes_little(llama_trio, files, tmp_path):
+    """The continual criterion: a later category whose inputs resemble an earlier one's needs much
+    less new change than the first step made, under joint; the step is still recorded as usual."""
+    from fgsn.edit.ledger import Ledger
+
+    t = llama_trio
+    for f in ("a.jsonl", "task.jsonl"):
+        (tmp_path / f).write_bytes((files / f).read_bytes())
+    (tmp_path / "near.jsonl").write_text("\n".join(json.dumps({"prompt": p + " please"}) for p in CAT_A))
+    led = str(tmp_path / "led")
+    kw = dict(old_target="joint", cache=False, ledger=led)
+    s1 = run(t, tmp_path, tmp_path / "s1", category="violence", **kw).manifest["activation_match"]["totals"]
+    s2 = run(t, tmp_path, tmp_path / "s2", harmful="near.jsonl", finetuned=tmp_path / "s1", category="near",
+             **kw).manifest["activation_match"]
+    print(f"||change||: step 1 {s1['change_norm']:.4g}, step 2 {s2['totals']['change_norm']:.4g}")
+    assert s2["totals"]["change_norm"] < 0.5 * s1["change_norm"]
+    assert [s["category"] for s in Ledger(led).steps] == ["violence", "near"]
+
+
+def test_joint_refuses_the_options_it_cannot_honour():
+    from pydantic import ValidationError
+
+    from fgsn.edit.options import ActivationMatchOptions
+
+    base = dict(aligned="a", finetuned="f", out="o", ledger="l", category="c", old_target="joint")
+    with pytest.raises(ValidationError, match="--keep-old soft"):
+        ActivationMatchOptions(**base, keep_old="hard")
+    with pytest.raises(ValidationError, match="--sequential"):
+        ActivationMatchOptions(**base, sequential=True)

@@ -51,6 +51,18 @@ category whose inputs resemble an earlier one's can hardly be repaired at all. T
 categories' harmful term stays in the objective, at weight κ): C gains κ (W_a - W_{k-1}) G_o, so
 M_h = (G_h + κ G_o) P (Pᵀ A P + μ I)⁻¹ Pᵀ, and by the same argument the earlier categories'
 output gap can rise by at most (harmful gap + λ task gap) / κ over what W_{k-1} left.
+
+`old_target = joint` drops κ: step k is the one-shot edit of categories 1..k together. Their
+harmful Grams, all taken on the original fine-tune W_f as step 1's are, pool by tokens,
+G_p = (n_h G_h + n_o G_o) / (n_h + n_o), and with M the one-shot map of G_p (ridge or null-space
+form, `ridge_map` / `nullspace_map`) the step writes W_f + (W_a - W_f) M, i.e. from W_{k-1}
+
+    D = (W_a - W_{k-1}) M + (W_f - W_{k-1}) (I - M)             (M_h = M, M_t = I - M)
+
+so the result does not depend on the order in which the categories came, and step k changes
+W_{k-1} by (W_a - W_f)(M_k - M_{k-1}): only as much as its category moves the pooled Gram. A
+category whose inputs the earlier ones already span changes little; the earlier categories stay
+in the objective at their share of the tokens.
 """
 
 from __future__ import annotations
@@ -190,3 +202,10 @@ def old_basis(G_o: torch.Tensor, energy: float, within: torch.Tensor | None = No
     P = evecs[:, :k] if within is None else within.double() @ evecs[:, :k]
     info = {"old_null_dim": k, "old_null_energy": float(evals[:k].clamp_min(0).sum()) / total}
     return P.contiguous(), info
+
+
+def pooled_gram(G_h: torch.Tensor, n_h: int, G_o: torch.Tensor, n_o: int) -> torch.Tensor:
+    """The per-token mean Gram of two token sets from their own means (float64)."""
+    if n_h + n_o <= 0:
+        raise InputError("no harmful token reached this module in this step or an earlier one")
+    return (G_h.double() * n_h + G_o.double() * n_o) / (n_h + n_o)

@@ -56,8 +56,8 @@ class Continual:
 
 
 def needs_original(opts, has_task: bool) -> bool:
-    """Only the ridge form's task term (λ > 0) refers to W_f."""
-    return has_task and opts.form == "ridge" and opts.lam > 0
+    """The ridge form's task term (λ > 0) refers to W_f; the joint step is an edit of W_f."""
+    return opts.old_target == "joint" or (has_task and opts.form == "ridge" and opts.lam > 0)
 
 
 def open_continual(opts, trio: Trio, ledger: Ledger, has_task: bool) -> Continual:

@@ -46,6 +46,7 @@ from fgsn.edit.activation_match import (
     nullspace_map,
     old_basis,
     output_energy,
+    pooled_gram,
     rank_profile,
     ridge_map,
 )
@@ -75,7 +76,7 @@ from fgsn.locate.grams import (
 )
 from fgsn.locate.layers import parse_layers
 from fgsn.locate.run import LocateOptions, ProbeOptions, lora_aware_targets
-from fgsn.models.finetune import LoraFinetune
+from fgsn.models.finetune import Finetune, LoraFinetune
 from fgsn.models.loading import input_device, load_model, load_tokenizer, resolve_device, resolve_dtype
 from fgsn.models.registry import EditTarget, from_out_in, live_layers, live_module, to_out_in
 from fgsn.models.trio import Trio, layer_of, open_trio
@@ -166,21 +167,32 @@ class LiveModels:
     """The live models the Grams are taken from, loaded when first needed (the fine-tuned one with
     a LoRA adapter merged in memory)."""
 
-    def __init__(self, trio: Trio, opts: ActivationMatchOptions):
-        self.trio, self.opts = trio, opts
+    def __init__(self, trio: Trio, opts: ActivationMatchOptions, original: Finetune | None = None):
+        """`original`: a continual step's original fine-tune W_f, model "original" (the joint step's
+        Grams are taken on it)."""
+        self.trio, self.opts, self.original = trio, opts, original
         self._models: dict[str, tuple] = {}
+
+    def _source(self, which: str) -> tuple[Path, Path | None]:
+        if which != "original":
+            return self.trio.source(which)
+        if self.original is None:  # pragma: no cover - the editor asks for it only in a joint step
+            raise RuntimeError("no original fine-tune is known to this step")
+        if isinstance(self.original, LoraFinetune):
+            return self.trio.aligned.path, self.original.path
+        return self.original.path, None
 
     def get(self, which: str):
         if which not in self._models:
-            trio, o = self.trio, self.opts
-            path, adapter = trio.source(which)
+            o = self.opts
+            path, adapter = self._source(which)
             log.info("loading the %s model from %s%s", which, path, f" + adapter {adapter}" if adapter else "")
             self._models[which] = load_model(path, device=o.device, dtype=o.dtype, adapter=adapter,
                                              trust_remote_code=o.trust_remote_code, allow_pickle=o.allow_pickle)
         return self._models[which]
 
     def path(self, which: str) -> Path:
-        return self.trio.source(which)[0]
+        return self._source(which)[0]
 
     def tokenizer(self, which: str):
         """The tokenizer alone (no model load: with every Gram cached, no model is loaded at all)."""
@@ -191,7 +203,8 @@ class LiveModels:
     def sha256(self, which: str) -> str:
         if which == "aligned":
             return self.trio.aligned.sha256
-        return f"{self.trio.aligned.sha256}+{self.trio.finetuned.sha256}"
+        ft = self.original if which == "original" else self.trio.finetuned
+        return f"{self.trio.aligned.sha256}+{ft.sha256}"
 
     def drop(self, which: str) -> None:
         self._models.pop(which, None)
@@ -312,10 +325,11 @@ class Editor:
         gc.collect()
         layers = self.chunks[chunk]
         targets = [t for t in self.by_name.values() if t.layer in layers]
-        # the earlier categories' inputs as the current model (which restored them) sees them
-        sources = {"harmful": self.opts.harmful_from, "task": self.opts.task_from, "old": "finetuned"}
+        sources = self.sources()
         for side, seqs in self.seqs.items():
-            keys = {layer: self._cache_key(side, sources[side], seqs, layer, targets) for layer in layers
+            # a joint step's earlier categories are harmful sequences on the same model: one cache entry
+            kside = "harmful" if side == "old" and self.joint else side
+            keys = {layer: self._cache_key(kside, sources[side], seqs, layer, targets) for layer in layers
                     } if self.use_cache else {}
             hits = [load_grams(k) for k in keys.values()]
             if keys and all(h is not None for h in hits):
@@ -336,6 +350,21 @@ class Editor:
             self.tokens[side] = stats.n_tokens
         self.peak_gram_bytes = max(self.peak_gram_bytes, sum(g.nbytes for g in self.grams.values()))
         self.current = chunk
+
+    @property
+    def joint(self) -> bool:
+        """A continual step after the first with old_target joint: the one-shot edit of every category."""
+        return self.cont is not None and bool(self.cont.earlier) and self.opts.old_target == "joint"
+
+    def sources(self) -> dict[str, str]:
+        """Which live model each side's Grams are taken on."""
+        o = self.opts
+        if self.joint:  # the one-shot edit's Grams: on the original fine-tune, as step 1's were
+            ft = {"harmful": o.harmful_from, "task": o.task_from}
+            out = {k: "original" if v == "finetuned" else v for k, v in ft.items()}
+            return {**out, "old": out["harmful"]}
+        # the earlier categories' inputs as the current model (which restored them) sees them
+        return {"harmful": o.harmful_from, "task": o.task_from, "old": "finetuned"}
 
     def _cache_key(self, side: str, source: str, seqs: list[list[int]], layer: int, targets: list[EditTarget]
                    ) -> str:
@@ -386,6 +415,8 @@ class Editor:
         gt = self.grams.get("task")
         G_t = gt.gram(name) if gt is not None else None
         G_o = self.grams["old"].gram(name)
+        if self.joint:
+            return self._joint_map(name, G_h, G_t, G_o)
         info: dict = {}
         P = None
         lam = o.lam if G_t is not None else 0.0
@@ -397,6 +428,21 @@ class Editor:
             info.update(old_info)
         M_h, M_t = continual_maps(G_h, G_t, G_o, lam, o.kappa, o.mu, P, where=name, old_target=o.old_target)
         return {"M": M_h.float(), "M_t": None if M_t is None else M_t.float(), "lam": lam, "G_h": G_h.float(),
+                "G_t": None if G_t is None else G_t.float(), "G_o": G_o.float(), "info": info}
+
+    def _joint_map(self, name: str, G_h: torch.Tensor, G_t: torch.Tensor | None, G_o: torch.Tensor) -> dict:
+        """The joint step (old_target joint): the one-shot map M of the pooled harmful Gram, written
+        from W_{k-1} as M_h = M, M_t = I - M (fgsn.edit.activation_match)."""
+        o = self.opts
+        G_p = pooled_gram(G_h, self.tokens["harmful"], G_o, self.tokens["old"])
+        info: dict = {}
+        if o.form == "nullspace" and G_t is not None:
+            U, info = null_basis(G_t, o.null_energy)
+            M = nullspace_map(G_p, U, o.mu, where=name)
+        else:
+            M = ridge_map(G_p, G_t, o.lam, o.mu, where=name)
+        M_t = torch.eye(M.shape[0], dtype=M.dtype).sub_(M)
+        return {"M": M.float(), "M_t": M_t.float(), "lam": o.lam if G_t is not None else 0.0, "G_h": G_h.float(),
                 "G_t": None if G_t is None else G_t.float(), "G_o": G_o.float(), "info": info}
 
     def transform(self, name: str, w_ft: torch.Tensor) -> torch.Tensor | None:
@@ -555,7 +601,7 @@ def _run(opts: ActivationMatchOptions, trio: Trio, harmful: PromptSet, task: Pro
     layers, search = choose_layers(trio, opts)
     targets = choose_targets(trio, layers, opts)
     rows = fgsn_rows(trio, targets, opts) if opts.rows == "fgsn" else None
-    models = LiveModels(trio, opts)
+    models = LiveModels(trio, opts, cont.original if cont is not None else None)
     try:
         seqs, answers = encode_sets(models, harmful, task, opts)
         if cont is not None and cont.earlier:

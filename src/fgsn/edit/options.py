@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from fgsn.config import Options
 from fgsn.locate.options import DEFAULT_REFUSAL, LocateOptions, ProbeOptions
@@ -196,11 +196,14 @@ class ActivationMatchOptions(EditOptions, ProbeOptions):
         "with --ledger, from the second category on: weight of keeping the earlier categories' module outputs, per "
         "token relative to the new category's harmful tokens; their mean squared change is at most "
         "(harmful gap + lambda task gap) / kappa"))
-    old_target: Literal["current", "aligned"] = Field("current", description=(
+    old_target: Literal["current", "aligned", "joint"] = Field("current", description=(
         "with --ledger: what the --kappa term holds the earlier categories' module outputs to: current (as the "
         "model this step starts from gives them, residual gap included) or aligned (the aligned model's: their "
         "harmful term stays in the objective, so a later category that resembles an earlier one can still be "
-        "repaired; their gap can rise by at most (harmful gap + lambda task gap) / kappa)"))
+        "repaired; their gap can rise by at most (harmful gap + lambda task gap) / kappa); joint: no kappa, the "
+        "step is the one-shot edit of every category so far (their harmful Grams pooled by tokens, all Grams on "
+        "the original fine-tune): the result does not depend on the order of the categories, and a step changes "
+        "only as much as its category moves the pooled Gram"))
     keep_old: Literal["soft", "hard"] = Field("soft", description=(
         "with --ledger: soft: only the --kappa term; hard: also confine the change to input directions holding at "
         "most --old-energy of the earlier categories' input energy (as --null-energy does for the task)"))
@@ -219,3 +222,14 @@ class ActivationMatchOptions(EditOptions, ProbeOptions):
         if isinstance(v, str):
             return [s.strip() for s in v.split(",")] if v and "," in v and not Path(v).exists() else [v]
         return v
+
+    @model_validator(mode="after")
+    def _joint(self):
+        if self.old_target == "joint" and self.keep_old == "hard":
+            raise ValueError("--old-target joint re-solves every category together, so there is no earlier edit to "
+                             "confine the change around: use --keep-old soft (the default) with it, or another "
+                             "--old-target")
+        if self.old_target == "joint" and self.sequential:
+            raise ValueError("--old-target joint takes every Gram on the original fine-tune, which --sequential "
+                             "would edit as it goes: drop one of them")
+        return self

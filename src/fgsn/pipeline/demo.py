@@ -55,9 +55,12 @@ class DemoOptions(Options):
                                  description="AdvBench harm dimensions repaired one after another on one ledger")
     continual_editor: Literal["fgsn", "activation-match"] = Field(
         "fgsn", description="editor of the continual run: fgsn (the paper's projection, on the safety layers) or "
-                            "activation-match (ridge form at --continual-lam; earlier dimensions' outputs held to "
-                            "the aligned model's: --old-target aligned)")
+                            "activation-match (ridge form at --continual-lam, earlier dimensions kept as "
+                            "--continual-old-target says)")
     continual_lam: float = Field(1.0, ge=0, description="with --continual-editor activation-match: its lambda")
+    continual_old_target: Literal["joint", "aligned", "current"] = Field(
+        "joint", description="with --continual-editor activation-match: `fgsn activation-match --old-target` of each "
+                             "step (joint: every step is the one-shot edit of the dimensions so far)")
     baselines: list[str] = Field(default_factory=lambda: list(BASELINES),
                                  description="methods of `fgsn compare` run next to fgsn (none: no baselines)")
     # FGSN settings (see `fgsn project --help`); unset: project's defaults
@@ -176,7 +179,7 @@ def run_continual(opts: DemoOptions, common: dict, finetuned: str, layers: str, 
 
             plain = {k: common[k] for k in ("base", "aligned", "task", "device", "dtype", "max_length", "batch_size")}
             step = run_activation_match(ActivationMatchOptions(**plain, **each, lam=opts.continual_lam,
-                                                               old_target="aligned"))
+                                                               old_target=opts.continual_old_target))
         c = step.manifest["categories"][cat]
         size = f", ||change|| {c['change_norm']:.3g}" if c.get("change_norm") is not None else ""
         print(f"  step {i} {cat}: {c['masked']:,} new weights ({100 * c['modified_fraction']:.3f}%), "
