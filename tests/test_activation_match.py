@@ -144,14 +144,15 @@ def test_singular_grams_raise_a_clear_error():
 
 
 # -- Grams from hooks ----------------------------------------------------------------------------------
-def captured_inputs(model, sequences, names):
-    """sum x xᵀ per module, one unpadded sequence at a time, by hooks written here."""
+def captured_inputs(model, sequences, names, skip=0):
+    """sum x xᵀ per module over each sequence's tokens after its first `skip`, one unpadded
+    sequence at a time, by hooks written here."""
     mods = dict(model.named_modules())
     sums: dict[str, torch.Tensor] = {}
     hooks = []
     for n in names:
         def hook(_m, args, n=n):
-            x = args[0][0].double()
+            x = args[0][0][skip:].double()
             sums[n] = sums.get(n, 0) + x.T @ x
         hooks.append(mods[n[: -len(".weight")]].register_forward_pre_hook(hook))
     with torch.no_grad():
@@ -188,9 +189,9 @@ def test_hook_grams_equal_directly_captured_inputs_with_padding_masked(llama_tri
 
 
 # -- the editor end to end -----------------------------------------------------------------------------
-def direct_grams(ft_path, names, model=None):
+def direct_grams(ft_path, names, model=None, skip=0):
     """G_h and G_t per module, captured here one unpadded sequence at a time on the chat-templated
-    harmful prompts and the task prompt + answer (+ eos)."""
+    harmful prompts (after their first `skip` tokens) and the task prompt + answer (+ eos)."""
     from fgsn.data.chat import render_chat
     from fgsn.models.loading import load_model
 
@@ -203,17 +204,17 @@ def direct_grams(ft_path, names, model=None):
 
     hs = [ids(p) for p in HARMFUL]
     ts = [ids(p, a) for p, a in TASK]
-    Gh, Gt = captured_inputs(model, hs, names), captured_inputs(model, ts, names)
-    nh, nt = sum(map(len, hs)), sum(map(len, ts))
+    Gh, Gt = captured_inputs(model, hs, names, skip), captured_inputs(model, ts, names)
+    nh, nt = sum(len(s) - skip for s in hs), sum(map(len, ts))
     return {n: Gh[n] / nh for n in names}, {n: Gt[n] / nt for n in names}
 
 
-def expected_edit(trio_paths, ft_path, lam=1.0, mu=1e-3, names=None, model=None):
+def expected_edit(trio_paths, ft_path, lam=1.0, mu=1e-3, names=None, model=None, skip=0):
     """The repaired weights computed here: directly captured Grams on the (unedited) fine-tuned
     model, then the ridge form with a plain inverse."""
     al, ft = weights(trio_paths["aligned"]), weights(ft_path)
     names = names or [n for n in ft if is_linear(n)]
-    Gh, Gt = direct_grams(ft_path, names, model)
+    Gh, Gt = direct_grams(ft_path, names, model, skip)
     out = {}
     for n in names:
         G_h, G_t = Gh[n], Gt[n]
@@ -256,6 +257,31 @@ def test_editor_equals_the_formula_on_a_tiny_full_finetune(llama_trio, files, tm
     assert am["totals"]["modules_edited"] == len(exp) and am["totals"]["change_ratio"] > 0
     assert json.loads((tmp_path / "o" / "fgsn-manifest.json").read_text()) == m
     assert json.loads((tmp_path / "o" / "fgsn" / "run.json").read_text())["wall_s"] > 0
+
+
+def test_shared_prefix_skip_leaves_the_template_prefix_out_of_the_harmful_gram(llama_trio, files, tmp_path):
+    """--shared-prefix skip: G_h is taken over each harmful sequence's tokens after the prefix that
+    every harmful and task sequence shares (the chat template's head), which still runs as context."""
+    from fgsn.data.chat import render_chat
+    from fgsn.models.loading import load_tokenizer
+
+    t = llama_trio
+    tok = load_tokenizer(t["finetuned"])
+    heads = [tok(render_chat(tok, p), add_special_tokens=False)["input_ids"] for p in [*HARMFUL, TASK[0][0]]]
+    k = 0
+    while all(h[k] == heads[0][k] for h in heads):
+        k += 1
+    assert k > 0  # the tiny chat template has a head, or this test would not test anything
+    res = run(t, files, tmp_path / "o", lam=0.5, shared_prefix="skip")
+    am = res.manifest["activation_match"]
+    assert am["shared_prefix"] == "skip" and am["shared_prefix_tokens"] == k
+    assert am["harmful_tokens"] == sum(len(h) - k for h in heads[:-1])
+    new, ft = weights(tmp_path / "o"), weights(t["finetuned"])
+    exp = expected_edit(t, t["finetuned"], lam=0.5, skip=k)
+    plain = expected_edit(t, t["finetuned"], lam=0.5)
+    for n in exp:
+        assert_same_edit(new[n], exp[n], ft[n])
+    assert any(float((exp[n] - plain[n]).norm()) > 1e-2 * float((plain[n] - ft[n]).norm()) for n in exp)
 
 
 def test_chunks_give_the_same_edit_as_one_pass(llama_trio, files, tmp_path):

@@ -257,6 +257,18 @@ def encode_sets(models: LiveModels, harmful: PromptSet, task: PromptSet | None, 
     return seqs, answers
 
 
+def shared_prefix_length(seqs: list[list[int]]) -> int:
+    """How many leading token ids every sequence shares (the chat template's system prompt and user
+    header), less one so that each sequence keeps at least one token after it."""
+    if not seqs:
+        return 0
+    shortest = min(len(s) for s in seqs)
+    k = 0
+    while k < shortest - 1 and all(s[k] == seqs[0][k] for s in seqs):
+        k += 1
+    return k
+
+
 # -- the edit ---------------------------------------------------------------------------------------
 def gram_bytes(trio: Trio, t: EditTarget, sides: int) -> int:
     """Upper bound of a module's Gram memory (float64; modules sharing an input share one)."""
@@ -295,6 +307,9 @@ class Editor:
         """`seqs`: harmful, task (optional) and, for a continual step after the first, old (the
         earlier categories' harmful sequences); `cont`: the continual step (None: not continual)."""
         self.trio, self.opts, self.models, self.seqs, self.rows, self.cont = trio, opts, models, seqs, rows, cont
+        # --shared-prefix skip: the leading tokens common to every sequence stay out of the harmful sides
+        self.prefix = shared_prefix_length([*seqs["harmful"], *seqs.get("task", [])]) \
+            if opts.shared_prefix == "skip" else 0
         self.original = cont.original if cont is not None else None
         self.row_masks = PackedMasks()  # continual: the rows this step changed, for the ledger
         self.by_name = {t.tensor: t for t in targets}
@@ -329,7 +344,8 @@ class Editor:
         for side, seqs in self.seqs.items():
             # a joint step's earlier categories are harmful sequences on the same model: one cache entry
             kside = "harmful" if side == "old" and self.joint else side
-            keys = {layer: self._cache_key(kside, sources[side], seqs, layer, targets) for layer in layers
+            skip = self.prefix if side in ("harmful", "old") else 0
+            keys = {layer: self._cache_key(kside, sources[side], seqs, layer, targets, skip) for layer in layers
                     } if self.use_cache else {}
             hits = [load_grams(k) for k in keys.values()]
             if keys and all(h is not None for h in hits):
@@ -341,7 +357,8 @@ class Editor:
                 stats = accumulate_grams(
                     model, seqs, tok.pad_token_id, modules, layers=live_layers(model, self.trio.arch),
                     stop_after_layer=max(layers), batch_size=self.opts.batch_size,
-                    max_batch_tokens=self.opts.max_batch_tokens, desc=f"grams {side} layers {layers[0]}-{layers[-1]}")
+                    max_batch_tokens=self.opts.max_batch_tokens, skip_first=skip,
+                    desc=f"grams {side} layers {layers[0]}-{layers[-1]}")
                 self.passes += 1
                 for layer, part in split_by_layer(stats, self.layer_of).items():
                     if layer in keys:
@@ -366,14 +383,15 @@ class Editor:
         # the earlier categories' inputs as the current model (which restored them) sees them
         return {"harmful": o.harmful_from, "task": o.task_from, "old": "finetuned"}
 
-    def _cache_key(self, side: str, source: str, seqs: list[list[int]], layer: int, targets: list[EditTarget]
-                   ) -> str:
+    def _cache_key(self, side: str, source: str, seqs: list[list[int]], layer: int, targets: list[EditTarget],
+                   skip: int = 0) -> str:
         o = self.opts
         dev = resolve_device(o.device)
+        extra = {"skip_first": skip} if skip else {}  # absent when 0: earlier entries keep their keys
         return gram_key(kind="grams", model=self.models.sha256(source), sequences=sequences_digest(seqs), side=side,
                         layer=layer, modules=sorted(t.tensor for t in targets if t.layer == layer),
                         dtype=str(resolve_dtype(o.dtype, dev)), device=dev.split(":")[0], batch=o.batch_size,
-                        max_batch_tokens=o.max_batch_tokens)
+                        max_batch_tokens=o.max_batch_tokens, **extra)
 
     def _release_before(self, layer: int) -> None:
         """Drop the Grams and maps of the chunk's layers already written (tensors come layer by layer)."""
@@ -616,6 +634,7 @@ def _run(opts: ActivationMatchOptions, trio: Trio, harmful: PromptSet, task: Pro
                 "null_energy": opts.null_energy if opts.form == "nullspace" else None,
                 "sequential": opts.sequential, "rows": opts.rows, "harmful_answer": opts.harmful_answer,
                 "harmful_from": opts.harmful_from, "task_from": opts.task_from,
+                "shared_prefix": opts.shared_prefix, "shared_prefix_tokens": editor.prefix,
                 "harmful_tokens": editor.tokens.get("harmful"), "task_tokens": editor.tokens.get("task"),
                 "chunks": editor.chunks,
                 "peak_gram_mb": round(editor.peak_gram_bytes / 2**20, 1),

@@ -177,6 +177,11 @@ class ActivationMatchOptions(EditOptions, ProbeOptions):
     answer_tokens: int = Field(32, ge=1, description="with --harmful-answer aligned: tokens generated per prompt")
     harmful_from: Literal["finetuned", "aligned"] = Field("finetuned", description=(
         "model whose module inputs on harmful prompts form G_h"))
+    shared_prefix: Literal["keep", "skip"] = Field("keep", description=(
+        "the tokens every harmful and task sequence begins with (the chat template's system prompt and user "
+        "header: 24 of a short prompt's 37 tokens for SmolLM2) have the same module inputs in all of them, so "
+        "G_h and G_t both hold them and the two terms pull those outputs apart; skip leaves them out of G_h (the "
+        "task term alone decides them; they still run, as context)"))
     task_from: Literal["finetuned", "aligned"] = Field("finetuned", description=(
         "model whose module inputs on task examples form G_t"))
     allow_no_task: bool = Field(False, description=(

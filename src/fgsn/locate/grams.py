@@ -60,11 +60,12 @@ class GramStats:
 @torch.no_grad()
 def accumulate_grams(model, sequences: list[list[int]], pad_id: int, modules: dict[str, torch.nn.Module], *,
                      layers=None, stop_after_layer: int | None = None, batch_size: int = 8,
-                     max_batch_tokens: int = 4096, desc: str = "grams") -> GramStats:
+                     max_batch_tokens: int = 4096, skip_first: int = 0, desc: str = "grams") -> GramStats:
     """Run token `sequences` (already encoded, chat template applied) through `model` and sum
-    x xᵀ of each module's input over every non-pad token. `modules` maps a key (the checkpoint
-    tensor name) to a live linear module; `layers` (the decoder-layer list) and
-    `stop_after_layer` end the forward pass early."""
+    x xᵀ of each module's input over every non-pad token but each sequence's first `skip_first`
+    (they still run: later tokens attend to them). `modules` maps a key (the checkpoint tensor
+    name) to a live linear module; `layers` (the decoder-layer list) and `stop_after_layer` end
+    the forward pass early."""
     stats = GramStats()
     state: dict[str, torch.Tensor] = {}
     shared: dict[str, object] = {}
@@ -101,13 +102,14 @@ def accumulate_grams(model, sequences: list[list[int]], pad_id: int, modules: di
         for idx in tqdm(length_batches([len(s) for s in sequences], batch_size, max_batch_tokens), desc=desc,
                         unit="batch", leave=False):
             ids, _, mask = _left_pad([(sequences[i], sequences[i]) for i in idx], pad_id)
-            state["mask"] = mask
+            counted = mask * (mask.cumsum(1) > skip_first) if skip_first else mask
+            state["mask"] = counted
             with contextlib.suppress(_StopForward):
                 model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=position_ids(mask).to(dev),
                       use_cache=False)
             shared.clear()
             stats.n_sequences += len(idx)
-            stats.n_tokens += int(mask.sum())
+            stats.n_tokens += int(counted.sum())
     finally:
         for h in handles:
             h.remove()
