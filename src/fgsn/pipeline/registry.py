@@ -262,6 +262,8 @@ register(EditMethod(
         "activation-match-nullspace": {"form": "nullspace"},  # AlphaEdit-style: the change avoids the task inputs
         "activation-match-seq": {"sequential": True},    # each layer's Grams from the model repaired so far
         "activation-match-located": {"layers": "search"},  # only the safety layers of locate's cosine-gap search
+        # G_h without the chat template's head, which every harmful and task sequence shares
+        "activation-match-noprefix": {"shared_prefix": "skip"},
     })
 register(EditMethod(
     "revert", "iterative reversion with rollback: revert the fine-tuned entries whose return to the aligned value "
