@@ -254,7 +254,8 @@ class _ModelRunner:
                 from fgsn.evaluate.generation import HFGenerator
 
                 gen = HFGenerator(self._hf_model(), self.tok, settings, self.opts.batch_size,
-                                  add_special_tokens=not self.opts.use_chat_template, progress=f"generate {self.name}")
+                                  add_special_tokens=not self.opts.use_chat_template, progress=f"generate {self.name}",
+                                  max_batch_tokens=self.opts.max_batch_tokens)
                 gen.generate(missing, on_batch=save)
         out = {p: store.get(keys[p]) for p in prompts}
         if any(v is None for v in out.values()):  # pragma: no cover - save() stores every batch

@@ -42,6 +42,24 @@ class GenSettings:
         return asdict(self)
 
 
+DEFAULT_MAX_BATCH_TOKENS = 8192
+
+
+def budget_batches(order: list[int], lengths: list[int], size: int, max_tokens: int) -> list[list[int]]:
+    """`order` (longest first) cut into batches of at most `size` prompts and, while the prompts are
+    long, at most `max_tokens` padded prompt tokens; once `size` of them fit, equal-size batches
+    (`_batches`). Why: a batch is padded to its longest prompt, so 60 jailbreak-wrapped prompts
+    of up to 1,275 tokens in one batch of 64 cost 80,000 padded tokens for 28,000 real ones."""
+    out, i = [], 0
+    while i < len(order):
+        fit = max(1, min(size, max_tokens // max(lengths[order[i]], 1)))
+        if fit >= min(size, len(order) - i):
+            break
+        out.append(order[i:i + fit])
+        i += fit
+    return out + _batches(order[i:], size)
+
+
 def _batches(order: list[int], size: int) -> list[list[int]]:
     """Consecutive batches of at most `size`, as few as possible and of equal size (+-1): 100
     prompts at size 64 are two batches of 50, not 64 + 36, and at size 32 four of 25, not a last
@@ -62,11 +80,13 @@ class HFGenerator:
     """Left-padded batched `model.generate`; halves the batch on CUDA out-of-memory."""
 
     def __init__(self, model, tokenizer, settings: GenSettings, batch_size: int = 8,
-                 add_special_tokens: bool = False, progress: str | None = "generate"):
+                 add_special_tokens: bool = False, progress: str | None = "generate",
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
         self.model = model
         self.tok = tokenizer
         self.settings = settings
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.add_special_tokens = add_special_tokens
         self.progress = progress
         if self.tok.padding_side != "left":
@@ -105,7 +125,7 @@ class HFGenerator:
         results: list[str | None] = [None] * len(texts)
         lengths = [len(self.tok(t, add_special_tokens=self.add_special_tokens)["input_ids"]) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-        pending = _batches(order, self.batch_size)
+        pending = budget_batches(order, lengths, self.batch_size, self.max_batch_tokens)
         bar = tqdm(total=len(texts), desc=self.progress, unit="prompt", disable=self.progress is None,
                    leave=False)
         batch_no = 0

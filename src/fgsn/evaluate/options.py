@@ -30,6 +30,9 @@ class EvalOptions(Options):
                                                 "where the hardware computes it natively, e.g. AVX512-BF16 CPUs: "
                                                 "~2x on CPU), float16, ...")
     batch_size: int = Field(8, ge=1, description="prompts per generation batch")
+    max_batch_tokens: int = Field(8192, ge=1, description=(
+        "padded prompt tokens per generation batch: long prompts (jailbreak templates) go in smaller batches "
+        "instead of padding a whole batch to their length; raise it on a GPU with memory to spare"))
     max_new_tokens: int = Field(256, ge=1, description="tokens generated per completion")
     temperature: float = Field(0.0, ge=0.0, description="sampling temperature; 0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling share (with --temperature > 0)")
