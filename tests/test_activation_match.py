@@ -282,6 +282,10 @@ def test_shared_prefix_skip_leaves_the_template_prefix_out_of_the_harmful_gram(l
     for n in exp:
         assert_same_edit(new[n], exp[n], ft[n])
     assert any(float((exp[n] - plain[n]).norm()) > 1e-2 * float((plain[n] - ft[n]).norm()) for n in exp)
+    # a sequence cut from the left to --max-length has lost the head: all of its tokens count
+    cut = max(len(h) for h in heads[:-1]) - 1
+    am = run(t, files, tmp_path / "cut", lam=0.5, shared_prefix="skip", max_length=cut).manifest["activation_match"]
+    assert am["harmful_tokens"] == sum(len(h) - k if len(h) <= cut else cut for h in heads[:-1])
 
 
 def test_chunks_give_the_same_edit_as_one_pass(llama_trio, files, tmp_path):

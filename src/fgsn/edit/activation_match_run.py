@@ -257,16 +257,16 @@ def encode_sets(models: LiveModels, harmful: PromptSet, task: PromptSet | None, 
     return seqs, answers
 
 
-def shared_prefix_length(seqs: list[list[int]]) -> int:
-    """How many leading token ids every sequence shares (the chat template's system prompt and user
-    header), less one so that each sequence keeps at least one token after it."""
-    if not seqs:
-        return 0
-    shortest = min(len(s) for s in seqs)
+def template_head(tok, opts: ActivationMatchOptions) -> list[int]:
+    """The token ids every chat-templated prompt begins with (SmolLM2: its system prompt and the user
+    header): the common prefix of two rendered prompts that share no word. A sequence cut from the
+    left to --max-length no longer begins with it."""
+    a, b = (_encode(tok, p, None, use_chat_template=opts.use_chat_template, system=opts.system, max_length=None)[0]
+            for p in ("Hello there.", "7 + 5 = ?"))
     k = 0
-    while k < shortest - 1 and all(s[k] == seqs[0][k] for s in seqs):
+    while k < min(len(a), len(b)) and a[k] == b[k]:
         k += 1
-    return k
+    return a[:k]
 
 
 # -- the edit ---------------------------------------------------------------------------------------
@@ -303,13 +303,15 @@ class Editor:
 
     def __init__(self, trio: Trio, opts: ActivationMatchOptions, targets: list[EditTarget], models: LiveModels,
                  seqs: dict[str, list[list[int]]], rows: dict[str, torch.Tensor] | None,
-                 cont: Continual | None = None):
+                 cont: Continual | None = None, head: list[int] | None = None):
         """`seqs`: harmful, task (optional) and, for a continual step after the first, old (the
-        earlier categories' harmful sequences); `cont`: the continual step (None: not continual)."""
+        earlier categories' harmful sequences); `cont`: the continual step (None: not continual);
+        `head`: the token ids every chat-templated sequence begins with (`template_head`)."""
         self.trio, self.opts, self.models, self.seqs, self.rows, self.cont = trio, opts, models, seqs, rows, cont
-        # --shared-prefix skip: the leading tokens common to every sequence stay out of the harmful sides
-        self.prefix = shared_prefix_length([*seqs["harmful"], *seqs.get("task", [])]) \
-            if opts.shared_prefix == "skip" else 0
+        # --shared-prefix skip: the template head stays out of the harmful sides' Grams
+        self.prefix = len(head) if head and opts.shared_prefix == "skip" else 0
+        self.skips = {side: [self.prefix if s[:self.prefix] == head and len(s) > self.prefix else 0 for s in seqs[side]]
+                      for side in ("harmful", "old") if self.prefix and side in seqs}
         self.original = cont.original if cont is not None else None
         self.row_masks = PackedMasks()  # continual: the rows this step changed, for the ledger
         self.by_name = {t.tensor: t for t in targets}
@@ -344,7 +346,7 @@ class Editor:
         for side, seqs in self.seqs.items():
             # a joint step's earlier categories are harmful sequences on the same model: one cache entry
             kside = "harmful" if side == "old" and self.joint else side
-            skip = self.prefix if side in ("harmful", "old") else 0
+            skip = self.skips.get(side)
             keys = {layer: self._cache_key(kside, sources[side], seqs, layer, targets, skip) for layer in layers
                     } if self.use_cache else {}
             hits = [load_grams(k) for k in keys.values()]
@@ -384,10 +386,10 @@ class Editor:
         return {"harmful": o.harmful_from, "task": o.task_from, "old": "finetuned"}
 
     def _cache_key(self, side: str, source: str, seqs: list[list[int]], layer: int, targets: list[EditTarget],
-                   skip: int = 0) -> str:
+                   skip: list[int] | None = None) -> str:
         o = self.opts
         dev = resolve_device(o.device)
-        extra = {"skip_first": skip} if skip else {}  # absent when 0: earlier entries keep their keys
+        extra = {"skip_first": sequences_digest([skip])} if skip else {}  # absent: earlier entries keep their keys
         return gram_key(kind="grams", model=self.models.sha256(source), sequences=sequences_digest(seqs), side=side,
                         layer=layer, modules=sorted(t.tensor for t in targets if t.layer == layer),
                         dtype=str(resolve_dtype(o.dtype, dev)), device=dev.split(":")[0], batch=o.batch_size,
@@ -624,7 +626,8 @@ def _run(opts: ActivationMatchOptions, trio: Trio, harmful: PromptSet, task: Pro
         seqs, answers = encode_sets(models, harmful, task, opts)
         if cont is not None and cont.earlier:
             seqs["old"] = earlier_sequences(cont, models.tokenizer(opts.harmful_from))
-        editor = Editor(trio, opts, targets, models, seqs, rows, cont)
+        head = template_head(models.tokenizer(opts.harmful_from), opts) if opts.shared_prefix == "skip" else None
+        editor = Editor(trio, opts, targets, models, seqs, rows, cont, head)
 
         def write(tmp: Path) -> dict:
             stream_rewrite(trio, tmp, editor.transform, opts.max_shard_gb, desc=METHOD, names=editor.order)

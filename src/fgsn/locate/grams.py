@@ -60,9 +60,10 @@ class GramStats:
 @torch.no_grad()
 def accumulate_grams(model, sequences: list[list[int]], pad_id: int, modules: dict[str, torch.nn.Module], *,
                      layers=None, stop_after_layer: int | None = None, batch_size: int = 8,
-                     max_batch_tokens: int = 4096, skip_first: int = 0, desc: str = "grams") -> GramStats:
+                     max_batch_tokens: int = 4096, skip_first: list[int] | None = None,
+                     desc: str = "grams") -> GramStats:
     """Run token `sequences` (already encoded, chat template applied) through `model` and sum
-    x xᵀ of each module's input over every non-pad token but each sequence's first `skip_first`
+    x xᵀ of each module's input over every non-pad token but sequence i's first `skip_first[i]`
     (they still run: later tokens attend to them). `modules` maps a key (the checkpoint tensor
     name) to a live linear module; `layers` (the decoder-layer list) and `stop_after_layer` end
     the forward pass early."""
@@ -102,7 +103,11 @@ def accumulate_grams(model, sequences: list[list[int]], pad_id: int, modules: di
         for idx in tqdm(length_batches([len(s) for s in sequences], batch_size, max_batch_tokens), desc=desc,
                         unit="batch", leave=False):
             ids, _, mask = _left_pad([(sequences[i], sequences[i]) for i in idx], pad_id)
-            counted = mask * (mask.cumsum(1) > skip_first) if skip_first else mask
+            if skip_first is not None:
+                skip = torch.tensor([skip_first[i] for i in idx]).unsqueeze(1)
+                counted = mask * (mask.cumsum(1) > skip)
+            else:
+                counted = mask
             state["mask"] = counted
             with contextlib.suppress(_StopForward):
                 model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=position_ids(mask).to(dev),
