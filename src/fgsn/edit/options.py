@@ -181,7 +181,8 @@ class ActivationMatchOptions(EditOptions, ProbeOptions):
         "the tokens every harmful and task sequence begins with (the chat template's system prompt and user "
         "header: 24 of a short prompt's 37 tokens for SmolLM2) have the same module inputs in all of them, so "
         "G_h and G_t both hold them and the two terms pull those outputs apart; skip leaves them out of G_h (the "
-        "task term alone decides them; they still run, as context)"))
+        "task term alone decides them; they still run, as context; measured worse on the organism at every "
+        "strength, docs/method.md)"))
     task_from: Literal["finetuned", "aligned"] = Field("finetuned", description=(
         "model whose module inputs on task examples form G_t"))
     allow_no_task: bool = Field(False, description=(
