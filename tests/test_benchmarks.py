@@ -312,13 +312,14 @@ def test_repair_search_replays_a_grid_with_the_bisection():
     from fgsn.pipeline.repair import FAMILIES, RepairOptions
 
     names = [n for n, _ in FAMILIES["activation-match"].trials()]
-    asr = [0.40, 0.30, 0.20, 0.14, 0.12, 0.11]  # weakest first: lam 30 ... 0.1
-    nll = [0.50, 0.51, 0.52, 0.53, 0.60, 0.70]
+    asr = [0.40, 0.35, 0.30, 0.25, 0.20, 0.14, 0.13, 0.12, 0.11]  # weakest first: lam 30 ... 0.1
+    nll = [0.50, 0.50, 0.51, 0.51, 0.52, 0.53, 0.58, 0.60, 0.70]
+    assert len(names) == len(asr)
     doc = {"options": RepairOptions(base="b", aligned="a", finetuned="f", harmful=["h"], task=["t"], out="o",
                                     search="grid").model_dump(mode="json"),
            "references": {"aligned": {"asr": 0.1, "nll": 1.0}, "finetuned": {"asr": 0.5, "nll": 0.5}},
            "trials": {n: {"asr": a, "nll": v, "cost": i + 1.0} for i, (n, a, v) in enumerate(zip(names, asr, nll, strict=True))},
-           "winner": names[3]}
+           "winner": names[5]}
     r = replay(doc)
-    assert r["grid"] == r["bisect"] == names[3] and r["of"] == 6
-    assert names[3] in r["scored"] and len(r["scored"]) <= 3
+    assert r["grid"] == r["bisect"] == names[5] and r["of"] == 9
+    assert names[5] in r["scored"] and len(r["scored"]) <= 4

@@ -86,12 +86,15 @@ class Family:
 
 
 # Weakest first, so that among trials that meet the target the cheapest is found early in the table.
+# closed-form activation matching: a larger lam keeps more of the task outputs (weaker edit). Steps of
+# about 1.5-3x: on the organism one step of 0.3 -> 1 moved the search ASR by 5 points and the task
+# kept by 5 (bench, benign-full), across the target; a strength costs one solve (the Grams are cached)
+LAMS = (30.0, 10.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.3, 0.1)
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    # closed-form activation matching: a larger lam keeps more of the task outputs (weaker edit)
-    Family("activation-match", "lam", (30.0, 10.0, 3.0, 1.0, 0.3, 0.1)),
-    Family("activation-match-located", "lam", (30.0, 10.0, 3.0, 1.0, 0.3, 0.1)),  # the safety layers only
+    Family("activation-match", "lam", LAMS),
+    Family("activation-match-located", "lam", LAMS),  # the safety layers only
     # G_h without the template head: worse at every strength on the organism (docs/method.md)
-    Family("activation-match-noprefix", "lam", (30.0, 10.0, 3.0, 1.0, 0.3, 0.1)),
+    Family("activation-match-noprefix", "lam", LAMS),
     Family("activation-match-nullspace", "null_energy", (0.001, 0.01, 0.05)),
     Family("fgsn-frontier", "budget", (0.05, 0.1, 0.2, 0.4)),  # snip-signed over all layers
     Family("resta", "beta", (0.25, 0.5, 1.0)),
