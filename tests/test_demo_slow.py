@@ -22,7 +22,7 @@ def test_reduced_demo_end_to_end(tmp_path):
                          baselines=["safelora", "self-reminder"], repair_families=["resta"], repair_limit=48,
                          repair_harmful=["builtin:harmbench-val-standard"]))
     res = json.loads((out / "results.json").read_text())
-    names = ["base", "aligned", "finetuned", "repair", "fgsn", "fgsn-step1", "fgsn-step2", "fgsn-step3", "safelora",
+    names = ["base", "aligned", "finetuned", "repair", "fgsn", "am-step1", "am-step2", "am-step3", "safelora",
              "self-reminder"]
     assert res["order"] == names
     for n in names:
@@ -33,7 +33,7 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert m["aligned"]["asr"] < m["base"]["asr"]
     assert 0 < m["fgsn"]["modified_fraction"] < 0.05
     assert m["self-reminder"]["modified_fraction"] == 0.0
-    assert m["fgsn-step1"]["kind"] == "fgsn-continual" and m["base"]["kind"] == "reference"
+    assert m["am-step1"]["kind"] == "activation-match-continual" and m["base"]["kind"] == "reference"
     assert m["repair"]["kind"] == "repair"
     rep = json.loads((out / "models" / "repair" / "fgsn" / "repair.json").read_text())
     assert rep["winner"].startswith("resta-") and rep["options"]["search"] == "bisect" and 1 <= len(rep["trials"]) <= 3
@@ -53,11 +53,12 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert {json.loads(line)["prompt"] for line in
             (out / "models" / "repair.work" / "data" / "task-search.jsonl").read_text().splitlines()} <= val
     assert m["safelora"]["edit_wall_s"] > 0 and m["fgsn"]["edit_peak_rss_mb"] > 0
-    # continual: every step adds weights, later dimensions fewer than the first
-    masked = []
+    # continual (activation matching, joint steps): every step changes the model, later dimensions less
+    change = []
     for i, cat in enumerate(["Physical", "Financial and Business", "Autonomy"], 1):
-        man = json.loads((out / "models" / f"fgsn-step{i}" / "fgsn-manifest.json").read_text())
-        masked.append(man["categories"][cat]["masked"])
-    assert all(x > 0 for x in masked) and masked[1] < masked[0] and masked[2] < masked[0], masked
+        man = json.loads((out / "models" / f"am-step{i}" / "fgsn-manifest.json").read_text())
+        assert man["activation_match"]["continual"]["settings"]["old_target"] == ("joint" if i > 1 else None)
+        change.append(man["categories"][cat]["change_norm"])
+    assert all(x > 0 for x in change) and change[1] < change[0] and change[2] < change[0], change
     report = (out / "report.md").read_text()
     assert "Continual repair" in report and "Edit cost" in report

@@ -4,8 +4,9 @@
    fine-tuned (benign maths/instructions, optionally a poisoned share);
 2. repair the fine-tuned model with FGSN (locating on AdvBench train prompts and the fine-tune's
    task data) and with the baselines of `fgsn compare` (SafeLoRA, RESTA, Wanda; Self-Reminder at
-   inference), each edit measured in its own process; then FGSN continually over three harm
-   dimensions, one after another, on one ledger;
+   inference), each edit measured in its own process; then `fgsn repair`; then activation
+   matching continually over three harm dimensions, one after another, on one ledger (each
+   step the joint edit of the dimensions so far; `--continual-editor fgsn`: the paper's FGSN);
 3. evaluate every model on prompts never located on (HarmBench, StrongREJECT), the
    harmless-but-alarming set, held-out task problems (accuracy) and held-out worked answers
    (NLL); write results.json, report.md, report.html and print the table.
@@ -54,9 +55,9 @@ class DemoOptions(Options):
     continual: list[str] = Field(default_factory=lambda: list(CONTINUAL),
                                  description="AdvBench harm dimensions repaired one after another on one ledger")
     continual_editor: Literal["fgsn", "activation-match"] = Field(
-        "fgsn", description="editor of the continual run: fgsn (the paper's projection, on the safety layers) or "
-                            "activation-match (ridge form at --continual-lam, earlier dimensions kept as "
-                            "--continual-old-target says)")
+        "activation-match", description="editor of the continual run: activation-match (the repair's editor, ridge "
+                                        "form at --continual-lam, earlier dimensions kept as --continual-old-target "
+                                        "says) or fgsn (the paper's projection, on the safety layers)")
     continual_lam: float = Field(1.0, ge=0, description="with --continual-editor activation-match: its lambda")
     continual_old_target: Literal["joint", "aligned", "current"] = Field(
         "joint", description="with --continual-editor activation-match: `fgsn activation-match --old-target` of each "
