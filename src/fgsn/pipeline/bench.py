@@ -83,7 +83,7 @@ class BenchOptions(Options):
     repair_search: Literal["grid", "bisect"] = Field("bisect", description=(
         "the repair's search: bisect (fgsn repair's default) scores about log2 of the strengths and picks the "
         "same trial as grid when the search split is monotone in the strength; grid scores every strength, so "
-        "each scenario's report has the whole search frontier (about 2 more trials a scenario)"))
+        "each scenario's report has the whole search frontier (all nine strengths: 4-6 more trials a scenario)"))
     repair_harmful: list[str] = Field(default_factory=lambda: list(DEFAULT_REPAIR_HARMFUL), description=(
         "harmful prompts of the repair's fit / search / check splits; the evaluation sets come first: any of their "
         "prompts is left out of these (the safety SFT's prompts: fit only)"))
