@@ -146,6 +146,13 @@ def test_bench_runs_fgsn_repair_on_its_own_split(tiny_cache, tmp_path):
     assert evaluated and split and not evaluated & split
     won = json.loads((sdir / "models" / "repair" / "fgsn" / "repair.json").read_text())
     assert won["options"]["harmful"] == [pool] and won["left_out_as_evaluation_prompts"]["harmful"] == len(evaluated)
+    # results.json says which prompts chose each model: the repair's search split; nothing for fixed settings
+    sel = res["models"]["repair"]["selected_on"]
+    search = sdir / "models" / "repair.work" / "data" / "harmful-search.jsonl"
+    assert sel["split"] == "search" and sel["winner"] == won["winner"] and sel["files"]["harmful"] == str(search)
+    assert sel["counts"]["harmful"] == len(search.read_text().splitlines()) and len(sel["sha256"]["task"]) == 64
+    assert not {json.loads(line)["prompt"] for line in search.read_text().splitlines()} & evaluated
+    assert all(res["models"][n]["selected_on"] is None for n in ("aligned", "finetuned", "self-reminder"))
 
 
 def test_held_out_files_leave_out_seen_prompts(tmp_path):

@@ -4,7 +4,9 @@ locate run can be checked against the models it is reused on."""
 
 from __future__ import annotations
 
+import json
 import platform
+from pathlib import Path
 
 
 def inputs_json(trio) -> dict:
@@ -23,3 +25,13 @@ def software_versions() -> dict:
     import transformers
 
     return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def selected_on(model: str | Path) -> dict | None:
+    """Which prompts chose the model at `model` (results.json's `selected_on`): the search split of
+    `fgsn repair` (files, sha256, counts, the winning trial) when its `fgsn/repair.json` is there;
+    None for a model with fixed settings, of which nothing was chosen from data."""
+    path = Path(model) / "fgsn" / "repair.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("selected_on")

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fgsn.artifacts.manifest import is_complete as manifest_is_complete
+from fgsn.artifacts.provenance import selected_on
 from fgsn.atomic import atomic_write_json, sha256_file
 from fgsn.errors import ConfigError, FgsnError, InputError
 from fgsn.evaluate.options import EvalOptions
@@ -326,6 +327,7 @@ class Comparison:
             entry["kind"] = m.kind if m else (kinds or {}).get(n, "reference")
             entry["preset"] = n if m and m.kind == "fgsn" else None
             entry["eval_folder"] = where[n]
+            entry["selected_on"] = selected_on(entry["path"]) if entry.get("path") else None
             cost = costs.get(n) or {}
             for k in COST_KEYS:
                 entry[f"edit_{k}"] = cost.get(k)

@@ -54,7 +54,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from fgsn.atomic import read_jsonl
+from fgsn.atomic import read_jsonl, sha256_file
 from fgsn.config import Options
 from fgsn.errors import InputError
 from fgsn.pipeline.compare import method_options, run_edit
@@ -480,6 +480,10 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
     doc = {"schema": SCHEMA, "options": opts.model_dump(mode="json"), "splits": {
         k: {p: len(read_jsonl(f)) for p, f in v.items()} for k, v in files.items()},
         "left_out_as_evaluation_prompts": dropped,
+        # which prompts chose the winner: the search split (the check split only confirms it)
+        "selected_on": {"split": "search", "winner": win, "files": {k: str(v["search"]) for k, v in files.items()},
+                        "sha256": {k: sha256_file(v["search"]) for k, v in files.items()},
+                        "counts": {k: len(read_jsonl(v["search"])) for k, v in files.items()}},
         **judged, "check": {"winner": check[win], **{k: check[k] for k in refs}},
         "edit_costs": edit_costs, "wall_s": round(time.time() - t0, 1)}
     src = Path(models[win])
