@@ -309,7 +309,7 @@ class Editor:
         `head`: the token ids every chat-templated sequence begins with (`template_head`)."""
         self.trio, self.opts, self.models, self.seqs, self.rows, self.cont = trio, opts, models, seqs, rows, cont
         # --shared-prefix skip: the template head stays out of the harmful sides' Grams
-        self.prefix = len(head) if head and opts.shared_prefix == "skip" else 0
+        self.prefix = len(head) if head else 0
         self.skips = {side: [self.prefix if s[:self.prefix] == head and len(s) > self.prefix else 0 for s in seqs[side]]
                       for side in ("harmful", "old") if self.prefix and side in seqs}
         self.original = cont.original if cont is not None else None
@@ -416,15 +416,18 @@ class Editor:
         if key not in self.maps:
             G_h = gh.gram(name)
             G_t = gt.gram(name) if gt is not None else None
-            info: dict = {}
-            if self.opts.form == "nullspace" and G_t is not None:
-                U, info = null_basis(G_t, self.opts.null_energy)
-                M = nullspace_map(G_h, U, self.opts.mu, where=name)
-            else:
-                M = ridge_map(G_h, G_t, self.opts.lam, self.opts.mu, where=name)
+            M, info = self._one_shot(G_h, G_t, name)
             self.maps[key] = {"M": M.float(), "G_h": G_h.float(), "G_t": None if G_t is None else G_t.float(),
                               "info": info}
         return self.maps[key]
+
+    def _one_shot(self, G_h: torch.Tensor, G_t: torch.Tensor | None, name: str) -> tuple[torch.Tensor, dict]:
+        """The plain edit's map M of harmful Gram `G_h` (null-space form with a task Gram, else ridge)."""
+        o = self.opts
+        if o.form == "nullspace" and G_t is not None:
+            U, info = null_basis(G_t, o.null_energy)
+            return nullspace_map(G_h, U, o.mu, where=name), info
+        return ridge_map(G_h, G_t, o.lam, o.mu, where=name), {}
 
     def _continual_map(self, name: str) -> dict:
         """A continual step after the first (fgsn.edit.activation_match, `continual_maps`): the task
@@ -453,16 +456,10 @@ class Editor:
     def _joint_map(self, name: str, G_h: torch.Tensor, G_t: torch.Tensor | None, G_o: torch.Tensor) -> dict:
         """The joint step (old_target joint): the one-shot map M of the pooled harmful Gram, written
         from W_{k-1} as M_h = M, M_t = I - M (fgsn.edit.activation_match)."""
-        o = self.opts
         G_p = pooled_gram(G_h, self.tokens["harmful"], G_o, self.tokens["old"])
-        info: dict = {}
-        if o.form == "nullspace" and G_t is not None:
-            U, info = null_basis(G_t, o.null_energy)
-            M = nullspace_map(G_p, U, o.mu, where=name)
-        else:
-            M = ridge_map(G_p, G_t, o.lam, o.mu, where=name)
+        M, info = self._one_shot(G_p, G_t, name)
         M_t = torch.eye(M.shape[0], dtype=M.dtype).sub_(M)
-        return {"M": M.float(), "M_t": M_t.float(), "lam": o.lam if G_t is not None else 0.0, "G_h": G_h.float(),
+        return {"M": M.float(), "M_t": M_t.float(), "lam": self.opts.lam if G_t is not None else 0.0, "G_h": G_h.float(),
                 "G_t": None if G_t is None else G_t.float(), "G_o": G_o.float(), "info": info}
 
     def transform(self, name: str, w_ft: torch.Tensor) -> torch.Tensor | None:

@@ -477,13 +477,13 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
         log.warning("fgsn repair: %s", judged["why"])
     if judged["weak_signal"]:
         log.warning("fgsn repair: %s", judged["weak_signal"])
-    doc = {"schema": SCHEMA, "options": opts.model_dump(mode="json"), "splits": {
-        k: {p: len(read_jsonl(f)) for p, f in v.items()} for k, v in files.items()},
+    splits = {k: {p: len(read_jsonl(f)) for p, f in v.items()} for k, v in files.items()}
+    doc = {"schema": SCHEMA, "options": opts.model_dump(mode="json"), "splits": splits,
         "left_out_as_evaluation_prompts": dropped,
         # which prompts chose the winner: the search split (the check split only confirms it)
         "selected_on": {"split": "search", "winner": win, "files": {k: str(v["search"]) for k, v in files.items()},
                         "sha256": {k: sha256_file(v["search"]) for k, v in files.items()},
-                        "counts": {k: len(read_jsonl(v["search"])) for k, v in files.items()}},
+                        "counts": {k: v["search"] for k, v in splits.items()}},
         **judged, "check": {"winner": check[win], **{k: check[k] for k in refs}},
         "edit_costs": edit_costs, "wall_s": round(time.time() - t0, 1)}
     src = Path(models[win])
