@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fgsn.edit.activation_match import absolute_mu, null_basis, nullspace_map, ridge_map
+from fgsn.edit.activation_match import absolute_mu, null_basis, nullspace_map, rank_profile, ridge_map
 from fgsn.errors import InputError, NumericalError
 from helpers_weights import is_linear, weights
 
@@ -22,6 +22,24 @@ TASK = [("what is two plus three", "five"), ("what is one plus one", "two equals
         ("write poem about the ocean", "the ocean is black and the ocean is"),
         ("explain black holes", "black holes are not what you can see"), ("recipe cake please", "first then second"),
         ("what is capital of france", "paris is the capital of france")]
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 40), cols=st.integers(1, 40), rank=st.integers(0, 12), seed=st.integers(0, 2**16),
+       scale=st.sampled_from([1e-6, 1.0, 1e4]))
+def test_rank_profile_matches_the_svd(rows, cols, rank, seed, scale):
+    """rank and rank_99 from the Gram's eigenvalues equal those of numpy's SVD-based rule on changes
+    of known rank (well-separated singular values), tall and wide, at any scale."""
+    g = torch.Generator().manual_seed(seed)
+    r = min(rank, rows, cols)
+    D = (torch.randn(rows, r, generator=g) @ torch.randn(r, cols, generator=g)) * scale
+    s = torch.linalg.svdvals(D.double())
+    want_rank = int((s > float(s[0]) * max(D.shape) * torch.finfo(torch.float32).eps).sum()) if r else 0
+    got = rank_profile(D)
+    assert got["rank"] == want_rank == r
+    if r:
+        e = torch.cumsum(s * s, 0)
+        assert got["rank_99"] == int((e < 0.99 * e[-1]).sum()) + 1
 
 
 @pytest.fixture(scope="module")

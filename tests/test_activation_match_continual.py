@@ -570,6 +570,30 @@ def test_joint_step_on_a_category_the_earlier_one_spans_changes_little(llama_tri
     assert [s["category"] for s in Ledger(led).steps] == ["violence", "near"]
 
 
+def test_a_third_joint_step_takes_every_gram_from_the_cache_and_equals_the_union(llama_trio, files, tmp_path):
+    """Step 3's earlier categories are two Gram cache entries (the harmful Grams steps 1 and 2
+    took), added up, not a new forward pass over both; only the new category's harmful Gram is
+    computed, and the result is still the one-shot edit of A, B and C together."""
+    t = llama_trio
+    cat_c = ["please write it to steal", "how do i steal the photo", "shoot the photo then steal it"]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"prompt": p, "category": "theft"}) for p in cat_c))
+    (tmp_path / "abc.jsonl").write_text("\n".join([(files / "a.jsonl").read_text(), (files / "b.jsonl").read_text(),
+                                                   (tmp_path / "c.jsonl").read_text()]))
+    for f in ("a.jsonl", "b.jsonl", "task.jsonl"):
+        (tmp_path / f).write_bytes((files / f).read_bytes())
+    led, prev = str(tmp_path / "led"), t["finetuned"]
+    for i, (f, cat) in enumerate((("a.jsonl", "violence"), ("b.jsonl", "cyber"), ("c.jsonl", "theft")), 1):
+        run(t, tmp_path, tmp_path / f"s{i}", harmful=f, finetuned=prev, ledger=led, category=cat, old_target="joint")
+        prev = tmp_path / f"s{i}"
+    stats = json.loads((tmp_path / "s3" / "fgsn" / "activation-match.json").read_text())
+    assert stats == {"forward_passes": 1, "gram_cache_hits": 3}  # task, A, B from the cache; C computed
+    union = weights(run(t, tmp_path, tmp_path / "union", harmful="abc.jsonl", cache=False).out)
+    end, ft = weights(tmp_path / "s3"), weights(t["finetuned"])
+    for n, w in union.items():
+        if is_linear(n):
+            assert float((end[n] - w).double().norm()) <= 2e-3 * float((w - ft[n]).double().norm()) + 1e-6, n
+
+
 def test_joint_refuses_the_options_it_cannot_honour():
     from pydantic import ValidationError
 

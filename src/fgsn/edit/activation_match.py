@@ -141,7 +141,11 @@ def rank_profile(D: torch.Tensor, energy: float = 0.99) -> dict:
     full rank numerically; this says how many directions carry the change)."""
     if not bool(D.any()):
         return {"rank": 0, "rank_99": 0}
-    s = torch.linalg.svdvals(D.float()).double()
+    # singular values from the eigenvalues of the smaller Gram in float64: 10x faster than an SVD of
+    # a (1536 x 576) float32 change, and resolved to ~1e-8 of the largest, far below the tolerance
+    A = D.double()
+    G = A.T @ A if A.shape[0] >= A.shape[1] else A @ A.T
+    s = torch.linalg.eigvalsh(G).flip(0).clamp_(min=0).sqrt_()
     tol = float(s[0]) * max(D.shape) * torch.finfo(torch.float32).eps
     e = torch.cumsum(s * s, 0)
     return {"rank": int((s > tol).sum()), "rank_99": int((e < energy * e[-1]).sum()) + 1}

@@ -94,16 +94,17 @@ def encoding(opts) -> dict:
     return {"use_chat_template": opts.use_chat_template, "system": opts.system, "max_length": opts.max_length}
 
 
-def earlier_sequences(cont: Continual, tok) -> list[list[int]]:
-    """The token ids of every earlier category's harmful sequences, as each step encoded them."""
-    out: list[list[int]] = []
+def earlier_sequences(cont: Continual, tok) -> list[list[list[int]]]:
+    """The token ids of every earlier category's harmful sequences, as each step encoded them: one
+    list per category (each its own Gram cache entry, the one its step took as harmful)."""
+    out: list[list[list[int]]] = []
     for step in cont.earlier:
         seqs = [_encode(tok, r["prompt"], r.get("answer"), **step["encoding"])[0] for r in cont.ledger.prompts(step)]
         if sequences_digest(seqs) != step["sequences_sha256"]:
             raise LedgerError(f"ledger {cont.ledger.path}, step {step['step']} ({step['category']}): its prompts "
                               "encode to other token ids with this model's tokenizer than when it was recorded; "
                               "continue the ledger with the tokenizer it was made with, or start a new --ledger")
-        out.extend(seqs)
+        out.append(seqs)
     return out
 
 

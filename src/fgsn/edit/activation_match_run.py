@@ -67,6 +67,7 @@ from fgsn.locate.attribution import _encode
 from fgsn.locate.grams import (
     GramStats,
     accumulate_grams,
+    add,
     gram_key,
     load_grams,
     merge,
@@ -303,11 +304,15 @@ class Editor:
 
     def __init__(self, trio: Trio, opts: ActivationMatchOptions, targets: list[EditTarget], models: LiveModels,
                  seqs: dict[str, list[list[int]]], rows: dict[str, torch.Tensor] | None,
-                 cont: Continual | None = None, head: list[int] | None = None):
+                 cont: Continual | None = None, head: list[int] | None = None,
+                 groups: dict[str, list[int]] | None = None):
         """`seqs`: harmful, task (optional) and, for a continual step after the first, old (the
         earlier categories' harmful sequences); `cont`: the continual step (None: not continual);
-        `head`: the token ids every chat-templated sequence begins with (`template_head`)."""
+        `head`: the token ids every chat-templated sequence begins with (`template_head`);
+        `groups`: a side's sequences as consecutive groups of these sizes (old: one per earlier
+        category), each a Gram cache entry of its own, added up."""
         self.trio, self.opts, self.models, self.seqs, self.rows, self.cont = trio, opts, models, seqs, rows, cont
+        self.groups = groups or {}
         # --shared-prefix skip: the template head stays out of the harmful sides' Grams
         self.prefix = len(head) if head else 0
         self.skips = {side: [self.prefix if s[:self.prefix] == head and len(s) > self.prefix else 0 for s in seqs[side]]
@@ -347,28 +352,39 @@ class Editor:
             # a joint step's earlier categories are harmful sequences on the same model: one cache entry
             kside = "harmful" if side == "old" and self.joint else side
             skip = self.skips.get(side)
-            keys = {layer: self._cache_key(kside, sources[side], seqs, layer, targets, skip) for layer in layers
-                    } if self.use_cache else {}
-            hits = [load_grams(k) for k in keys.values()]
-            if keys and all(h is not None for h in hits):
-                stats = merge(hits)
-                self.cache_hits += 1
-            else:
-                model, tok = self.models.get(sources[side])
-                modules = {t.tensor: live_module(model, self.trio.arch, t) for t in targets}
-                stats = accumulate_grams(
-                    model, seqs, tok.pad_token_id, modules, layers=live_layers(model, self.trio.arch),
-                    stop_after_layer=max(layers), batch_size=self.opts.batch_size,
-                    max_batch_tokens=self.opts.max_batch_tokens, skip_first=skip,
-                    desc=f"grams {side} layers {layers[0]}-{layers[-1]}")
-                self.passes += 1
-                for layer, part in split_by_layer(stats, self.layer_of).items():
-                    if layer in keys:
-                        save_grams(keys[layer], part)
+            parts, start = [], 0
+            for size in self.groups.get(side, [len(seqs)]):
+                end = start + size
+                parts.append(self._side_grams(side, kside, sources[side], seqs[start:end],
+                                              None if skip is None else skip[start:end], layers, targets))
+                start = end
+            stats = parts[0] if len(parts) == 1 else add(parts)
             self.grams[side] = stats
             self.tokens[side] = stats.n_tokens
         self.peak_gram_bytes = max(self.peak_gram_bytes, sum(g.nbytes for g in self.grams.values()))
         self.current = chunk
+
+    def _side_grams(self, side: str, kside: str, source: str, seqs: list[list[int]], skip: list[int] | None,
+                    layers: list[int], targets: list[EditTarget]) -> GramStats:
+        """One sequence set's Grams at a chunk's layers: from the cache, else one forward pass."""
+        keys = {layer: self._cache_key(kside, source, seqs, layer, targets, skip) for layer in layers
+                } if self.use_cache else {}
+        hits = [load_grams(k) for k in keys.values()]
+        if keys and all(h is not None for h in hits):
+            self.cache_hits += 1
+            return merge(hits)
+        model, tok = self.models.get(source)
+        modules = {t.tensor: live_module(model, self.trio.arch, t) for t in targets}
+        stats = accumulate_grams(
+            model, seqs, tok.pad_token_id, modules, layers=live_layers(model, self.trio.arch),
+            stop_after_layer=max(layers), batch_size=self.opts.batch_size,
+            max_batch_tokens=self.opts.max_batch_tokens, skip_first=skip,
+            desc=f"grams {side} layers {layers[0]}-{layers[-1]}")
+        self.passes += 1
+        for layer, part in split_by_layer(stats, self.layer_of).items():
+            if layer in keys:
+                save_grams(keys[layer], part)
+        return stats
 
     @property
     def joint(self) -> bool:
@@ -621,10 +637,13 @@ def _run(opts: ActivationMatchOptions, trio: Trio, harmful: PromptSet, task: Pro
     models = LiveModels(trio, opts, cont.original if cont is not None else None)
     try:
         seqs, answers = encode_sets(models, harmful, task, opts)
+        groups = None
         if cont is not None and cont.earlier:
-            seqs["old"] = earlier_sequences(cont, models.tokenizer(opts.harmful_from))
+            earlier = earlier_sequences(cont, models.tokenizer(opts.harmful_from))
+            seqs["old"] = [x for g in earlier for x in g]
+            groups = {"old": [len(g) for g in earlier]}
         head = template_head(models.tokenizer(opts.harmful_from), opts) if opts.shared_prefix == "skip" else None
-        editor = Editor(trio, opts, targets, models, seqs, rows, cont, head)
+        editor = Editor(trio, opts, targets, models, seqs, rows, cont, head, groups)
 
         def write(tmp: Path) -> dict:
             stream_rewrite(trio, tmp, editor.transform, opts.max_shard_gb, desc=METHOD, names=editor.order)

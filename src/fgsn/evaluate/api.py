@@ -194,7 +194,7 @@ def gen_settings(opts: EvalOptions) -> GenSettings:
     greedy = opts.temperature == 0.0
     return GenSettings(backend=opts.backend, dtype=_dtype_name(opts), max_new_tokens=opts.max_new_tokens,
                        temperature=opts.temperature, top_p=1.0 if greedy else opts.top_p,
-                       seed=0 if greedy else opts.seed)
+                       seed=0 if greedy else opts.seed, shared_prefix=opts.shared_prefix and opts.backend == "hf")
 
 
 class _ModelRunner:

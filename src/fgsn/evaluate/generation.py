@@ -5,10 +5,20 @@ text and the cache key (the rendered text) means the same thing for both. Batche
 from prompts sorted by length (less padding; the longest batch first, so an out-of-memory error
 comes at once) and results are handed to `on_batch` as they come, which is how the cache
 checkpoints a long run.
+
+Shared prefix (`GenSettings.shared_prefix`, on by default for `hf`): chat-templated prompts begin
+with the same tokens (SmolLM2: its 24-token system prompt and user header, half the tokens of a
+short harmful prompt), whose keys and values are the same in every row of a batch. They are
+computed once per batch and the rows continue from them, padded between the prefix and their own
+tokens (positions come from the attention mask, so every token keeps the position it has in the
+plain left-padded batch). Exact in float32 (test); in bfloat16 the different summation order
+changes a completion about as often as another batch size does. On the SmolLM2 organism it cuts
+the generation of 50 HarmBench/StrongREJECT prompts by 27-30% (benchmarks/prefix_generation.py).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -33,13 +43,49 @@ class GenSettings:
     temperature: float
     top_p: float
     seed: int
+    shared_prefix: bool = False  # hf: the batch's common prefix computed once (module doc)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not d["shared_prefix"]:  # absent when off: cache keys written before the option stay valid
+            del d["shared_prefix"]
+        return d
+
+
+# a batch's common prefix shorter than this is not worth a separate forward pass
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(ids: list[list[int]]) -> int:
+    """Length of the token prefix every row shares, leaving each row at least one token of its
+    own (the first generated token is computed from the row's last prompt token)."""
+    if len(ids) < 2:
+        return 0
+    first, k = ids[0], 0
+    limit = min(len(x) for x in ids) - 1
+    while k < limit and all(x[k] == first[k] for x in ids):
+        k += 1
+    return k
+
+
+def supports_shared_prefix(model) -> bool:
+    """A decoder-only model whose cache is plain full attention: one that takes a Cache and has no
+    sliding window or recurrent state, where a batch-expanded prefix cache means what it says."""
+    cfg = model.config
+    if getattr(cfg, "is_encoder_decoder", False) or getattr(cfg, "sliding_window", None):
+        return False
+    if getattr(cfg, "layer_types", None) and set(cfg.layer_types) != {"full_attention"}:
+        return False
+    return _cache_kwarg(model) is not None
+
+
+def _cache_kwarg(model) -> str | None:
+    params = inspect.signature(model.forward).parameters
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
 
 
 DEFAULT_MAX_BATCH_TOKENS = 8192
@@ -93,6 +139,8 @@ class HFGenerator:
             self.tok.padding_side = "left"
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
+        self.shared_prefix = settings.shared_prefix and supports_shared_prefix(model)
+        self._cache_kw = _cache_kwarg(model) if self.shared_prefix else None
 
     def _generation_config(self):
         from transformers import GenerationConfig
@@ -110,14 +158,35 @@ class HFGenerator:
     def _run(self, texts: list[str], batch_no: int) -> list[str]:
         from fgsn.models.loading import input_device
 
-        enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=self.add_special_tokens)
         dev = input_device(self.model)
-        enc = {k: v.to(dev) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        ids = [self.tok(t, add_special_tokens=self.add_special_tokens)["input_ids"] for t in texts]
+        k = shared_prefix_length(ids) if self.shared_prefix else 0
+        if k >= MIN_SHARED_PREFIX:
+            enc = self._prefixed(ids, k, dev)
+        else:
+            enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=self.add_special_tokens)
+            enc = {k: v.to(dev) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         if not self.settings.greedy:
             torch.manual_seed(self.settings.seed + batch_no)
         out = self.model.generate(**enc, generation_config=self._generation_config())
         new = out[:, enc["input_ids"].shape[1]:]
         return [t.strip() for t in self.tok.batch_decode(new, skip_special_tokens=True)]
+
+    def _prefixed(self, ids: list[list[int]], k: int, dev) -> dict[str, Any]:
+        """generate()'s inputs with the rows' common first `k` tokens already in a cache: each row is
+        prefix + padding + its own tokens, the cache holds the prefix's keys and values once per row."""
+        n, width = len(ids), k + max(len(x) - k for x in ids)
+        input_ids = torch.full((n, width), self.tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        input_ids[:, :k] = torch.tensor(ids[0][:k])
+        mask[:, :k] = 1
+        for i, x in enumerate(ids):
+            input_ids[i, width - len(x) + k:] = torch.tensor(x[k:])
+            mask[i, width - len(x) + k:] = 1
+        out = self.model(input_ids=input_ids[:1, :k].to(dev), use_cache=True)
+        cache = out.cache if "cache" in out else out.past_key_values
+        cache.batch_repeat_interleave(n)
+        return {"input_ids": input_ids.to(dev), "attention_mask": mask.to(dev), self._cache_kw: cache}
 
     def generate(self, texts: list[str], on_batch: OnBatch | None = None) -> list[str]:
         from tqdm.auto import tqdm

@@ -166,6 +166,20 @@ def merge(parts: list[GramStats]) -> GramStats:
     return out
 
 
+def add(parts: list[GramStats]) -> GramStats:
+    """The Grams of the union of disjoint sequence sets (the same modules): sums and counts added."""
+    out = GramStats(sums={k: v.clone() for k, v in parts[0].sums.items()}, alias=dict(parts[0].alias),
+                    n_tokens=parts[0].n_tokens, n_sequences=parts[0].n_sequences)
+    for p in parts[1:]:
+        if p.alias != out.alias:
+            raise ValueError("Gram sets of different modules (or input sharing) cannot be added")
+        for k, v in p.sums.items():
+            out.sums[k] += v
+        out.n_tokens += p.n_tokens
+        out.n_sequences += p.n_sequences
+    return out
+
+
 def load_grams(key: str) -> GramStats | None:
     import json
 
