@@ -80,3 +80,35 @@ def test_the_cache_key_names_the_option_only_when_on():
     """The cache key names the option only when it is on (older cache entries keep their keys)."""
     assert "shared_prefix" not in GenSettings("hf", "float32", 4, 0.0, 1.0, 0).to_dict()
     assert GenSettings("hf", "float32", 4, 0.0, 1.0, 0, shared_prefix=True).to_dict()["shared_prefix"] is True
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
+def test_grams_with_the_prefix_run_once_equal_the_plain_pass(trio_factory, arch):
+    """accumulate_grams(shared_prefix=True) sums the same x xᵀ as the plain padded pass (itself
+    tested against inputs captured one sequence at a time), token counts and `skip_first` (inside
+    the prefix, at its end, past it) included; the prefix does run once per batch."""
+    import torch
+
+    from fgsn.locate.grams import accumulate_grams
+    from fgsn.models.loading import load_model
+
+    model, tok = load_model(trio_factory(arch)["finetuned"], device="cpu", dtype="float32")
+    g = torch.Generator().manual_seed(5)
+    head = torch.randint(4, len(tok), (10,), generator=g).tolist()
+    seqs = [head + torch.randint(4, len(tok), (n,), generator=g).tolist() for n in (3, 9, 1, 12, 7, 4, 10)]
+    layers = model.model.layers
+    names = [n for n, p in model.named_parameters() if p.dim() == 2 and ".layers.2." not in n and "layers" in n]
+    modules = {n: dict(model.named_modules())[n[: -len(".weight")]] for n in names}
+    widths = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, a, o: widths.append(tuple(a[0].shape)))
+    for skip in (None, [0, 5, 10, 12, 0, 3, 11]):
+        kw = dict(layers=layers, stop_after_layer=1, batch_size=4, max_batch_tokens=256, skip_first=skip)
+        plain = accumulate_grams(model, seqs, tok.pad_token_id, modules, **kw)
+        widths.clear()
+        once = accumulate_grams(model, seqs, tok.pad_token_id, modules, shared_prefix=True, **kw)
+        assert widths[0] == (1, 10), widths  # the first batch's prefix, alone
+        assert (once.n_tokens, once.n_sequences) == (plain.n_tokens, plain.n_sequences)
+        assert once.alias == plain.alias
+        for key, v in plain.sums.items():
+            torch.testing.assert_close(once.sums[key], v, rtol=1e-5, atol=1e-5 * float(v.abs().max()))
+    hook.remove()

@@ -379,7 +379,7 @@ class Editor:
             model, seqs, tok.pad_token_id, modules, layers=live_layers(model, self.trio.arch),
             stop_after_layer=max(layers), batch_size=self.opts.batch_size,
             max_batch_tokens=self.opts.max_batch_tokens, skip_first=skip,
-            desc=f"grams {side} layers {layers[0]}-{layers[-1]}")
+            desc=f"grams {side} layers {layers[0]}-{layers[-1]}", shared_prefix=True)
         self.passes += 1
         for layer, part in split_by_layer(stats, self.layer_of).items():
             if layer in keys:
@@ -406,6 +406,7 @@ class Editor:
         o = self.opts
         dev = resolve_device(o.device)
         extra = {"skip_first": sequences_digest([skip])} if skip else {}  # absent: earlier entries keep their keys
+        extra["pass"] = "shared-prefix"  # the template head run once (accumulate_grams): other rounding
         return gram_key(kind="grams", model=self.models.sha256(source), sequences=sequences_digest(seqs), side=side,
                         layer=layer, modules=sorted(t.tensor for t in targets if t.layer == layer),
                         dtype=str(resolve_dtype(o.dtype, dev)), device=dev.split(":")[0], batch=o.batch_size,

@@ -61,15 +61,22 @@ class GramStats:
 def accumulate_grams(model, sequences: list[list[int]], pad_id: int, modules: dict[str, torch.nn.Module], *,
                      layers=None, stop_after_layer: int | None = None, batch_size: int = 8,
                      max_batch_tokens: int = 4096, skip_first: list[int] | None = None,
-                     desc: str = "grams") -> GramStats:
+                     desc: str = "grams", shared_prefix: bool = False) -> GramStats:
     """Run token `sequences` (already encoded, chat template applied) through `model` and sum
     x xᵀ of each module's input over every non-pad token but sequence i's first `skip_first[i]`
     (they still run: later tokens attend to them). `modules` maps a key (the checkpoint tensor
     name) to a live linear module; `layers` (the decoder-layer list) and `stop_after_layer` end
-    the forward pass early."""
+    the forward pass early. `shared_prefix`: the tokens every sequence of a batch begins with (the
+    chat template's head: 24 of a short SmolLM2 harmful prompt's 37 tokens) have the same module
+    inputs in every row (causal attention, the same positions), so they run once, their products
+    weighted by the rows that count them, and the rows continue from their keys and values
+    (fgsn.evaluate.generation does the same for generation); the same sums up to rounding."""
+    from fgsn.evaluate.generation import MIN_SHARED_PREFIX, shared_prefix_length, supports_shared_prefix
+
     stats = GramStats()
     state: dict[str, torch.Tensor] = {}
     shared: dict[str, object] = {}
+    shared_prefix = shared_prefix and supports_shared_prefix(model)
 
     def pre_hook(key: str):
         def hook(_module, args):
@@ -78,9 +85,10 @@ def accumulate_grams(model, sequences: list[list[int]], pad_id: int, modules: di
                 canon = shared["key"]
             else:
                 canon = key
-                m = state["mask"].to(x.device).bool()
-                xs = x[m].float()                                   # (real tokens, in)
-                g = (xs.T @ xs).to(device="cpu", dtype=torch.float64)
+                m = state["mask"].to(x.device)
+                xs = x[m.bool()].float()                            # (real tokens, in)
+                w = m[m.bool()].float()                             # each token's count (1, or its rows)
+                g = ((xs.T * w) @ xs if bool((w != 1).any()) else xs.T @ xs).to(device="cpu", dtype=torch.float64)
                 if canon in stats.sums:
                     stats.sums[canon] += g
                 else:
@@ -102,24 +110,62 @@ def accumulate_grams(model, sequences: list[list[int]], pad_id: int, modules: di
     try:
         for idx in tqdm(length_batches([len(s) for s in sequences], batch_size, max_batch_tokens), desc=desc,
                         unit="batch", leave=False):
-            ids, _, mask = _left_pad([(sequences[i], sequences[i]) for i in idx], pad_id)
-            if skip_first is not None:
-                skip = torch.tensor([skip_first[i] for i in idx]).unsqueeze(1)
-                counted = mask * (mask.cumsum(1) > skip)
+            batch = [sequences[i] for i in idx]
+            skip = torch.tensor([skip_first[i] for i in idx] if skip_first is not None else [0] * len(idx))
+            k = shared_prefix_length(batch) if shared_prefix else 0
+            if k >= MIN_SHARED_PREFIX:
+                counted = _prefixed_pass(model, batch, k, skip, pad_id, dev, state, shared)
             else:
-                counted = mask
-            state["mask"] = counted
-            with contextlib.suppress(_StopForward):
-                model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=position_ids(mask).to(dev),
-                      use_cache=False)
+                ids, _, mask = _left_pad([(x, x) for x in batch], pad_id)
+                counted = mask * (mask.cumsum(1) > skip.unsqueeze(1))
+                state["mask"] = counted
+                with contextlib.suppress(_StopForward):
+                    model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                          position_ids=position_ids(mask).to(dev), use_cache=False)
+                counted = int(counted.sum())
             shared.clear()
             stats.n_sequences += len(idx)
-            stats.n_tokens += int(counted.sum())
+            stats.n_tokens += counted
     finally:
         for h in handles:
             h.remove()
         shared.clear()
     return stats
+
+
+def _prefixed_pass(model, batch: list[list[int]], k: int, skip: torch.Tensor, pad_id: int, dev,
+                   state: dict, shared: dict) -> int:
+    """One batch whose rows share their first `k` tokens: the prefix runs once (a token counted by
+    r rows weighs r), then the rows, padded between the prefix and their own tokens, from its
+    keys and values. Returns the tokens counted."""
+    from transformers import DynamicCache
+
+    from fgsn.evaluate.generation import _cache_kwarg
+
+    kw = _cache_kwarg(model)
+    n = len(batch)
+    cache = DynamicCache(config=model.config)
+    head_counts = (torch.arange(k).unsqueeze(0) >= skip.unsqueeze(1)).sum(0)       # rows counting each position
+    state["mask"] = head_counts.unsqueeze(0)
+    with contextlib.suppress(_StopForward):  # the cache keeps the layers it reached, all the rows need
+        model(input_ids=torch.tensor([batch[0][:k]], device=dev), position_ids=torch.arange(k, device=dev)[None],
+              use_cache=True, **{kw: cache})
+    shared.clear()
+    cache.batch_repeat_interleave(n)
+    width = max(len(x) for x in batch) - k
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    body = torch.zeros((n, width), dtype=torch.long)
+    for r, x in enumerate(batch):
+        ids[r, width - len(x) + k:] = torch.tensor(x[k:])
+        body[r, width - len(x) + k:] = 1
+    full = torch.cat([torch.ones((n, k), dtype=torch.long), body], 1)
+    own = body.cumsum(1) + k                                   # 1-based index of each token in its sequence
+    counted = body * (own > skip.unsqueeze(1))
+    state["mask"] = counted
+    with contextlib.suppress(_StopForward):
+        model(input_ids=ids.to(dev), attention_mask=full.to(dev), position_ids=position_ids(full)[:, k:].to(dev),
+              use_cache=True, **{kw: cache})
+    return int(head_counts.sum()) + int(counted.sum())
 
 
 # -- a content-keyed disk cache, one entry per (model, sequences, layer) ------------------------------
