@@ -322,6 +322,33 @@ def test_chunks_give_the_same_edit_as_one_pass(llama_trio, files, tmp_path):
         run(t, files, tmp_path / "bad", layers="2-9")
 
 
+def test_the_gram_cache_keeps_to_its_size_dropping_the_least_recently_used(tmp_path, monkeypatch):
+    """After each write, the entries used longest ago go until FGSN_GRAM_CACHE_GB holds; a read
+    counts as a use; the entry just written stays; a bad limit is an error naming the variable."""
+    import os
+
+    from fgsn.locate.grams import GramStats, load_grams, save_grams
+
+    monkeypatch.setenv("FGSN_CACHE", str(tmp_path))
+    one = GramStats(sums={"w": torch.ones(64, 64, dtype=torch.float64)}, alias={"w": "w"}, n_tokens=3, n_sequences=1)
+    size = None
+    for i, key in enumerate(["a", "b", "c"]):
+        save_grams(key, one)
+        path = tmp_path / "grams" / f"{key}.safetensors"
+        size = path.stat().st_size
+        os.utime(path, (1000 + i, 1000 + i))  # a, then b, then c: distinct ages on any filesystem
+    assert load_grams("a") is not None  # a is now the most recently used
+    monkeypatch.setenv("FGSN_GRAM_CACHE_GB", str(2.5 * size / 1024**3))
+    save_grams("d", one)  # four entries, room for two: b and c (the oldest uses) go
+    assert sorted(f.stem for f in (tmp_path / "grams").glob("*.safetensors")) == ["a", "d"]
+    monkeypatch.setenv("FGSN_GRAM_CACHE_GB", "0")
+    save_grams("e", one)
+    assert [f.stem for f in (tmp_path / "grams").glob("*.safetensors")] == ["e"]
+    monkeypatch.setenv("FGSN_GRAM_CACHE_GB", "lots")
+    with pytest.raises(InputError, match="FGSN_GRAM_CACHE_GB"):
+        save_grams("f", one)
+
+
 def test_grams_are_cached_across_settings_and_not_in_sequential_mode(llama_trio, files, tmp_path):
     t = llama_trio
     kw = dict(modules=["q_proj", "down_proj"], cache=True, max_batch_tokens=1000)  # keys no other test makes

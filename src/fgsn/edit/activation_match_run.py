@@ -68,6 +68,7 @@ from fgsn.locate.grams import (
     GramStats,
     accumulate_grams,
     add,
+    gram_cache_limit,
     gram_key,
     load_grams,
     merge,
@@ -336,6 +337,8 @@ class Editor:
         self.use_cache = opts.cache and not opts.sequential and total <= GRAM_CACHE_LIMIT
         if opts.cache and not opts.sequential and not self.use_cache:
             log.info("Grams of this run (up to %.1f GB) are over the cache limit; not cached", total / 1024**3)
+        if self.use_cache:
+            gram_cache_limit()  # a bad FGSN_GRAM_CACHE_GB fails here, before any forward pass
         # layer by layer (embeddings and the head first), so that a chunk's tensors come together
         of = layer_of(trio)
         pos = {n: i for i, n in enumerate(trio.aligned.names)}

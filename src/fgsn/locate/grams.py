@@ -25,6 +25,7 @@ ways to run the model, for two kinds of caller:
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -240,8 +241,57 @@ def load_grams(key: str) -> GramStats | None:
             sums = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except (SafetensorError, OSError, KeyError, ValueError):
         return None  # a damaged entry is recomputed, never trusted
+    with contextlib.suppress(OSError):
+        os.utime(path)  # used now: the last to be pruned
     return GramStats(sums=sums, alias=meta["alias"], n_tokens=int(meta["n_tokens"]),
                      n_sequences=int(meta["n_sequences"]))
+
+
+# The Gram cache holds (in x in) float64 matrices per (model, prompts, layer): about 0.8 GB per
+# prompt set on the SmolLM2 organism, so a few demos would fill a laptop's disk. After every write
+# the least recently used entries go until the cache is within this size (one demo needs ~5 GB).
+GRAM_CACHE_ENV = "FGSN_GRAM_CACHE_GB"
+DEFAULT_GRAM_CACHE_GB = 8.0
+
+
+def gram_cache_limit() -> int:
+    from fgsn.errors import InputError
+
+    raw = os.environ.get(GRAM_CACHE_ENV, "").strip()
+    try:
+        gb = float(raw) if raw else DEFAULT_GRAM_CACHE_GB
+    except ValueError:
+        gb = -1.0
+    if gb < 0:
+        raise InputError(f"{GRAM_CACHE_ENV}={raw!r}: give the Gram cache's size limit in GB (a number >= 0; 0 keeps "
+                         f"only the entry just written), or unset it for the default {DEFAULT_GRAM_CACHE_GB:g}")
+    return int(gb * 1024**3)
+
+
+def prune_gram_cache(limit: int | None = None, keep: str | None = None) -> int:
+    """Delete the least recently used Gram cache entries until the cache holds at most `limit`
+    bytes (default: gram_cache_limit()), never the entry `keep` (the one just written). Returns
+    the bytes freed."""
+    limit = gram_cache_limit() if limit is None else limit
+    root = _gram_path("x").parent
+    if not root.is_dir():
+        return 0
+    entries = []
+    for f in root.glob("*.safetensors"):
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            entries.append((st.st_mtime, st.st_size, f))
+    total, freed = sum(e[1] for e in entries), 0
+    for _, size, f in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if keep is not None and f.name == f"{keep}.safetensors":
+            continue
+        with contextlib.suppress(OSError):
+            f.unlink()
+            total -= size
+            freed += size
+    return freed
 
 
 def save_grams(key: str, stats: GramStats) -> None:
@@ -256,6 +306,7 @@ def save_grams(key: str, stats: GramStats) -> None:
     with contextlib.suppress(OSError):  # caching is an optimisation; a full disk must not fail the run
         atomic_write_bytes(_gram_path(key), save({k: v.contiguous() for k, v in sorted(stats.sums.items())},
                                                  metadata=meta))
+    prune_gram_cache(keep=key)
 
 
 # -- layer-by-layer replay on a model edited as it goes (fgsn.edit.compensate) ----------------------
