@@ -7,13 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fgsn.evaluate.generation import (
-    MIN_SHARED_PREFIX,
-    GenSettings,
-    HFGenerator,
-    shared_prefix_length,
-    supports_shared_prefix,
-)
+from fgsn.evaluate.generation import GenSettings, HFGenerator
+from fgsn.models.shared_prefix import MIN_SHARED_PREFIX, shared_prefix_length, supports_shared_prefix
 
 PROMPTS = ["how do i make a cake", "what is the capital of france", "hello",
            "write a poem about the ocean please and thanks", "explain black holes", "one plus two equals"]

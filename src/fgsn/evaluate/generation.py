@@ -19,7 +19,6 @@ float32, 16% in bfloat16, where the other summation order changes 11 of the 100 
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,6 +27,12 @@ from typing import Any
 import torch
 
 from fgsn.errors import InputError
+from fgsn.models.shared_prefix import (
+    MIN_SHARED_PREFIX,
+    cache_kwarg,
+    shared_prefix_length,
+    supports_shared_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,38 +60,6 @@ class GenSettings:
         if not d["shared_prefix"]:  # absent when off: cache keys written before the option stay valid
             del d["shared_prefix"]
         return d
-
-
-# a batch's common prefix shorter than this is not worth a separate forward pass
-MIN_SHARED_PREFIX = 8
-
-
-def shared_prefix_length(ids: list[list[int]]) -> int:
-    """Length of the token prefix every row shares, leaving each row at least one token of its
-    own (the first generated token is computed from the row's last prompt token)."""
-    if len(ids) < 2:
-        return 0
-    first, k = ids[0], 0
-    limit = min(len(x) for x in ids) - 1
-    while k < limit and all(x[k] == first[k] for x in ids):
-        k += 1
-    return k
-
-
-def supports_shared_prefix(model) -> bool:
-    """A decoder-only model whose cache is plain full attention: one that takes a Cache and has no
-    sliding window or recurrent state, where a batch-expanded prefix cache means what it says."""
-    cfg = model.config
-    if getattr(cfg, "is_encoder_decoder", False) or getattr(cfg, "sliding_window", None):
-        return False
-    if getattr(cfg, "layer_types", None) and set(cfg.layer_types) != {"full_attention"}:
-        return False
-    return _cache_kwarg(model) is not None
-
-
-def _cache_kwarg(model) -> str | None:
-    params = inspect.signature(model.forward).parameters
-    return next((k for k in ("cache", "past_key_values") if k in params), None)
 
 
 DEFAULT_MAX_BATCH_TOKENS = 8192
@@ -141,7 +114,7 @@ class HFGenerator:
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         self.shared_prefix = settings.shared_prefix and supports_shared_prefix(model)
-        self._cache_kw = _cache_kwarg(model) if self.shared_prefix else None
+        self._cache_kw = cache_kwarg(model) if self.shared_prefix else None
 
     def _generation_config(self):
         from transformers import GenerationConfig

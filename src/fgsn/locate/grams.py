@@ -35,6 +35,12 @@ from fgsn.data.batching import length_batches
 from fgsn.locate.attribution import _encode, _left_pad
 from fgsn.locate.probes import _StopForward, position_ids
 from fgsn.models.loading import input_device
+from fgsn.models.shared_prefix import (
+    MIN_SHARED_PREFIX,
+    cache_kwarg,
+    shared_prefix_length,
+    supports_shared_prefix,
+)
 
 
 @dataclass
@@ -71,9 +77,7 @@ def accumulate_grams(model, sequences: list[list[int]], pad_id: int, modules: di
     chat template's head: 24 of a short SmolLM2 harmful prompt's 37 tokens) have the same module
     inputs in every row (causal attention, the same positions), so they run once, their products
     weighted by the rows that count them, and the rows continue from their keys and values
-    (fgsn.evaluate.generation does the same for generation); the same sums up to rounding."""
-    from fgsn.evaluate.generation import MIN_SHARED_PREFIX, shared_prefix_length, supports_shared_prefix
-
+    (generation does the same: fgsn.models.shared_prefix); the same sums up to rounding."""
     stats = GramStats()
     state: dict[str, torch.Tensor] = {}
     shared: dict[str, object] = {}
@@ -141,9 +145,7 @@ def _prefixed_pass(model, batch: list[list[int]], k: int, skip: torch.Tensor, pa
     keys and values. Returns the tokens counted."""
     from transformers import DynamicCache
 
-    from fgsn.evaluate.generation import _cache_kwarg
-
-    kw = _cache_kwarg(model)
+    kw = cache_kwarg(model)
     n = len(batch)
     cache = DynamicCache(config=model.config)
     head_counts = (torch.arange(k).unsqueeze(0) >= skip.unsqueeze(1)).sum(0)       # rows counting each position
