@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from fgsn.memory import peak_rss_mb
 
 # Random-weight Llama shapes (SmolLM2 vocabulary); "smollm2-135m" is the real shipped model.
 PROBE_SHAPES = {
@@ -151,7 +152,7 @@ def run(model_name: str, n_prompts: int, batch: int, stop: int, repeats: int) ->
     base = out["passes"]["forward"]["median_s"]
     for p in out["passes"].values():
         p["vs_forward"] = round(p["median_s"] / base, 3)
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return out
 
 

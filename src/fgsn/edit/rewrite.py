@@ -9,7 +9,6 @@ Tensors a method leaves alone are copied from the fine-tuned model bit for bit.
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from fgsn.artifacts.manifest import MANIFEST
 from fgsn.atomic import atomic_dir, atomic_write_json
 from fgsn.edit.projection import check_finite
 from fgsn.errors import InputError
+from fgsn.memory import peak_rss_mb
 from fgsn.models.finetune import LoraFinetune
 from fgsn.models.safetensors_io import PlannedTensor
 from fgsn.models.trio import Trio
@@ -86,7 +86,7 @@ def run_info(t0: float, **how) -> dict:
     """Timings, memory and how the edit ran (e.g. device, prefetch): kept out of the manifest so
     that the manifest is deterministic."""
     return {"wall_s": round(time.time() - t0, 3),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **how}
+            "peak_rss_mb": round(peak_rss_mb(), 1), **how}
 
 
 def write_output(out: Path, opts, write: Callable[[Path], dict], t0: float, command: str | None = None) -> EditResult:

@@ -22,7 +22,7 @@ The loop itself is `Comparison` (check, edit, evaluate, results, report), which 
 `fgsn sweep` and `fgsn bench` drive as well; `fgsn repair` runs its trials through `run_edit`.
 
 Edit cost: each edit runs in a fresh subprocess (`--isolate`, the default) that reports its own
-wall time and peak RSS (getrusage ru_maxrss, a per-process high-water mark) and CUDA peak; with
+wall time and peak RSS (VmHWM, the process's own high-water mark; fgsn.memory) and CUDA peak; with
 --no-isolate the edit runs in this process and the peak RSS is the process's high-water mark so
 far (an upper bound that can hide a later method's smaller peak), marked `isolated: false`.
 """
@@ -345,7 +345,7 @@ class Comparison:
         results["compare"] = {"methods": {m.name: m.kind for m in methods},
                               "presets": {m.name: m.overrides for m in methods if m.kind == "fgsn"},
                               "eval_folders": sorted(evals),
-                              "edit_cost": "per-edit subprocess: wall time, getrusage ru_maxrss, CUDA peak"
+                              "edit_cost": "per-edit subprocess: wall time, peak RSS of its own address space (VmHWM), CUDA peak"
                               if opts.isolate else "in-process: wall time; peak RSS is the process high-water mark",
                               "eval_locate_overlap": self.overlap, **(extra or {})}
         return results

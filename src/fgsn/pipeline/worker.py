@@ -5,11 +5,11 @@ writes PATH (JSON) with the edit's cost, measured in this process only:
 
     wall_s         wall-clock seconds of the edit (after imports, from options to finished folder)
     start_rss_mb   resident memory before the edit (Python, torch and transformers imported)
-    peak_rss_mb    peak resident memory of the process (getrusage ru_maxrss), imports included
+    peak_rss_mb    peak resident memory of the process (VmHWM, see fgsn.memory), imports included
     edit_rss_mb    peak_rss_mb - start_rss_mb: what the edit itself added at its peak
     cuda_peak_mb   torch.cuda.max_memory_allocated, when CUDA was used (else null)
 
-Why a subprocess: ru_maxrss is a high-water mark of the whole process, so in one process the
+Why a subprocess: the peak is a high-water mark of the whole process, so in one process the
 second method's peak hides under the first's; tracemalloc does not see torch's allocations. A
 fresh process per edit gives every method its own high-water mark. Exit code 2 and one
 `error: ...` line on stderr for an fgsn error, as the CLI does.
@@ -18,25 +18,11 @@ fresh process per edit gives every method its own high-water mark. Exit code 2 a
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
-
-def current_rss_mb() -> float:
-    """Resident memory now (VmRSS), or the high-water mark where /proc is absent."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+from fgsn.memory import current_rss_mb, peak_rss_mb
 
 
 def measured_run(kind: str, options: dict, isolated: bool = True) -> dict:
