@@ -16,9 +16,11 @@ from fgsn.pipeline.repair import (
     FAMILIES,
     RepairOptions,
     bisect_family,
+    confirm_winner,
     judge_trials,
     repair_or_reuse,
     split_rows,
+    trial_row,
     write_splits,
 )
 
@@ -144,6 +146,55 @@ def test_selection_without_a_passing_trial_says_so(tmp_path):
     assert not judge_trials(opts, s, {"a": 0.1})["met"]
 
 
+def _confirm(opts, search: dict, check: dict):
+    """confirm_winner over a family t0..tN (weakest first) with these (asr, nll) scores per split;
+    returns the judged result and the trials each split scored."""
+    scores = _scores(**{n: search[n] for n in search})
+    costs = {n: 0.1 * (i + 1) for i, n in enumerate(search)}
+    judged = judge_trials(opts, {k: scores[k] for k in ("aligned", "finetuned", "t0", "t1")},
+                          {n: costs[n] for n in ("t0", "t1")})  # what a bisection scored
+    cscores = _scores(**check)
+    asked = {"search": [], "check": []}
+
+    def row(n):
+        asked["search"].append(n)
+        return trial_row(opts, scores["aligned"], scores["finetuned"], scores[n], costs[n])
+
+    def check_row(n):
+        asked["check"].append(n)
+        return trial_row(opts, cscores["aligned"], cscores["finetuned"], cscores[n], costs[n])
+
+    return confirm_winner(opts, judged, list(search), row, check_row), asked
+
+
+def test_the_winner_is_confirmed_on_the_check_split_or_a_stronger_strength_wins(tmp_path):
+    opts = _opts(tmp_path)  # target: ASR <= 0.15, NLL <= 0.55 (90% of the gain), on each split
+    search = {"t0": (0.3, 0.5), "t1": (0.15, 0.52), "t2": (0.12, 0.53), "t3": (0.1, 0.54), "t4": (0.1, 0.6)}
+    # the search winner t1 meets the target on the check split too: nothing else is tried
+    j, asked = _confirm(opts, search, {n: (0.14, 0.52) for n in search})
+    assert j["winner"] == "t1" and j["confirmation"]["confirmed"] and asked == {"search": [], "check": ["t1"]}
+    # t1 misses it there (0.2 > 0.15), t2 misses, t3 meets it: t3 wins, each scored on search first
+    check = {"t0": (0.4, 0.5), "t1": (0.2, 0.52), "t2": (0.18, 0.53), "t3": (0.15, 0.54), "t4": (0.1, 0.6)}
+    j, asked = _confirm(opts, search, check)
+    assert j["winner"] == "t3" and j["confirmation"] == {"first": "t1", "confirmed": True,
+                                                         "tried": {n: j["confirmation"]["tried"][n]
+                                                                   for n in ("t1", "t2", "t3")}}
+    assert asked["check"] == ["t1", "t2", "t3"] and asked["search"][:2] == ["t2", "t3"]
+    assert "not on the check split" in j["why"] and set(j["trials"]) >= {"t1", "t2", "t3"}
+    # at most --confirm stronger strengths: with 1, t2 is the last tried; none confirms, so the one
+    # keeping the task with the lowest check ASR wins, said so
+    j, asked = _confirm(opts.model_copy(update={"confirm": 1}), search, check)
+    assert j["winner"] == "t2" and not j["confirmation"]["confirmed"] and asked["check"] == ["t1", "t2"]
+    assert "none of the 2 strengths tried" in j["why"]
+    # a stronger strength that loses the task on the search split (t4: NLL 0.6) ends the search
+    check["t3"] = (0.17, 0.54)
+    j, asked = _confirm(opts, search, check)
+    assert asked["check"] == ["t1", "t2", "t3"] and "t4" in asked["search"] and j["winner"] == "t3"
+    # --confirm 0: the check split only reports the search winner
+    j, asked = _confirm(opts.model_copy(update={"confirm": 0}), search, check)
+    assert j["winner"] == "t1" and j["confirmation"] is None and asked == {"search": [], "check": ["t1"]}
+
+
 def test_a_search_split_without_erosion_is_flagged(tmp_path):
     opts = _opts(tmp_path)
     assert judge_trials(opts, _scores(a=(0.1, 0.5)), {"a": 0.1})["weak_signal"] is None  # 0.1 -> 0.5: clear
@@ -181,6 +232,8 @@ def test_repair_end_to_end(llama_trio, files, tmp_path, capsys, search):
     assert doc["splits"]["harmful"]["fit"] + doc["splits"]["harmful"]["search"] + doc["splits"]["harmful"]["check"] \
         == len(HARMFUL)
     assert set(doc["check"]) == {"winner", "aligned", "finetuned"}
+    confirmed_on = doc["selected_on"]["confirmed_on"]  # the check split took part in the choice (--confirm 3)
+    assert doc["confirmation"] is None if not doc["met"] else confirmed_on["files"]["harmful"].endswith("check.jsonl")
     assert (out / "fgsn" / "repair_frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "model.safetensors").is_file() or list(out.glob("*.safetensors"))
     trials = tmp_path / "repaired.work" / "trials"

@@ -4,8 +4,8 @@ Given base, aligned and fine-tuned models, harmful prompts and the fine-tune's t
 
 1. splits the harmful prompts and the task examples by a hash of their text into three disjoint
    parts: `fit` (what every edit computes its statistics on: masks, Grams, gradients), `search`
-   (what the trials are scored on) and `check` (scored once, on the winner, as an estimate no
-   choice has seen); a prompt that is also in an evaluation set given with --eval-harmful is left
+   (what the trials are scored on) and `check` (scored on the winner: it confirms the choice, see
+   4., or with --confirm 0 only estimates it); a prompt that is also in an evaluation set given with --eval-harmful is left
    out (public sets share prompts) and counted; --fit-only prompts (and the same ones in --harmful)
    go to `fit` only: the aligned model's own safety-training prompts belong there, since their
    refusals survive the fine-tune and would make every trial look like a repair; with
@@ -29,7 +29,14 @@ Given base, aligned and fine-tuned models, harmful prompts and the fine-tune's t
    fine-tune's gain over the aligned model. When no trial meets the target it takes the best
    trade-off (the most ASR gap closed among trials that keep the task, else the one that keeps
    the most task), says so plainly and exits 0 with a warning;
-4. writes the winner's checkpoint to --out (its manifest gains a `repair` section: every scored
+4. scores the winner on the check split: when it misses the target there, the next stronger
+   strengths of its family (--confirm of them at most, each still meeting the target on the search
+   split) are tried and the first that meets it on both splits wins; when none does, the tried one
+   with the lowest check ASR that keeps the task, with a warning. The check split then took part
+   in the choice (`selected_on.confirmed_on`): only the evaluation sets estimate the winner
+   unseen. Why: a fixed 5-point target is easier on a split whose prompts show less erosion; on
+   the organism the search winner closed 82% of the search split's gap and 70% of the check split's;
+5. writes the winner's checkpoint to --out (its manifest gains a `repair` section: every scored
    trial, the winner and why), `repair.json`, and a frontier plot of every scored trial
    (`repair_frontier.png`).
 
@@ -136,6 +143,10 @@ class RepairOptions(Options):
     fit_share: float = Field(0.5, gt=0, lt=1, description="share of the prompts the edits fit on")
     search_share: float = Field(0.25, gt=0, lt=1, description="share the trials are scored on (the rest: check)")
     split_seed: int = Field(0, description="salt of the hash split")
+    confirm: int = Field(3, ge=0, description=(
+        "the winner must meet the target on the check split too: when it does not, up to this many stronger "
+        "strengths of its family are tried (scored on search, then check) and the first meeting both wins; "
+        "0: the check split only reports, as an estimate no choice has seen"))
     max_new_tokens: int = Field(24, ge=1, description="new tokens per scored completion")
     batch_size: int = Field(32, ge=1, description="prompts per forward pass of the edits' probes")
     eval_batch_size: int = Field(64, ge=1, description="prompts per generation batch")
@@ -372,6 +383,50 @@ def judge_trials(opts: RepairOptions, scores: dict[str, dict], costs: dict[str, 
             "references": {"aligned": al, "finetuned": ft}}
 
 
+def confirm_winner(opts: RepairOptions, judged: dict[str, Any], family: list[str],
+                   row: Callable[[str], dict[str, Any]], check_row: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """Score the search winner on the check split (`check_row`); with --confirm, when it misses the
+    target there, try the next stronger strengths of its `family` (weakest first), each scored on
+    the search split first (`row`), while they still meet the target there, up to --confirm of them:
+    the first that meets it on both splits wins. Why: the search split's 5-point target is easier
+    where its prompts show less erosion, and the check split is the one estimate besides it that the
+    evaluation has not seen. When none meets both, the tried trial that keeps the task on the check
+    split with its lowest ASR wins, said so. Returns `judged` with the winner, why and
+    `confirmation` (None when the check split only reported)."""
+    first = judged["winner"]
+    tried = {first: check_row(first)}
+    if not (opts.confirm and judged["met"]):
+        return {**judged, "confirmation": None}
+    i = family.index(first)
+    while not tried[family[i]]["meets_target"] and i + 1 < len(family) and len(tried) <= opts.confirm:
+        i += 1
+        if not row(family[i])["meets_target"]:
+            break
+        tried[family[i]] = check_row(family[i])
+    trials = {**judged["trials"], **{n: row(n) for n in tried if n not in judged["trials"]}}
+    passing = [n for n, c in tried.items() if c["meets_target"]]
+    if passing:
+        win = passing[0]
+        why = judged["why"] if win == first else (
+            f"{first} met the target on the search split but not on the check split (ASR "
+            f"{tried[first]['asr']:.3f}); {win}, the weakest stronger strength meeting it on both, won (search ASR "
+            f"{trials[win]['asr']:.3f}, check ASR {tried[win]['asr']:.3f}, task gain kept {trials[win]['task_kept']:.0%})")
+    else:
+        keeping = [n for n, c in tried.items() if c["meets_task"]] or [first]
+        win = min(keeping, key=lambda n: (tried[n]["asr"], tried[n]["cost"]))
+        why = (f"{judged['why']}; but on the check split none of the {len(tried)} strengths tried from it meets the "
+               f"target: {win} has the lowest check ASR ({tried[win]['asr']:.3f}) among those keeping the task")
+    return {**judged, "trials": trials, "winner": win, "why": why,
+            "confirmation": {"first": first, "confirmed": bool(passing), "tried": tried}}
+
+
+def split_files(files: dict[str, dict[str, Path]], counts: dict[str, dict[str, int]], part: str) -> dict[str, Any]:
+    """One split part's files, their sha256 and prompt counts (which prompts a choice saw)."""
+    return {"files": {k: str(v[part]) for k, v in files.items()},
+            "sha256": {k: sha256_file(v[part]) for k, v in files.items()},
+            "counts": {k: v[part] for k, v in counts.items()}}
+
+
 def weak_signal(opts: RepairOptions, al: dict, ft: dict) -> str | None:
     """A warning when the search split hardly shows the fine-tune's erosion (fine-tuned ASR within the
     ASR target, or two prompts, of the aligned model's): every trial then meets the ASR part of the
@@ -443,6 +498,23 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
         edit_costs[name] = run_edit(name, kind, o, work / "edits", isolate=opts.isolate)
         manifests[name] = json.loads((Path(o["out"]) / "fgsn-manifest.json").read_text(encoding="utf-8"))
 
+    rows: dict[str, dict] = {}
+
+    def row(name: str) -> dict[str, Any]:
+        """`name`'s search scores against the references (edited and scored once, when first asked)."""
+        if name not in rows:
+            if name not in scores:
+                edit(name)
+                scores[name] = score_models(opts, {name: trials[name][1]["out"]}, adapters, files, "search", work,
+                                            run=name)[name]
+            rows[name] = trial_row(opts, scores["aligned"], scores["finetuned"], scores[name],
+                                   edit_cost(manifests[name]))
+            r = rows[name]
+            print(f"[{time.time() - t0:5.0f} s] {name}: search ASR {r['asr']:.3f} (aligned "
+                  f"{scores['aligned']['asr']:.3f}, fine-tuned {scores['finetuned']['asr']:.3f}), task kept "
+                  f"{r['task_kept'] if r['task_kept'] is None else format(r['task_kept'], '.0%')}", flush=True)
+        return rows[name]
+
     if opts.search == "grid":
         for name in trials:
             edit(name)
@@ -450,40 +522,37 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
               flush=True)
         scores = score_models(opts, {**refs, **{n: trials[n][1]["out"] for n in trials}}, adapters, files,
                               "search", work)
+        for name in trials:
+            row(name)
     else:
         scores = score_models(opts, refs, adapters, files, "search", work, run="references")
-        rows: dict[str, dict] = {}
-
-        def row(name: str) -> dict[str, Any]:
-            if name not in rows:
-                edit(name)
-                scores[name] = score_models(opts, {name: trials[name][1]["out"]}, adapters, files, "search", work,
-                                            run=name)[name]
-                rows[name] = trial_row(opts, scores["aligned"], scores["finetuned"], scores[name],
-                                       edit_cost(manifests[name]))
-                r = rows[name]
-                print(f"[{time.time() - t0:5.0f} s] {name}: search ASR {r['asr']:.3f} (aligned "
-                      f"{scores['aligned']['asr']:.3f}, fine-tuned {scores['finetuned']['asr']:.3f}), task kept "
-                      f"{r['task_kept'] if r['task_kept'] is None else format(r['task_kept'], '.0%')}", flush=True)
-            return rows[name]
-
         for fam in opts.families:
             bisect_family([n for n, _ in FAMILIES[fam].trials()], row)
-    models = {**refs, **{n: trials[n][1]["out"] for n in manifests}}
     judged = judge_trials(opts, scores, {n: edit_cost(m) for n, m in manifests.items()})
+    check: dict[str, dict] = {}
+
+    def check_row(name: str) -> dict[str, Any]:
+        """`name`'s check scores against the references' check scores (scored once, when first asked)."""
+        if name not in check:
+            check.update(score_models(opts, {**({} if check else refs), name: trials[name][1]["out"]}, adapters,
+                                      files, "check", work, run=name))
+        return trial_row(opts, check["aligned"], check["finetuned"], check[name], edit_cost(manifests[name]))
+
+    family = next([n for n, _ in FAMILIES[f].trials()] for f in opts.families
+                  if judged["winner"] in dict(FAMILIES[f].trials()))
+    judged = confirm_winner(opts, judged, family, row, check_row)
+    models = {**refs, **{n: trials[n][1]["out"] for n in manifests}}
     win = judged["winner"]
-    check = score_models(opts, {**refs, win: models[win]}, adapters, files, "check", work)
-    if not judged["met"]:
+    if not judged["met"] or judged["confirmation"] and not judged["confirmation"]["confirmed"]:
         log.warning("fgsn repair: %s", judged["why"])
     if judged["weak_signal"]:
         log.warning("fgsn repair: %s", judged["weak_signal"])
     splits = {k: {p: len(read_jsonl(f)) for p, f in v.items()} for k, v in files.items()}
     doc = {"schema": SCHEMA, "options": opts.model_dump(mode="json"), "splits": splits,
         "left_out_as_evaluation_prompts": dropped,
-        # which prompts chose the winner: the search split (the check split only confirms it)
-        "selected_on": {"split": "search", "winner": win, "files": {k: str(v["search"]) for k, v in files.items()},
-                        "sha256": {k: sha256_file(v["search"]) for k, v in files.items()},
-                        "counts": {k: v["search"] for k, v in splits.items()}},
+        # which prompts chose the winner: the search split, and the check split where it confirmed the choice
+        "selected_on": {"split": "search", "winner": win, **split_files(files, splits, "search"),
+                        "confirmed_on": split_files(files, splits, "check") if judged["confirmation"] else None},
         **judged, "check": {"winner": check[win], **{k: check[k] for k in refs}},
         "edit_costs": edit_costs, "wall_s": round(time.time() - t0, 1)}
     src = Path(models[win])
