@@ -560,6 +560,7 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
         link_tree(src, tmp)
         man = manifests[win]
         man["repair"] = {"winner": win, "met": judged["met"], "why": judged["why"], "weak_signal": judged["weak_signal"],
+                         "confirmed_on_check": judged["confirmation"]["confirmed"] if judged["confirmation"] else None,
                          "search": judged["trials"][win], "check": check[win], "trials": len(manifests),
                          "trials_planned": len(trials), "search_mode": opts.search}
         atomic_write_json(tmp / "fgsn-manifest.json", man)
@@ -568,7 +569,10 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
     if not opts.keep_trials:  # the winner lives on in `out`
         for _, o in trials.values():
             shutil.rmtree(o["out"], ignore_errors=True)
-    verdict = "meets the target" if judged["met"] else "DOES NOT meet the target (best trade-off written)"
+    conf = judged["confirmation"]
+    verdict = ("DOES NOT meet the target (best trade-off written)" if not judged["met"] else
+               "meets the target on the search split only (best trade-off on the check split written)"
+               if conf and not conf["confirmed"] else "meets the target")
     print(f"fgsn repair: {win} {verdict}: {judged['why']}\n  check split: ASR {check[win]['asr']:.3f} "
           f"(aligned {check['aligned']['asr']:.3f}, fine-tuned {check['finetuned']['asr']:.3f}), task NLL "
           f"{check[win]['nll']:.3f} (aligned {check['aligned']['nll']:.3f}, fine-tuned "
