@@ -5,8 +5,8 @@ Given base, aligned and fine-tuned models, harmful prompts and the fine-tune's t
 1. splits the harmful prompts and the task examples by a hash of their text into three disjoint
    parts: `fit` (what every edit computes its statistics on: masks, Grams, gradients), `search`
    (what the trials are scored on) and `check` (scored on the winner: it confirms the choice, see
-   4., or with --confirm 0 only estimates it); a prompt that is also in an evaluation set given with --eval-harmful is left
-   out (public sets share prompts) and counted; --fit-only prompts (and the same ones in --harmful)
+   4., or with --confirm 0 only estimates it); a prompt that is also in an evaluation set given
+   with --eval-harmful is left out (public sets share prompts) and counted; --fit-only prompts (and the same ones in --harmful)
    go to `fit` only: the aligned model's own safety-training prompts belong there, since their
    refusals survive the fine-tune and would make every trial look like a repair; with
    --task-heldout (examples the fine-tune did not train on) every --task example is fitted on and
@@ -533,7 +533,7 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
 
     def check_row(name: str) -> dict[str, Any]:
         """`name`'s check scores against the references' check scores (scored once, when first asked)."""
-        if name not in check:
+        if name not in check:  # the references are scored with the first trial asked
             check.update(score_models(opts, {**({} if check else refs), name: trials[name][1]["out"]}, adapters,
                                       files, "check", work, run=name))
         return trial_row(opts, check["aligned"], check["finetuned"], check[name], edit_cost(manifests[name]))
