@@ -149,7 +149,7 @@ def test_selection_without_a_passing_trial_says_so(tmp_path):
 def _confirm(opts, search: dict, check: dict):
     """confirm_winner over a family t0..tN (weakest first) with these (asr, nll) scores per split;
     returns the judged result and the trials each split scored."""
-    scores = _scores(**{n: search[n] for n in search})
+    scores = _scores(**search)
     costs = {n: 0.1 * (i + 1) for i, n in enumerate(search)}
     judged = judge_trials(opts, {k: scores[k] for k in ("aligned", "finetuned", "t0", "t1")},
                           {n: costs[n] for n in ("t0", "t1")})  # what a bisection scored
