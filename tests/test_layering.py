@@ -8,7 +8,7 @@ bottom:
       ->  orchestration (fgsn.pipeline.*: project, the method registry, compare and the commands
           built on it; fgsn.api)
       ->  stages (locate, edit, evaluate, baselines, organism)
-      ->  models, data, artifacts, direction  ->  foundation (config, atomic, errors, hardware, memory)
+      ->  models, data, artifacts, direction  ->  foundation (config, atomic, errors, hardware, memory, disk)
 
 No module outside fgsn.cli imports it (a stage's command line lives there too, not in the stage),
 and no stage imports fgsn.pipeline.
@@ -48,7 +48,7 @@ ALLOWED: dict[str, set[str]] = {
 LAYER_OF: dict[str, str] = {
     "fgsn": "foundation",  # the package root: __version__
     "fgsn.config": "foundation", "fgsn.atomic": "foundation", "fgsn.errors": "foundation",
-    "fgsn.hardware": "foundation", "fgsn.memory": "foundation",
+    "fgsn.hardware": "foundation", "fgsn.memory": "foundation", "fgsn.disk": "foundation",
     "fgsn.models": "models", "fgsn.data": "data", "fgsn.artifacts": "artifacts", "fgsn.direction": "direction",
     "fgsn.locate": "locate", "fgsn.edit": "edit", "fgsn.evaluate": "evaluate", "fgsn.baselines": "baselines",
     "fgsn.organism": "organism", "fgsn.report": "report",

@@ -41,6 +41,7 @@ from typing import Any
 from fgsn.artifacts.manifest import is_complete as manifest_is_complete
 from fgsn.artifacts.provenance import selected_on
 from fgsn.atomic import atomic_write_json, sha256_file
+from fgsn.disk import require_checkpoints
 from fgsn.errors import ConfigError, FgsnError, InputError
 from fgsn.evaluate.options import EvalOptions
 from fgsn.pipeline.options import NOT_FOR_COMPARE, CompareOptions
@@ -187,9 +188,11 @@ class Comparison:
             raise InputError("fgsn compare needs --out RUNDIR")
         return Path(self.opts.out).expanduser()
 
-    def check(self):
-        """Everything that can be checked before hours of work: models, prompts, method needs;
-        returns the opened trio (and counts the evaluation prompts that are also locate prompts)."""
+    def check(self, extra_checkpoints: int = 0):
+        """Everything that can be checked before hours of work: models, prompts, method needs, free
+        disk for the edits still to run (and `extra_checkpoints` a caller writes beside them: the
+        demo's continual steps and repair); returns the opened trio (and counts the evaluation
+        prompts that are also locate prompts)."""
         from fgsn.data.prompts import load_prompts
         from fgsn.data.promptset import concat
         from fgsn.models.trio import open_trio
@@ -231,6 +234,10 @@ class Comparison:
         if rundir.exists() and not rundir.is_dir():
             raise InputError(f"--out {rundir} exists and is not a folder")
         rundir.mkdir(parents=True, exist_ok=True)
+        pending = [m.name for m in methods if m.edits_weights
+                   and not is_complete(rundir / "models" / m.name, m.kind,
+                                       method_options(opts, m, rundir, trio.num_layers))]
+        require_checkpoints(rundir, len(pending) + extra_checkpoints, opts.aligned, "the edits of this run")
         self.trio, self.overlap = trio, overlap
         return trio
 

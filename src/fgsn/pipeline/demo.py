@@ -31,6 +31,7 @@ from fgsn.config import Options
 from fgsn.pipeline.compare import Comparison
 from fgsn.pipeline.options import CompareOptions
 from fgsn.pipeline.registry import parse_methods
+from fgsn.pipeline.repair import planned_trials
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def run_demo(opts: DemoOptions) -> dict:
               "model_workers": opts.eval_workers or default_model_workers(opts.device)})
     stage("held-out task files written; checking the inputs")
     cmp = Comparison(copts, methods)
-    cmp.check()
+    cmp.check(extra_checkpoints=len(opts.continual) + (planned_trials(opts.repair_families) if opts.repair else 0))
     stage(f"[2/4] repair: {', '.join(m.name for m in methods)} (each edit in its own process)")
     cmp.edit()
     fgsn_dir = out / "models" / "fgsn"

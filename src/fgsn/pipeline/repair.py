@@ -63,6 +63,7 @@ from pydantic import Field, field_validator
 
 from fgsn.atomic import read_jsonl, sha256_file
 from fgsn.config import Options
+from fgsn.disk import require_checkpoints
 from fgsn.errors import InputError
 from fgsn.pipeline.compare import method_options, run_edit
 from fgsn.pipeline.options import CompareOptions
@@ -109,6 +110,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 )}
 # activation matching first: its Grams are computed once (cached per layer) for every strength.
 DEFAULT_FAMILIES = ["activation-match"]
+
+
+def planned_trials(families: list[str] | None) -> int:
+    """How many trials a search over these families (comma lists allowed; None: the default) plans:
+    the most checkpoints it writes, whatever --search and --confirm choose."""
+    names = [n.strip() for part in families or DEFAULT_FAMILIES for n in part.split(",") if n.strip()]
+    return sum(len(FAMILIES[n].values) for n in names if n in FAMILIES)
 
 
 class RepairOptions(Options):
@@ -487,6 +495,9 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
         for name, params in fam.trials():
             trials[name] = (fam.kind, trial_options(opts, fam.kind, params, files, work / "trials" / name,
                                                     trio.num_layers))
+    # every trial may be written (bisection and confirmation stay within the families' strengths) and
+    # they live until the winner is: room for all of them
+    require_checkpoints(work, len(trials), opts.aligned, "fgsn repair's trials")
     print(f"fgsn repair: {len(trials)} trials ({', '.join(opts.families)}, search {opts.search}); splits in "
           f"{work / 'data'}", flush=True)
     adapters = {"finetuned": opts.finetuned} if is_adapter(opts.finetuned) else {}
