@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from fgsn.edit.activation_match import absolute_mu, null_basis, nullspace_map, rank_profile, ridge_map
 from fgsn.errors import InputError, NumericalError
@@ -62,18 +63,21 @@ def run(trio, files, out, **kw):
 
 
 # -- the formulas ------------------------------------------------------------------------------------
-def direct_ridge(W_a, W_f, K_h, K_t, lam, mu_abs):
-    """argmin_W ||W K_h - W_a K_h||²/n_h + lam ||W K_t - W_f K_t||²/n_t + mu ||W - W_f||², by lstsq on
-    the stacked design (rows of W are independent problems with the same design)."""
+def direct_ridge(W_a, W_f, K_h, K_t, lam, mu_abs, prior_abs=0.0):
+    """argmin_W ||W K_h - W_a K_h||²/n_h + lam ||W K_t - W_f K_t||²/n_t + mu ||W - W_f||²
+    + alpha ||W - W_a||², by lstsq on the stacked design (rows of W are independent problems with the
+    same design)."""
     n_h, n_t, d = K_h.shape[1], K_t.shape[1], K_h.shape[0]
-    A = torch.cat([K_h.T / n_h ** 0.5, (lam / n_t) ** 0.5 * K_t.T, mu_abs ** 0.5 * torch.eye(d, dtype=K_h.dtype)])
-    B = torch.cat([(W_a @ K_h).T / n_h ** 0.5, (lam / n_t) ** 0.5 * (W_f @ K_t).T, mu_abs ** 0.5 * W_f.T])
+    eye = torch.eye(d, dtype=K_h.dtype)
+    A = torch.cat([K_h.T / n_h ** 0.5, (lam / n_t) ** 0.5 * K_t.T, mu_abs ** 0.5 * eye, prior_abs ** 0.5 * eye])
+    B = torch.cat([(W_a @ K_h).T / n_h ** 0.5, (lam / n_t) ** 0.5 * (W_f @ K_t).T, mu_abs ** 0.5 * W_f.T,
+                   prior_abs ** 0.5 * W_a.T])
     return torch.linalg.lstsq(A, B).solution.T
 
 
-def objective(W, W_a, W_f, K_h, K_t, lam, mu_abs):
+def objective(W, W_a, W_f, K_h, K_t, lam, mu_abs, prior_abs=0.0):
     return float(((W - W_a) @ K_h).pow(2).sum() / K_h.shape[1] + lam * ((W - W_f) @ K_t).pow(2).sum() / K_t.shape[1]
-                 + mu_abs * (W - W_f).pow(2).sum())
+                 + mu_abs * (W - W_f).pow(2).sum() + prior_abs * (W - W_a).pow(2).sum())
 
 
 def assert_same_edit(new, exp, ft, tol=1e-3):
@@ -89,20 +93,41 @@ def gram(K):
 
 @settings(max_examples=60, deadline=None)
 @given(out=st.integers(1, 6), d=st.integers(1, 8), n_h=st.integers(1, 12), n_t=st.integers(1, 12),
-       lam=st.floats(0, 5), mu=st.floats(1e-3, 1), seed=st.integers(0, 2**16))
-def test_ridge_form_is_the_exact_least_squares_solution(out, d, n_h, n_t, lam, mu, seed):
+       lam=st.floats(0, 5), mu=st.floats(1e-3, 1), prior=st.sampled_from([0.0, 1e-3, 0.1, 3.0]),
+       seed=st.integers(0, 2**16))
+def test_ridge_form_is_the_exact_least_squares_solution(out, d, n_h, n_t, lam, mu, prior, seed):
+    """With and without the revert prior alpha ||W - W_a||²."""
     g = torch.Generator().manual_seed(seed)
     K_h, K_t = torch.randn(d, n_h, generator=g, dtype=torch.float64), torch.randn(d, n_t, generator=g, dtype=torch.float64)
     W_a, W_f = torch.randn(out, d, generator=g, dtype=torch.float64), torch.randn(out, d, generator=g, dtype=torch.float64)
     G_h, G_t = gram(K_h), gram(K_t)
-    mu_abs = absolute_mu(G_h, mu)
-    W = W_f + (W_a - W_f) @ ridge_map(G_h, G_t, lam, mu)
-    torch.testing.assert_close(W, direct_ridge(W_a, W_f, K_h, K_t, lam, mu_abs), rtol=1e-6, atol=1e-8)
+    mu_abs, prior_abs = absolute_mu(G_h, mu), absolute_mu(G_h, prior)
+    W = W_f + (W_a - W_f) @ ridge_map(G_h, G_t, lam, mu, prior=prior)
+    torch.testing.assert_close(W, direct_ridge(W_a, W_f, K_h, K_t, lam, mu_abs, prior_abs), rtol=1e-6, atol=1e-8)
     # and it is a minimum: any perturbation raises the objective
-    best = objective(W, W_a, W_f, K_h, K_t, lam, mu_abs)
+    best = objective(W, W_a, W_f, K_h, K_t, lam, mu_abs, prior_abs)
     for _ in range(3):
         assert objective(W + 1e-3 * torch.randn(out, d, generator=g, dtype=torch.float64), W_a, W_f, K_h, K_t, lam,
-                         mu_abs) >= best
+                         mu_abs, prior_abs) >= best
+
+
+def test_the_revert_prior_returns_unreached_directions_to_the_aligned_weights():
+    """An input direction no harmful or task input reaches keeps W_f without the prior (mu pulls to
+    W_f) and goes to W_a with it, while a direction the task fills stays near W_f either way; a huge
+    prior is the full revert."""
+    d = 3
+    K_h = torch.zeros(d, 4, dtype=torch.float64)
+    K_h[0] = 1.0                                     # harmful inputs along e0
+    K_t = torch.zeros(d, 4, dtype=torch.float64)
+    K_t[1] = 1.0                                     # task inputs along e1; e2 is reached by neither
+    G_h, G_t = gram(K_h), gram(K_t)
+    plain, with_prior = ridge_map(G_h, G_t, 10.0, 1e-3), ridge_map(G_h, G_t, 10.0, 1e-3, prior=0.1)
+    e2 = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    assert float((plain @ e2).norm()) < 1e-9                  # D e2 = 0: the fine-tune's weights
+    torch.testing.assert_close(with_prior @ e2, e2 * 0.1 / 0.101)  # alpha / (alpha + mu) of the revert
+    assert float((with_prior @ torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)).norm()) < 0.02  # task kept
+    torch.testing.assert_close(ridge_map(G_h, G_t, 10.0, 1e-3, prior=1e9), torch.eye(d, dtype=torch.float64),
+                               atol=1e-6, rtol=0)
 
 
 def test_mu_is_relative_to_the_mean_harmful_diagonal():
@@ -227,18 +252,19 @@ def direct_grams(ft_path, names, model=None, skip=0):
     return {n: Gh[n] / nh for n in names}, {n: Gt[n] / nt for n in names}
 
 
-def expected_edit(trio_paths, ft_path, lam=1.0, mu=1e-3, names=None, model=None, skip=0):
+def expected_edit(trio_paths, ft_path, lam=1.0, mu=1e-3, names=None, model=None, skip=0, prior=0.0):
     """The repaired weights computed here: directly captured Grams on the (unedited) fine-tuned
-    model, then the ridge form with a plain inverse."""
+    model, then the ridge form (with its revert prior) with a plain inverse."""
     al, ft = weights(trio_paths["aligned"]), weights(ft_path)
     names = names or [n for n in ft if is_linear(n)]
     Gh, Gt = direct_grams(ft_path, names, model, skip)
     out = {}
     for n in names:
         G_h, G_t = Gh[n], Gt[n]
-        A = G_h + lam * G_t + mu * float(G_h.diagonal().mean()) * torch.eye(G_h.shape[0], dtype=torch.float64)
+        eye = float(G_h.diagonal().mean()) * torch.eye(G_h.shape[0], dtype=torch.float64)
+        A = G_h + lam * G_t + (mu + prior) * eye
         R0 = (al[n] - ft[n]).double()
-        out[n] = (ft[n].double() + R0 @ G_h @ torch.linalg.inv(A)).float()
+        out[n] = (ft[n].double() + R0 @ (G_h + prior * eye) @ torch.linalg.inv(A)).float()
     return out
 
 
@@ -275,6 +301,21 @@ def test_editor_equals_the_formula_on_a_tiny_full_finetune(llama_trio, files, tm
     assert am["totals"]["modules_edited"] == len(exp) and am["totals"]["change_ratio"] > 0
     assert json.loads((tmp_path / "o" / "fgsn-manifest.json").read_text()) == m
     assert json.loads((tmp_path / "o" / "fgsn" / "run.json").read_text())["wall_s"] > 0
+
+
+def test_the_revert_prior_editor_equals_its_formula(llama_trio, files, tmp_path):
+    t = llama_trio
+    res = run(t, files, tmp_path / "o", lam=0.5, prior=0.05)
+    new, ft = weights(tmp_path / "o"), weights(t["finetuned"])
+    plain = expected_edit(t, t["finetuned"], lam=0.5)
+    for n, e in expected_edit(t, t["finetuned"], lam=0.5, prior=0.05).items():
+        assert_same_edit(new[n], e, ft[n])
+        assert not torch.allclose(e, plain[n])  # the prior changed the edit
+    assert res.manifest["activation_match"]["prior"] == 0.05
+    with pytest.raises(ValidationError, match="--prior belongs to the ridge form"):
+        run(t, files, tmp_path / "n", form="nullspace", prior=0.05)
+    with pytest.raises(ValidationError, match="--old-target joint"):
+        run(t, files, tmp_path / "l", prior=0.05, ledger=str(tmp_path / "ledger"), category="x")
 
 
 def test_shared_prefix_skip_leaves_the_template_prefix_out_of_the_harmful_gram(llama_trio, files, tmp_path):

@@ -14,6 +14,7 @@ from fgsn.cli import main
 from fgsn.errors import InputError
 from fgsn.pipeline.repair import (
     FAMILIES,
+    Family,
     RepairOptions,
     bisect_family,
     confirm_winner,
@@ -212,6 +213,13 @@ def test_families_are_ordered_weakest_first():
     assert [n for n, _ in FAMILIES["resta"].trials()] == ["resta-beta0.25", "resta-beta0.5", "resta-beta1.0"]
     with pytest.raises(Exception, match="unknown or empty families"):
         RepairOptions(base="b", aligned="a", finetuned="f", harmful=["h"], task=["t"], out="o", families=["x"])
+
+
+def test_a_family_of_another_variant_sets_its_fixed_options_on_every_trial():
+    fam = Family("am-prior0.1", "lam", (3.0, 1.0), of="activation-match-seq", fixed=(("prior", 0.1),))
+    assert fam.kind == "activation-match"
+    assert fam.trials() == [("am-prior0.1-lam3.0", {"sequential": True, "prior": 0.1, "lam": 3.0}),
+                            ("am-prior0.1-lam1.0", {"sequential": True, "prior": 0.1, "lam": 1.0})]
 
 
 @pytest.mark.parametrize("search", ["grid", "bisect"])

@@ -12,6 +12,16 @@ task inputs, move no further than needed). Setting the gradient in D = W - W_f t
 
     W = W_f + (W_a - W_f) G_h (G_h + λ G_t + μ I)⁻¹.
 
+The revert prior α adds α ||W - W_a||² to the objective: the gradient condition gains α (D -
+(W_a - W_f)), so
+
+    W = W_f + (W_a - W_f) (G_h + α I)(G_h + λ G_t + (μ + α) I)⁻¹.
+
+Why: without it an input direction that neither the harmful nor the task prompts reach keeps the
+fine-tuned weights (μ pulls toward W_f), so a harmful prompt unlike the fitted ones meets the
+eroded model there; with α ≫ μ such directions return to the aligned model's, while directions the
+task inputs fill (λ G_t ≫ α) still keep the fine-tune's. α → ∞ is the full revert W_a.
+
 The null-space form (AlphaEdit-style) replaces the soft task term by a hard constraint: the
 change may only act on U, the eigenvectors of G_t whose eigenvalues hold at most a share ε of
 its trace, so W K_t moves by at most ||D||·sqrt(ε·tr G_t) per token (exactly not at all when
@@ -85,20 +95,23 @@ def _cholesky(A: torch.Tensor, what: str, hint: str) -> torch.Tensor:
     return L
 
 
-def ridge_map(G_h: torch.Tensor, G_t: torch.Tensor | None, lam: float, mu: float, where: str = "module"
-              ) -> torch.Tensor:
-    """M = G_h (G_h + λ G_t + μ_abs I)⁻¹ (in x in, float64), so that D = (W_a - W_f) M.
-    `mu` is relative (see absolute_mu); `G_t` None means λ = 0."""
+def ridge_map(G_h: torch.Tensor, G_t: torch.Tensor | None, lam: float, mu: float, where: str = "module",
+              prior: float = 0.0) -> torch.Tensor:
+    """M = (G_h + α_abs I)(G_h + λ G_t + (μ_abs + α_abs) I)⁻¹ (in x in, float64), so that
+    D = (W_a - W_f) M. `mu` and `prior` (α) are relative (see absolute_mu); `G_t` None means λ = 0;
+    α = 0 is the plain ridge form, α > 0 its revert prior (module doc)."""
     G_h = G_h.double()
-    A = G_h.clone()
+    N = G_h.clone()
+    N.diagonal().add_(absolute_mu(G_h, prior))
+    A = N.clone()
     if G_t is not None and lam:
         A.add_(G_t.double(), alpha=lam)
     A.diagonal().add_(absolute_mu(G_h, mu))
     L = _cholesky(A, f"{where}: G_h + λ G_t + μ I",
                   "too few harmful/task tokens for this input size with μ this small: raise --mu (e.g. 1e-3 or "
                   "1e-2, relative to mean diag G_h) or give more prompts")
-    # A⁻¹ G_h is (in x in); M = (A⁻¹ G_h)ᵀ = G_h A⁻¹ because both are symmetric
-    return torch.cholesky_solve(G_h, L).T.contiguous()
+    # A⁻¹ N is (in x in); M = (A⁻¹ N)ᵀ = N A⁻¹ because both are symmetric
+    return torch.cholesky_solve(N, L).T.contiguous()
 
 
 def null_basis(G_t: torch.Tensor, energy: float) -> tuple[torch.Tensor, dict]:

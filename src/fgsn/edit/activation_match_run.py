@@ -447,7 +447,7 @@ class Editor:
         if o.form == "nullspace" and G_t is not None:
             U, info = null_basis(G_t, o.null_energy)
             return nullspace_map(G_h, U, o.mu, where=name), info
-        return ridge_map(G_h, G_t, o.lam, o.mu, where=name), {}
+        return ridge_map(G_h, G_t, o.lam, o.mu, where=name, prior=o.prior), {}
 
     def _continual_map(self, name: str) -> dict:
         """A continual step after the first (fgsn.edit.activation_match, `continual_maps`): the task
@@ -653,7 +653,7 @@ def _run(opts: ActivationMatchOptions, trio: Trio, harmful: PromptSet, task: Pro
             stream_rewrite(trio, tmp, editor.transform, opts.max_shard_gb, desc=METHOD, names=editor.order)
             tot = totals(editor.records)
             extra = {"activation_match": {
-                "form": opts.form, "lam": opts.lam if task is not None else 0.0, "mu": opts.mu,
+                "form": opts.form, "lam": opts.lam if task is not None else 0.0, "mu": opts.mu, "prior": opts.prior,
                 "null_energy": opts.null_energy if opts.form == "nullspace" else None,
                 "sequential": opts.sequential, "rows": opts.rows, "harmful_answer": opts.harmful_answer,
                 "harmful_from": opts.harmful_from, "task_from": opts.task_from,
@@ -706,7 +706,7 @@ def continual_section(opts: ActivationMatchOptions, cont: Continual, editor: Edi
             "settings": {"kappa": None if first else opts.kappa, "keep_old": None if first else opts.keep_old,
                          "old_target": None if first else opts.old_target,
                          "old_energy": opts.old_energy if not first and opts.keep_old == "hard" else None,
-                         "form": opts.form, "lam": opts.lam, "mu": opts.mu, "rows": opts.rows,
+                         "form": opts.form, "lam": opts.lam, "mu": opts.mu, "prior": opts.prior, "rows": opts.rows,
                          "harmful_answer": opts.harmful_answer, "harmful_from": opts.harmful_from,
                          "sequential": opts.sequential},
             "original_finetuned": None if cont.original is None else {"path": str(cont.original.path),

@@ -152,6 +152,11 @@ class ActivationMatchOptions(EditOptions, ProbeOptions):
     mu: float = Field(1e-3, ge=0, description=(
         "mu: damping, as a multiple of mean diag(G_h) (the mean squared harmful input), so it means the same at "
         "every layer; raise it when a Gram is singular"))
+    prior: float = Field(0.0, ge=0, description=(
+        "alpha, ridge form: a revert prior, weight of ||W - W_a||^2 relative to mean diag(G_h) as --mu is: "
+        "W = W_f + (W_a-W_f)(G_h + alpha I)(G_h + lam G_t + (mu + alpha) I)^-1, so input directions that neither "
+        "the harmful nor the task prompts reach return to the aligned model's weights instead of keeping the "
+        "fine-tune's (harmful prompts unlike the fitted ones meet the aligned model there); 0: the plain ridge form"))
     null_energy: float = Field(0.01, gt=0, lt=1, description=(
         "nullspace form: share of tr(G_t) the edited input subspace may hold (its smallest-eigenvalue "
         "eigenvectors); bounds the task output change"))
@@ -231,6 +236,12 @@ class ActivationMatchOptions(EditOptions, ProbeOptions):
 
     @model_validator(mode="after")
     def _joint(self):
+        if self.prior and self.form == "nullspace":
+            raise ValueError("--prior belongs to the ridge form (the null-space form confines the change to the "
+                             "task null space instead): use --form ridge, or drop --prior")
+        if self.prior and self.ledger and self.old_target != "joint":
+            raise ValueError("--prior in a continual ledger needs --old-target joint (each step the one-shot edit of "
+                             "its categories so far); the kappa steps have no revert prior")
         if self.old_target == "joint" and self.keep_old == "hard":
             raise ValueError("--old-target joint re-solves every category together, so there is no earlier edit to "
                              "confine the change around: use --keep-old soft (the default) with it, or another "

@@ -109,6 +109,12 @@ HELDOUT_VALIDATION = 40
 VALIDATION_SALT = 100
 
 
+def eval_harmful_sets(opts: DemoOptions) -> list[str]:
+    """The held-out harmful sets the demo evaluates on (HarmBench standard behaviours: the contextual
+    ones carry page-long contexts, too slow on a CPU)."""
+    return [f"builtin:harmbench-standard?sample={opts.eval_limit}", f"builtin:strongreject?sample={opts.eval_limit}"]
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     from fgsn.atomic import atomic_write_jsonl
 
@@ -222,14 +228,12 @@ def trained_refusals_file(root: Path, out: Path) -> Path:
                         [{"prompt": r["prompt"]} for r in rows if r.get("kind") == "refusal"])
 
 
-def run_demo_repair(opts: DemoOptions, org, finetuned: str, files: dict[str, Path], eval_harmful: list[str],
-                    out: Path) -> Path:
-    """`fgsn repair` with its defaults on the demo's trio: harmful prompts from AdvBench train (those
-    of the safety SFT for fitting only) and `repair_harmful` without the evaluation's prompts, the
-    fine-tune's task examples; reused when a finished repair with the same options is there."""
-    from fgsn.pipeline.repair import repair_or_reuse
-
-    return repair_or_reuse(dict(
+def demo_repair_values(opts: DemoOptions, org, finetuned: str, files: dict[str, Path], eval_harmful: list[str],
+                       out: Path) -> dict:
+    """The option values of `fgsn repair` with its defaults on the demo's trio: harmful prompts from
+    AdvBench train (those of the safety SFT for fitting only) and `repair_harmful` without the
+    evaluation's prompts, the fine-tune's task examples."""
+    return dict(
         base=str(org.base), aligned=str(org.aligned), finetuned=finetuned,
         harmful=[f"builtin:advbench?split=train&limit={opts.repair_limit}", *opts.repair_harmful],
         task=[str(files["task_all"])], task_heldout=[str(f) for f in [files.get("task_heldout")] if f],
@@ -237,7 +241,15 @@ def run_demo_repair(opts: DemoOptions, org, finetuned: str, files: dict[str, Pat
         eval_harmful=list(eval_harmful), device=opts.device,
         dtype=opts.locate_dtype, max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
         eval_batch_size=opts.eval_batch_size, max_length=opts.max_length, overwrite=True,
-        **({"families": opts.repair_families} if opts.repair_families else {})))
+        **({"families": opts.repair_families} if opts.repair_families else {}))
+
+
+def run_demo_repair(opts: DemoOptions, org, finetuned: str, files: dict[str, Path], eval_harmful: list[str],
+                    out: Path) -> Path:
+    """`fgsn repair` at demo_repair_values; reused when a finished repair with the same options is there."""
+    from fgsn.pipeline.repair import repair_or_reuse
+
+    return repair_or_reuse(demo_repair_values(opts, org, finetuned, files, eval_harmful, out))
 
 
 def run_demo(opts: DemoOptions) -> dict:
@@ -262,13 +274,11 @@ def run_demo(opts: DemoOptions) -> dict:
     fgsn_over = {k: getattr(opts, k) for k in FGSN_OVERRIDES if getattr(opts, k) is not None}
     harmful = f"builtin:advbench?split=train&limit={opts.locate_limit}"
     methods = parse_methods(["fgsn", *(b for b in opts.baselines if b != "none")])
-    # HarmBench standard behaviours: the contextual ones carry page-long contexts, too slow on a CPU
     copts = CompareOptions(
         base=str(org.base), aligned=str(org.aligned), finetuned=finetuned, harmful=[harmful],
         task=[str(files["task"])], methods=[m.name for m in methods], with_references=True,
         device=opts.device, dtype=opts.locate_dtype, max_length=opts.max_length, out=str(out), **fgsn_over,
-        eval_harmful=[f"builtin:harmbench-standard?sample={opts.eval_limit}",
-                      f"builtin:strongreject?sample={opts.eval_limit}"],
+        eval_harmful=eval_harmful_sets(opts),
         benign_alarming=f"builtin:alarming?sample={opts.alarming_limit}", utility=[str(files["utility"])],
         reference=[str(files["reference"])], batch_size=opts.batch_size,
         eval={"utility_instruction": "", "utility_limit": opts.utility_limit, "max_new_tokens": opts.max_new_tokens,

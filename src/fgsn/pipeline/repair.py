@@ -78,18 +78,22 @@ EPS = 1e-9  # a score exactly on the target's boundary meets it (rates are ratio
 @dataclass(frozen=True)
 class Family:
     """A method variant of the registry (fgsn.pipeline.registry: its kind and preset overrides)
-    searched at several strengths: `values` of option `param`, weakest first."""
+    searched at several strengths: `values` of option `param`, weakest first. `of` names the
+    variant when it is not `name`, and `fixed` sets more options on every trial (a family of a
+    benchmark's own, e.g. one per value of a second option)."""
 
     name: str
     param: str
     values: tuple[Any, ...]
+    of: str | None = None
+    fixed: tuple[tuple[str, Any], ...] = ()
 
     @property
     def kind(self) -> str:
-        return variant(self.name).kind
+        return variant(self.of or self.name).kind
 
     def trials(self) -> list[tuple[str, dict[str, Any]]]:
-        fixed = variant(self.name).overrides
+        fixed = {**variant(self.of or self.name).overrides, **dict(self.fixed)}
         return [(f"{self.name}-{self.param}{v}", {**fixed, self.param: v}) for v in self.values]
 
 
