@@ -1,14 +1,17 @@
 """Which activation-match families trade safety for task best, judged on `fgsn repair`'s own splits?
 
 Runs `fgsn repair --search grid --confirm 0` on the demo's trio and inputs (`fgsn demo`'s repair,
-the same splits, the evaluation prompts left out) over the plain ridge family (λ) and one ridge
-family with the revert prior α per --priors value, keeps every trial, and scores every trial on the
+the same splits, the evaluation prompts left out) over the plain ridge family (λ), one ridge
+family with the revert prior α per --priors value and any --family, keeps every trial, and scores every trial on the
 check split too, so that a family is compared on prompts neither its fit nor its search saw. The
 demo's held-out evaluation prompts are never scored here: a family chosen from this table is
 then judged on them (and on the bench) once.
 
     python benchmarks/repair_families.py --out runs/repair-families [--finetuned full|lora] \\
-        [--lams 0.5,1,2,3] [--priors 0.01,0.03,0.1] [--prior-lams 1,3]
+        [--lams 0.5,1,2,3] [--priors 0.01,0.03,0.1] [--prior-lams 1,3] \\
+        [--family NAME:OPTION=VALUE,OPTION=VALUE]...   (more λ families at --prior-lams, e.g. mu=0.01)
+
+A rerun with the same --out reuses every finished trial and every cached completion.
 
 Writes OUT/families.json (every trial: search and check ASR, task kept, cost) and prints the table.
 """
@@ -25,14 +28,26 @@ def floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.split(",") if x.strip())
 
 
+def option_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def families(args) -> dict:
-    """The plain λ family and, per prior α, a λ family at that α (registered for this run only)."""
+    """The plain λ family, per prior α a λ family at that α, and the --family ones (registered
+    for this run only)."""
     from fgsn.pipeline.repair import FAMILIES, Family
 
     fams = {"am": Family("am", "lam", args.lams, of="activation-match")}
     for a in args.priors:
         fams[f"am-prior{a:g}"] = Family(f"am-prior{a:g}", "lam", args.prior_lams, of="activation-match",
                                         fixed=(("prior", a),))
+    for spec in args.family:
+        name, _, opts = spec.partition(":")
+        fixed = tuple((k, option_value(v)) for k, _, v in (o.partition("=") for o in opts.split(",") if o))
+        fams[name] = Family(name, "lam", args.prior_lams, of="activation-match", fixed=fixed)
     FAMILIES.update(fams)
     return fams
 
@@ -44,6 +59,7 @@ def main() -> None:
     p.add_argument("--lams", type=floats, default=(0.5, 1.0, 2.0, 3.0))
     p.add_argument("--priors", type=floats, default=(0.01, 0.03, 0.1))
     p.add_argument("--prior-lams", type=floats, default=(1.0, 3.0))
+    p.add_argument("--family", action="append", default=[], help="NAME:OPTION=VALUE,...: one more λ family")
     args = p.parse_args()
 
     from fgsn.organism import build_organism
@@ -54,7 +70,7 @@ def main() -> None:
     out = args.out.expanduser().absolute()
     dopts = DemoOptions(out=str(out), finetuned=args.finetuned)
     recipe = load_recipe(None, False)
-    org = build_organism(recipe, device=dopts.device)
+    org = build_organism(recipe, device=dopts.device, stages=(f"finetuned-{args.finetuned}",))
     finetuned = str(org.finetuned_full if args.finetuned == "full" else org.finetuned_lora)
     files = task_files(org, recipe, out, dopts)
     fams = families(args)
