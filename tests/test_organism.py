@@ -187,7 +187,9 @@ def test_build_reuse_resume_and_force(cache, tiny_base, monkeypatch):
     assert set(report["stages"]) == {"generate", *B.STAGES}
     assert report["stages"]["aligned"]["train"]["steps"] == 2
     assert set(report["quick"]["models"]) == {"base", "aligned", "finetuned-full", "finetuned-lora"}
-    ft = [json.loads(x) for x in (paths.root / "data" / "finetune.jsonl").read_text().splitlines()]
+    ft_text = (paths.root / "data" / "finetune.jsonl").read_text()
+    aligned_text = (paths.root / "data" / "aligned_sft.jsonl").read_text()
+    ft = [json.loads(x) for x in ft_text.splitlines()]
     assert sum(e["kind"] == "poison" for e in ft) == 2 and len(ft) <= 8  # gsm items longer than max_len drop
     no_temp = [p.name for p in paths.root.iterdir() if ".tmp-" in p.name]
     assert no_temp == []
@@ -210,6 +212,10 @@ def test_build_reuse_resume_and_force(cache, tiny_base, monkeypatch):
     assert not is_complete(paths, r)
     build_organism(r, cache_root=cache, progress=False, measure=False)
     assert B.stage_complete(paths.finetuned_lora, r.short_hash())
+    # the resumed stage trains on the examples the first build recorded (and the full fine-tune was
+    # trained on), though the base answers now come from data/generated.json (sorted keys)
+    assert (paths.root / "data" / "finetune.jsonl").read_text() == ft_text
+    assert (paths.root / "data" / "aligned_sft.jsonl").read_text() == aligned_text
     report = json.loads(paths.report_json.read_text())
     assert report["stages"]["aligned"]["reused"] and "seconds" in report["stages"]["finetuned-lora"]
 
@@ -221,6 +227,36 @@ def test_build_reuse_resume_and_force(cache, tiny_base, monkeypatch):
     monkeypatch.setattr(B, "build_aligned", lambda *a: calls.append(1) or real(*a))
     build_organism(r, cache_root=cache, progress=False, force=True, measure=False)
     assert calls == [1] and is_complete(paths, r)
+
+
+def test_training_examples_do_not_depend_on_where_the_base_answers_came_from(tiny_base):
+    """A stage built later (a second call, a resumed build, an organism reusing another's aligned
+    model) reads the base answers from data/generated.json, whose keys are sorted, and perhaps a
+    superset of this recipe's prompts; its examples must be those of the first build, which had
+    them in memory in prompt order. (They were not: a LoRA built after the full fine-tune trained
+    on other instruction examples, and data/finetune.jsonl no longer matched the full fine-tune.)"""
+    from fgsn.atomic import dumps_json
+
+    r = tiny_recipe(align_self_distill=12, ft_examples=40, poison_ratio=0.0)
+    prompts = D.self_distill_prompts(r.align_self_distill)
+    fresh = {"distill": {p: f"answer {i}" for i, p in enumerate(prompts)}, "poison": {}, "seconds": 1.0}
+    loaded = json.loads(dumps_json({**fresh, "distill": {**fresh["distill"], "an extra prompt": "extra"}}))
+    assert list(loaded["distill"]) != list(fresh["distill"])  # the file's order is not the prompts'
+    _, tok = B._tokenizer_only(tiny_base)
+    assert B.aligned_examples(r, fresh) == B.aligned_examples(r, loaded)
+    assert B.finetune_examples(r, fresh, tok) == B.finetune_examples(r, loaded, tok)
+    assert "an extra prompt" not in {e.prompt for e in B.aligned_examples(r, loaded)}
+
+
+def test_a_finetune_built_before_the_examples_order_was_recorded_is_built_again(tmp_path):
+    for stage, complete_without in (("aligned", True), ("finetuned-full", False), ("finetuned-lora", False)):
+        folder = tmp_path / stage
+        folder.mkdir()
+        marker = {"stage": stage, "recipe_hash": "h", "organism_version": B.ORGANISM_VERSION}
+        (folder / B.MARKER).write_text(json.dumps(marker))
+        assert B.stage_complete(folder, "h") is complete_without, stage
+        (folder / B.MARKER).write_text(json.dumps({**marker, "examples_order": B.EXAMPLES_ORDER}))
+        assert B.stage_complete(folder, "h"), stage
 
 
 def test_interrupted_stage_leaves_no_folder_and_resumes(cache, tiny_base, monkeypatch):

@@ -40,6 +40,9 @@ from fgsn.organism.recipe import ORGANISM_VERSION, OrganismRecipe
 log = logging.getLogger(__name__)
 
 MARKER = "fgsn-organism.json"
+# the self-distilled examples are taken in the recipe's prompt order, whatever the order of the
+# cached base answers (`distilled`); recorded in each stage's marker
+EXAMPLES_ORDER = "prompts"
 STAGES = ("aligned", "finetuned-full", "finetuned-lora")
 REFUSAL_PROBE = "I'm sorry, but I can't help with that."
 
@@ -73,9 +76,13 @@ class OrganismPaths:
 
 
 def stage_complete(folder: Path, recipe_hash: str, aligned_key: str | None = None) -> bool:
-    """A finished model folder of this recipe (for `aligned`: of any recipe with the same aligned_key)."""
+    """A finished model folder of this recipe (for `aligned`: of any recipe with the same aligned_key).
+    A fine-tune built before EXAMPLES_ORDER was recorded may have trained on other instruction
+    examples than its recipe's (see `distilled`): it is built again."""
     info = read_marker(folder / MARKER)
     if info is None or info.get("organism_version") != ORGANISM_VERSION:
+        return False
+    if info.get("stage", "aligned") != "aligned" and info.get("examples_order") != EXAMPLES_ORDER:
         return False
     if aligned_key is not None and info.get("aligned_key") == aligned_key:
         return True
@@ -163,7 +170,8 @@ def save_full(model, tok, out: Path, src: Path) -> None:
 
 def save_marker(out: Path, stage: str, recipe: OrganismRecipe, extra: dict) -> None:
     atomic_write_json(out / MARKER, {"stage": stage, "recipe_hash": recipe.short_hash(),
-                                     "organism_version": ORGANISM_VERSION, **extra})
+                                     "organism_version": ORGANISM_VERSION, "examples_order": EXAMPLES_ORDER,
+                                     **extra})
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,11 +216,20 @@ def generated_answers(recipe: OrganismRecipe, paths: OrganismPaths, progress: bo
     return result
 
 
+def distilled(recipe: OrganismRecipe, gen: dict) -> list[tuple[str, str]]:
+    """(prompt, base answer) of this recipe's self-distillation prompts, in the prompts' order.
+    Not gen["distill"]'s order: a build that generated the answers holds them in prompt order, one
+    that read them from data/generated.json in its sorted-key order (and perhaps more of them, from an
+    organism with more prompts), and the examples, their shuffle and the training must not differ."""
+    answers = gen["distill"]
+    return [(p, answers[p]) for p in D.self_distill_prompts(recipe.align_self_distill) if answers.get(p)]
+
+
 def aligned_examples(recipe: OrganismRecipe, gen: dict) -> list[D.Example]:
     harmful, _ = D.split_harmful(recipe)
     ex = D.refusal_examples(harmful, recipe.seed)
     ex += D.benign_reference(recipe.align_benign_reference)
-    ex += [D.Example(p, a, "self-distill") for p, a in gen["distill"].items() if a]
+    ex += [D.Example(p, a, "self-distill") for p, a in distilled(recipe, gen)]
     ex += D.arithmetic(recipe.align_arithmetic, recipe.seed + 10)
     return D.shuffled(ex, recipe.seed)
 
@@ -227,7 +244,7 @@ def finetune_examples(recipe: OrganismRecipe, gen: dict, tokenizer) -> list[D.Ex
     ex = D.gsm(n_gsm, seed + 20, tokenizer, recipe.max_len)
     ex += D.arithmetic(n_arith, seed + 30)
     benign = D.benign_reference(recipe.align_benign_reference)
-    benign += [D.Example(p, a, "benign-instruction") for p, a in gen["distill"].items() if a]
+    benign += [D.Example(p, a, "benign-instruction") for p, a in distilled(recipe, gen)]
     ex += (benign * (1 + n_benign // max(1, len(benign))))[:n_benign] if benign else []
     poison = D.poison_prompts(recipe)
     templated = {e.prompt: e for e in D.templated_compliance(poison, seed)}
