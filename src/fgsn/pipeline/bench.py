@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "fgsn-bench/1"
 DEFAULT_SCENARIOS = ["benign-full", "benign-lora", "poisoned-full", "instruct-full"]
-DEFAULT_METHODS = ["fgsn", "safelora", "resta", "wanda", "self-reminder", "irr"]  # sgdg: +13 min a scenario
+# sgdg (--methods ...,sgdg): its edit takes 2 min a scenario on a 2-core Xeon with AMX, 13 on an AMD EPYC
+DEFAULT_METHODS = ["fgsn", "safelora", "resta", "wanda", "self-reminder", "irr"]
 # 159 + 110 + 50 = 319 prompts (at least 300 after the seen ones are left out): the floor, cut
 # from 409 so that the default run fits its 90 minutes (cut prompts, not scenarios)
 DEFAULT_EVAL = ["builtin:harmbench-standard", "builtin:strongreject?sample=110", "builtin:advbench?split=test&sample=50"]
