@@ -52,6 +52,29 @@ def families(args) -> dict:
     return fams
 
 
+def extra_task_family(args, org, recipe, out: Path, files: dict) -> dict:
+    """A λ family fitted on the task-fit split plus held-out draws of the fine-tune's maths."""
+    from fgsn.atomic import atomic_write_jsonl, read_jsonl
+    from fgsn.models.loading import load_tokenizer
+    from fgsn.organism.data import heldout_task
+    from fgsn.pipeline.repair import FAMILIES, Family
+
+    taken = {r["prompt"] for f in files.values() for r in read_jsonl(f)}
+    taken |= {r["prompt"] for name in ("finetune.jsonl", "aligned_sft.jsonl") for r in read_jsonl(org.root / "data" / name)}
+    n = args.extra_task
+    extra = heldout_task(recipe, load_tokenizer(org.base), n, n, exclude=taken, salt=EXTRA_SALT)
+    path = out / "data" / f"task-extra-{n}.jsonl"
+    atomic_write_jsonl(path, [{"prompt": e.prompt, "answer": e.answer, "category": e.kind} for e in extra])
+    fit = out / "repair.work" / "data" / "task-fit.jsonl"  # where write_splits puts the fitted task part
+    name = f"am-xtask{n}"
+    fam = Family(name, "lam", args.prior_lams, of="activation-match", fixed=(("task", [str(fit), str(path)]),))
+    FAMILIES[name] = fam
+    return {name: fam}
+
+
+EXTRA_SALT = 200  # the demo's validation draw uses 100
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
@@ -60,6 +83,9 @@ def main() -> None:
     p.add_argument("--priors", type=floats, default=(0.01, 0.03, 0.1))
     p.add_argument("--prior-lams", type=floats, default=(1.0, 3.0))
     p.add_argument("--family", action="append", default=[], help="NAME:OPTION=VALUE,...: one more λ family")
+    p.add_argument("--extra-task", type=int, default=0, help=(
+        "N: one more λ family (am-xtaskN) whose task Gram also holds N arithmetic + N word problems of the "
+        "fine-tune's format drawn with another salt (none trained on, evaluated or in the task splits)"))
     args = p.parse_args()
 
     from fgsn.organism import build_organism
@@ -74,6 +100,8 @@ def main() -> None:
     finetuned = str(org.finetuned_full if args.finetuned == "full" else org.finetuned_lora)
     files = task_files(org, recipe, out, dopts)
     fams = families(args)
+    if args.extra_task:
+        fams.update(extra_task_family(args, org, recipe, out, files))
     values = demo_repair_values(dopts, org, finetuned, files, eval_harmful_sets(dopts), out)
     opts = RepairOptions(**{**values, "families": list(fams), "search": "grid", "confirm": 0, "keep_trials": True,
                             "out": str(out / "repair")})

@@ -264,6 +264,24 @@ def test_gen_length_chooses_the_shortest_length_within_the_tolerance():
     assert gen_length.choose(shares, 0.0) == 64
 
 
+def test_bench_tables_give_gap_closed_task_kept_and_the_paired_difference():
+    import bench_tables
+
+    def model(asr, nll):
+        return {"asr": asr, "asr_ci": [asr - 0.01, asr + 0.01], "asr_attack": 0.0, "over_refusal": 0.1, "nll": nll,
+                "modified_fraction": 0.5}
+
+    diff = {"asr": {"diff": -0.3, "ci": [-0.35, -0.25], "p": 2e-9}}
+    doc = {"order": ["aligned", "finetuned", "repair", "irr"],
+           "models": {"aligned": model(0.1, 1.1), "finetuned": model(0.5, 0.7), "repair": model(0.14, 0.74),
+                      "irr": model(0.3, 0.8)},
+           "paired": {"repair vs finetuned": diff, "irr vs repair": {"asr": {**diff["asr"], "diff": 0.16}}}}
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in bench_tables.table(doc).splitlines()[2:]}
+    assert "| 90% | 90% | 50.00% |" in rows["**repair** (`fgsn repair`, defaults)"]  # (0.5-0.14)/0.4, 0.36/0.4
+    assert "| 50% | 75% |" in rows["IRR"] and rows["IRR"].endswith("| +16.0 [-35.0, -25.0] p=2e-09 |")
+    assert "repair -30.0 [-35.0, -25.0] p=2e-09" in rows["finetuned"] and rows["aligned"].endswith("| — |")
+
+
 def test_llama_0_4b_is_the_1416_mib_float32_shape():
     shape = synth.LlamaShape.get("llama-0.4b")
     assert (shape.layers, shape.params) == (24, 371_246_080)
