@@ -9,7 +9,8 @@ then judged on them (and on the bench) once.
 
     python benchmarks/repair_families.py --out runs/repair-families [--finetuned full|lora] \\
         [--lams 0.5,1,2,3] [--priors 0.01,0.03,0.1] [--prior-lams 1,3] \\
-        [--family NAME:OPTION=VALUE,OPTION=VALUE]...   (more λ families at --prior-lams, e.g. mu=0.01)
+        [--family 'NAME:OPTION=VALUE;OPTION=VALUE']...   (more λ families at --prior-lams, e.g. mu=0.01;
+        values are JSON where they parse: modules=["o_proj","down_proj"])
 
 A rerun with the same --out reuses every finished trial and every cached completion.
 
@@ -46,7 +47,7 @@ def families(args) -> dict:
                                         fixed=(("prior", a),))
     for spec in args.family:
         name, _, opts = spec.partition(":")
-        fixed = tuple((k, option_value(v)) for k, _, v in (o.partition("=") for o in opts.split(",") if o))
+        fixed = tuple((k, option_value(v)) for k, _, v in (o.partition("=") for o in opts.split(";") if o))
         fams[name] = Family(name, "lam", args.prior_lams, of="activation-match", fixed=fixed)
     FAMILIES.update(fams)
     return fams
@@ -82,7 +83,7 @@ def main() -> None:
     p.add_argument("--lams", type=floats, default=(0.5, 1.0, 2.0, 3.0))
     p.add_argument("--priors", type=floats, default=(0.01, 0.03, 0.1))
     p.add_argument("--prior-lams", type=floats, default=(1.0, 3.0))
-    p.add_argument("--family", action="append", default=[], help="NAME:OPTION=VALUE,...: one more λ family")
+    p.add_argument("--family", action="append", default=[], help="NAME:OPTION=VALUE;...: one more λ family")
     p.add_argument("--extra-task", type=int, default=0, help=(
         "N: one more λ family (am-xtaskN) whose task Gram also holds N arithmetic + N word problems of the "
         "fine-tune's format drawn with another salt (none trained on, evaluated or in the task splits)"))
