@@ -58,7 +58,7 @@ def extra_task_family(args, org, recipe, out: Path, files: dict) -> dict:
     from fgsn.atomic import atomic_write_jsonl, read_jsonl
     from fgsn.models.loading import load_tokenizer
     from fgsn.organism.data import heldout_task
-    from fgsn.pipeline.repair import FAMILIES, Family
+    from fgsn.pipeline.repair import FAMILIES, Family, split_path, work_dir
 
     taken = {r["prompt"] for f in files.values() for r in read_jsonl(f)}
     taken |= {r["prompt"] for name in ("finetune.jsonl", "aligned_sft.jsonl") for r in read_jsonl(org.root / "data" / name)}
@@ -66,7 +66,7 @@ def extra_task_family(args, org, recipe, out: Path, files: dict) -> dict:
     extra = heldout_task(recipe, load_tokenizer(org.base), n, n, exclude=taken, salt=EXTRA_SALT)
     path = out / "data" / f"task-extra-{n}.jsonl"
     atomic_write_jsonl(path, [{"prompt": e.prompt, "answer": e.answer, "category": e.kind} for e in extra])
-    fit = out / "repair.work" / "data" / "task-fit.jsonl"  # where write_splits puts the fitted task part
+    fit = split_path(work_dir(out / "repair") / "data", "task", "fit")  # the fitted task part, once written
     name = f"am-xtask{n}"
     fam = Family(name, "lam", args.prior_lams, of="activation-match", fixed=(("task", [str(fit), str(path)]),))
     FAMILIES[name] = fam
@@ -92,7 +92,7 @@ def main() -> None:
     from fgsn.organism import build_organism
     from fgsn.organism.recipe import load_recipe
     from fgsn.pipeline.demo import DemoOptions, demo_repair_values, eval_harmful_sets, task_files
-    from fgsn.pipeline.repair import RepairOptions, run_repair, score_models, trial_row
+    from fgsn.pipeline.repair import RepairOptions, run_repair, score_models, split_path, trial_row, work_dir
 
     out = args.out.expanduser().absolute()
     dopts = DemoOptions(out=str(out), finetuned=args.finetuned)
@@ -107,8 +107,8 @@ def main() -> None:
     opts = RepairOptions(**{**values, "families": list(fams), "search": "grid", "confirm": 0, "keep_trials": True,
                             "out": str(out / "repair")})
     doc = run_repair(opts)
-    work = out / "repair.work"
-    split = {k: {part: work / "data" / f"{k}-{part}.jsonl" for part in ("fit", "search", "check")}
+    work = work_dir(Path(opts.out))
+    split = {k: {part: split_path(work / "data", k, part) for part in ("fit", "search", "check")}
              for k in ("harmful", "task")}
     adapters = {"finetuned": finetuned} if args.finetuned == "lora" else {}
     refs = {"aligned": opts.aligned, "finetuned": opts.aligned if adapters else finetuned}

@@ -212,7 +212,7 @@ def run_scenario(opts: BenchOptions, name: str, recipe, rundir: Path, progress: 
     cmp.edit()
     repaired = {}
     if opts.repair:
-        from fgsn.pipeline.repair import repair_or_reuse
+        from fgsn.pipeline.repair import repair_or_reuse, work_dir
 
         repaired["repair"] = str(repair_or_reuse(dict(
             base=str(models.base), aligned=str(models.aligned), finetuned=str(models.finetuned),
@@ -223,7 +223,7 @@ def run_scenario(opts: BenchOptions, name: str, recipe, rundir: Path, progress: 
             max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, eval_batch_size=opts.eval_batch_size,
             eval_workers=opts.eval_workers, max_length=opts.max_length, search=opts.repair_search,
             overwrite=True)))
-        splits = sorted((sdir / "models" / "repair.work" / "data").glob("harmful-*.jsonl"))
+        splits = sorted((work_dir(Path(repaired["repair"])) / "data").glob("harmful-*.jsonl"))
         overlap["repair"] = check_disjoint([*eval_harmful, *attack], [str(f) for f in splits], set())["located"]
     cmp.evaluate(extra_models=repaired)
     order = ["aligned", "finetuned", *repaired, *(m.name for m in methods)]

@@ -116,11 +116,25 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 DEFAULT_FAMILIES = ["activation-match"]
 
 
+def family_names(families: list[str]) -> list[str]:
+    """The family names of a --families value (comma lists allowed)."""
+    return [n.strip() for part in families for n in part.split(",") if n.strip()]
+
+
 def planned_trials(families: list[str] | None) -> int:
     """How many trials a search over these families (comma lists allowed; None: the default) plans:
     the most checkpoints it writes, whatever --search and --confirm choose."""
-    names = [n.strip() for part in families or DEFAULT_FAMILIES for n in part.split(",") if n.strip()]
-    return sum(len(FAMILIES[n].values) for n in names if n in FAMILIES)
+    return sum(len(FAMILIES[n].values) for n in family_names(families or DEFAULT_FAMILIES) if n in FAMILIES)
+
+
+def work_dir(out: Path) -> Path:
+    """OUT.work: the trials, edits, evaluations and split files of a repair written to OUT."""
+    return out.with_name(out.name + ".work")
+
+
+def split_path(data: Path, kind: str, part: str) -> Path:
+    """The file of one split part (kind harmful, task or alarming; part fit, search or check)."""
+    return data / f"{kind}-{part}.jsonl"
 
 
 class RepairOptions(Options):
@@ -178,7 +192,7 @@ class RepairOptions(Options):
     @field_validator("families")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
-        names = [n.strip() for part in v for n in part.split(",") if n.strip()]
+        names = family_names(v)
         bad = [n for n in names if n not in FAMILIES]
         if bad or not names:
             raise ValueError(f"unknown or empty families {bad or names}; choose from {', '.join(FAMILIES)}")
@@ -262,7 +276,7 @@ def write_splits(opts: RepairOptions, data: Path) -> tuple[dict[str, dict[str, P
                              f"{small} would get fewer than 2); give more")
         files[kind] = {}
         for part, part_rows in parts.items():
-            path = data / f"{kind}-{part}.jsonl"
+            path = split_path(data, kind, part)
             atomic_write_jsonl(path, part_rows)
             files[kind][part] = path
     return files, dropped
@@ -491,7 +505,7 @@ def run_repair(opts: RepairOptions) -> dict[str, Any]:
     out = Path(opts.out).expanduser()
     if out.exists() and not opts.overwrite:
         raise InputError(f"--out {out} exists; pass --overwrite to replace it, or choose another folder")
-    work = out.with_name(out.name + ".work")
+    work = work_dir(out)
     trio = open_trio(opts.aligned, opts.finetuned, opts.base)
     files, dropped = write_splits(opts, work / "data")
     trials: dict[str, tuple[str, dict[str, Any]]] = {}
